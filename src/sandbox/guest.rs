@@ -1,0 +1,242 @@
+//! One live guest: a fresh `Store` and instance of a runtime, its WASI context, and the drivers
+//! that run code in it (a CPython `turn`, or a command's `_start`).
+//!
+//! A guest is armed with limits before each run and disarmed after, so a Python session can keep
+//! its interpreter across turns while every turn gets its own fuel, deadline and output caps.
+
+use std::time::Instant;
+
+use wasmtime::{Instance, Memory, Store, TypedFunc, UpdateDeadline};
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+use super::control::{CancelHandle, Deadline};
+use super::host::{GuestClock, GuestState, QuotaWatch};
+use super::io::{CappedPipe, SharedInput};
+use super::limits::{Limits, TrackingLimiter};
+use super::outcome::{Exit, RunFacts, classify};
+use crate::runtime::{Language, Runtime};
+
+/// A directory the policy mounts into guests.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Mount {
+    pub host: std::path::PathBuf,
+    pub guest: String,
+    pub writable: bool,
+}
+
+/// Fuel given for host-driven setup (instantiation, hidden turns). It is not charged to the
+/// caller.
+const SETUP_FUEL: u64 = u64::MAX / 4;
+
+/// Everything needed to start a guest.
+pub struct GuestSpec<'a> {
+    pub runtime: &'a Runtime,
+    pub workspace: &'a super::workspace::Workspace,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub mounts: &'a [Mount],
+}
+
+struct PythonExports {
+    memory: Memory,
+    alloc: TypedFunc<i32, i32>,
+    turn: TypedFunc<(i32, i32), i32>,
+}
+
+pub struct Guest {
+    store: Store<GuestState>,
+    instance: Instance,
+    language: Language,
+    python: Option<PythonExports>,
+    stdout: CappedPipe,
+    stderr: CappedPipe,
+    stdin: SharedInput,
+    armed: Option<Armed>,
+}
+
+struct Armed {
+    limits: Limits,
+    started: Instant,
+}
+
+impl Guest {
+    /// Builds the WASI context and instantiates the runtime. `limits` bound instantiation too.
+    pub fn start(spec: &GuestSpec<'_>, limits: &Limits, cancel: &CancelHandle) -> wasmtime::Result<Guest> {
+        let stdout = CappedPipe::new(limits.stdout_bytes);
+        let stderr = CappedPipe::new(limits.stderr_bytes);
+        let stdin = SharedInput::default();
+        let origin = Instant::now();
+
+        let mut b = WasiCtxBuilder::new();
+        b.args(&spec.args)
+            .envs(&spec.env)
+            .stdin(stdin.clone())
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .monotonic_clock(GuestClock(origin))
+            .allow_blocking_current_thread(true);
+        for (host, guest) in spec.runtime.ro_mounts() {
+            b.preopened_dir(host, guest, FsPerms::ReadOnly)?;
+        }
+        b.preopened_dir(spec.workspace.workspace_path(), "/workspace", FsPerms::ReadWrite)?;
+        b.preopened_dir(spec.workspace.tmp_path(), "/tmp", FsPerms::ReadWrite)?;
+        for m in spec.mounts {
+            let perms = if m.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
+            b.preopened_dir(&m.host, &m.guest, perms)?;
+        }
+
+        let probe = spec.workspace.usage_probe()?;
+        let state = GuestState {
+            wasi: b.build_p1(),
+            limiter: TrackingLimiter::new(limits.memory_bytes),
+            deadline: Deadline::new(cancel.clone(), limits.timeout),
+            quota: Some(QuotaWatch {
+                probe: Box::new(move |stop| probe.usage(stop)),
+                max_bytes: limits.workspace_bytes,
+                max_files: limits.workspace_files,
+                countdown: super::host::QUOTA_EVERY_TICKS,
+            }),
+            clock_origin: origin,
+            door: None,
+        };
+        let mut store = Store::new(spec.runtime.pre.module().engine(), state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_fuel(SETUP_FUEL)?;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut cx| {
+            cx.data_mut().on_tick().map_err(wasmtime::Error::new)?;
+            Ok(UpdateDeadline::Continue(1))
+        });
+        let instance = spec.runtime.pre.instantiate(&mut store)?;
+        let language = spec.runtime.spec.language;
+        let python = if language == Language::Python {
+            Some(PythonExports {
+                memory: instance
+                    .get_memory(&mut store, "memory")
+                    .ok_or_else(|| wasmtime::format_err!("python module exports no memory"))?,
+                alloc: instance.get_typed_func(&mut store, "host_alloc")?,
+                turn: instance.get_typed_func(&mut store, "turn")?,
+            })
+        } else {
+            None
+        };
+        Ok(Guest { store, instance, language, python, stdout, stderr, stdin, armed: None })
+    }
+
+    pub fn language(&self) -> Language {
+        self.language
+    }
+
+    pub fn set_door(&mut self, door: Option<Box<dyn super::host::Door>>) {
+        self.store.data_mut().door = door;
+    }
+
+    /// Prepares a run: fresh fuel, deadline, memory cap, output caps and stdin.
+    pub fn arm(&mut self, limits: &Limits, cancel: &CancelHandle, stdin: Vec<u8>) -> wasmtime::Result<()> {
+        let st = self.store.data_mut();
+        st.deadline = Deadline::new(cancel.clone(), limits.timeout);
+        st.limiter = TrackingLimiter::new(limits.memory_bytes);
+        if let Some(q) = &mut st.quota {
+            q.max_bytes = limits.workspace_bytes;
+            q.max_files = limits.workspace_files;
+            q.countdown = super::host::QUOTA_EVERY_TICKS;
+        }
+        self.stdout.take(limits.stdout_bytes);
+        self.stderr.take(limits.stderr_bytes);
+        self.stdin.set(stdin);
+        self.store.set_fuel(limits.fuel)?;
+        self.armed = Some(Armed { limits: limits.clone(), started: Instant::now() });
+        Ok(())
+    }
+
+    /// Runs host-chosen Python source as a hidden turn, with setup fuel, and discards its output.
+    /// Fails if the turn does not succeed: that is a runtime bug, not the caller's.
+    pub fn python_hidden_turn(&mut self, code: &str, cancel: &CancelHandle, timeout: std::time::Duration) -> wasmtime::Result<()> {
+        self.store.data_mut().deadline = Deadline::new(cancel.clone(), timeout);
+        self.store.set_fuel(SETUP_FUEL)?;
+        let status = self.python_turn(code)?;
+        let (_, _) = self.stdout.take(0);
+        let (err, _) = self.stderr.take(0);
+        if status != 0 {
+            wasmtime::bail!("setup turn failed with status {status}: {}", String::from_utf8_lossy(&err));
+        }
+        Ok(())
+    }
+
+    /// Sends `code` to CPython's `turn` export. Returns the raw status (`>= 256` means the
+    /// interpreter asked to exit).
+    fn python_turn(&mut self, code: &str) -> wasmtime::Result<i32> {
+        let py = self.python.as_ref().ok_or_else(|| wasmtime::format_err!("not a python guest"))?;
+        let (memory, alloc, turn) = (py.memory, py.alloc.clone(), py.turn.clone());
+        let len = i32::try_from(code.len()).map_err(|_| wasmtime::format_err!("code too large"))?;
+        let ptr = alloc.call(&mut self.store, len)?;
+        let fits = ptr != 0 && (ptr as u32 as usize).checked_add(code.len()).is_some_and(|e| e <= memory.data_size(&self.store));
+        // A failed allocation is passed on as a null pointer: the guest raises MemoryError.
+        let ptr = if fits {
+            memory.write(&mut self.store, ptr as u32 as usize, code.as_bytes())?;
+            ptr
+        } else {
+            0
+        };
+        turn.call(&mut self.store, (ptr, len))
+    }
+
+    /// Runs the caller's code and reports how it went. The guest must have been armed.
+    pub fn run(&mut self, code: &str) -> super::outcome::RunReport {
+        let exit = match self.language {
+            Language::Python => match self.python_turn(code) {
+                Ok(v) => Exit::Status(v),
+                Err(e) => Exit::Failed(e),
+            },
+            Language::Javascript => {
+                let start = self.instance.get_typed_func::<(), ()>(&mut self.store, "_start");
+                match start.and_then(|f| f.call(&mut self.store, ())) {
+                    Ok(()) => Exit::Status(0),
+                    Err(e) => Exit::Failed(e),
+                }
+            }
+        };
+        self.report(exit)
+    }
+
+    fn report(&mut self, exit: Exit) -> super::outcome::RunReport {
+        let armed = self.armed.take().expect("run() on an armed guest");
+        let fuel_left = self.store.get_fuel().unwrap_or(0);
+        let fuel_used = armed.limits.fuel.saturating_sub(fuel_left);
+        // The last quota walk may be up to a few ticks old: check once more at the end.
+        let quota = self.store.data_mut().quota.as_mut().map(|q| q.check_now());
+        let exit = match (exit, quota) {
+            (Exit::Status(_), Some(Err(stop))) => Exit::Failed(wasmtime::Error::new(stop)),
+            (exit, _) => exit,
+        };
+        let (out, out_cut) = self.stdout.take(armed.limits.stdout_bytes);
+        let (err, err_cut) = self.stderr.take(armed.limits.stderr_bytes);
+        let facts = RunFacts {
+            language: self.language,
+            memory_refused: self.store.data().limiter.memory_refused,
+            truncated: out_cut || err_cut,
+            limits: armed.limits.clone(),
+        };
+        let (outcome, exit_code, message) = classify(&exit, &facts);
+        let ended_session = match (&exit, self.language) {
+            (Exit::Status(v), Language::Python) => *v >= 256,
+            _ => true,
+        };
+        let exit_code = match (self.language, exit_code) {
+            (Language::Python, Some(v)) if v >= 256 || v < 0 => Some(v & 0xFF),
+            (_, c) => c,
+        };
+        super::outcome::RunReport {
+            outcome,
+            exit_code,
+            stdout: String::from_utf8_lossy(&out).into_owned(),
+            stderr: String::from_utf8_lossy(&err).into_owned(),
+            truncated: facts.truncated,
+            duration_ms: armed.started.elapsed().as_millis() as u64,
+            fuel_used,
+            artifacts: Vec::new(),
+            message,
+            ended_session,
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The limits one guest call runs under, and the memory limiter that enforces them.
+//!
+//! `Limits` is always the *effective* set: policy limits already lowered by whatever the request
+//! asked for. Nothing in the sandbox widens them.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
+
+/// Effective limits for one call (or one session turn).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    /// Wall-clock deadline, enforced in wasm (epoch ticks) and in host calls (`poll_oneoff`).
+    #[serde(rename = "timeout_ms", serialize_with = "as_millis")]
+    pub timeout: Duration,
+    /// Cap on each linear memory, in bytes.
+    pub memory_bytes: u64,
+    /// Deterministic instruction budget.
+    pub fuel: u64,
+    /// Bytes of stdout kept; the rest is dropped and reported as truncated.
+    pub stdout_bytes: usize,
+    /// Bytes of stderr kept.
+    pub stderr_bytes: usize,
+    /// Total bytes the guest may leave in `/workspace` and `/tmp`.
+    pub workspace_bytes: u64,
+    /// Total files and directories the guest may leave in `/workspace` and `/tmp`.
+    pub workspace_files: u64,
+}
+
+fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
+}
+
+impl Limits {
+    /// Lowers each limit to the requested value where one is given. Returns which requested
+    /// values were above the current limit, so the caller can refuse them.
+    pub fn lowered(&self, req: &RequestedLimits) -> Result<Limits, LimitAboveCeiling> {
+        let mut out = self.clone();
+        if let Some(ms) = req.timeout_ms {
+            let ceiling = self.timeout.as_millis() as u64;
+            if ms > ceiling {
+                return Err(LimitAboveCeiling { name: "timeout_ms", requested: ms, ceiling });
+            }
+            out.timeout = Duration::from_millis(ms);
+        }
+        if let Some(mb) = req.memory_mb {
+            let ceiling = self.memory_bytes >> 20;
+            if mb > ceiling {
+                return Err(LimitAboveCeiling { name: "memory_mb", requested: mb, ceiling });
+            }
+            out.memory_bytes = mb << 20;
+        }
+        if let Some(fuel) = req.fuel {
+            if fuel > self.fuel {
+                return Err(LimitAboveCeiling { name: "fuel", requested: fuel, ceiling: self.fuel });
+            }
+            out.fuel = fuel;
+        }
+        Ok(out)
+    }
+}
+
+/// Limits a caller may ask for; each may only lower the policy's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestedLimits {
+    /// Wall-clock deadline in milliseconds (at most the policy's).
+    #[schemars(range(min = 1))]
+    pub timeout_ms: Option<u64>,
+    /// Memory cap in MiB (at most the policy's).
+    #[schemars(range(min = 1))]
+    pub memory_mb: Option<u64>,
+    /// Instruction budget (at most the policy's).
+    #[schemars(range(min = 1))]
+    pub fuel: Option<u64>,
+}
+
+/// A requested limit above what the policy allows.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("limits.{name} = {requested} is above this server's limit of {ceiling}; ask for {ceiling} or less")]
+pub struct LimitAboveCeiling {
+    pub name: &'static str,
+    pub requested: u64,
+    pub ceiling: u64,
+}
+
+/// Wraps [`StoreLimits`] to remember that the guest was refused memory, so an allocation failure
+/// the guest turned into `MemoryError` or `abort()` is reported as `memory_limit`.
+pub struct TrackingLimiter {
+    inner: StoreLimits,
+    pub memory_refused: bool,
+}
+
+impl TrackingLimiter {
+    pub fn new(memory_bytes: u64) -> Self {
+        TrackingLimiter {
+            inner: StoreLimitsBuilder::new()
+                .memory_size(usize::try_from(memory_bytes).unwrap_or(usize::MAX))
+                .instances(1)
+                .memories(1)
+                .tables(4)
+                .table_elements(200_000)
+                .build(),
+            memory_refused: false,
+        }
+    }
+}
+
+impl ResourceLimiter for TrackingLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let ok = self.inner.memory_growing(current, desired, maximum)?;
+        if !ok {
+            self.memory_refused = true;
+        }
+        Ok(ok)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Limits {
+        Limits {
+            timeout: Duration::from_secs(10),
+            memory_bytes: 512 << 20,
+            fuel: 1_000,
+            stdout_bytes: 10,
+            stderr_bytes: 10,
+            workspace_bytes: 10,
+            workspace_files: 10,
+        }
+    }
+
+    #[test]
+    fn requests_only_lower_limits() {
+        let req = RequestedLimits { timeout_ms: Some(500), memory_mb: Some(128), fuel: Some(10) };
+        let l = base().lowered(&req).unwrap();
+        assert_eq!(l.timeout, Duration::from_millis(500));
+        assert_eq!(l.memory_bytes, 128 << 20);
+        assert_eq!(l.fuel, 10);
+    }
+
+    #[test]
+    fn requests_above_the_policy_are_refused_with_the_ceiling() {
+        let err = base().lowered(&RequestedLimits { memory_mb: Some(4096), ..Default::default() });
+        let err = err.unwrap_err();
+        assert_eq!(err.name, "memory_mb");
+        assert_eq!(err.ceiling, 512);
+        assert!(err.to_string().contains("512 or less"));
+    }
+}

@@ -1,0 +1,181 @@
+//! Running one untrusted program: a fresh guest per call, under hard limits, with a private
+//! workspace, and a report of what happened.
+//!
+//! Layers, outermost first: [`Sandbox`] picks the runtime and drives a call; [`guest`] owns the
+//! store and instance; [`host`] is what the guest can call; [`workspace`] is its filesystem;
+//! [`outcome`] turns the ending into the contract's words.
+
+pub mod control;
+pub mod guest;
+pub mod host;
+pub mod io;
+pub mod limits;
+pub mod outcome;
+pub mod workspace;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+pub use control::{CancelHandle, Stop};
+pub use guest::{Guest, GuestSpec, Mount};
+pub use host::{Door, GuestState, linker};
+pub use limits::{Limits, RequestedLimits};
+pub use outcome::{Outcome, RunReport};
+pub use workspace::{Artifact, InputFile, Workspace};
+
+use crate::runtime::engine::GUEST_THREAD_STACK;
+use crate::runtime::{Language, Runtime, Runtimes};
+use outcome::{Exit, RunFacts, classify};
+
+/// argv[0] CPython derives its prefix from: `/usr/local`, so it finds `lib/python315.zip`.
+const PYTHON_ARGV0: &str = "/usr/local/bin/python.wasm";
+
+/// Hidden first turn of a fresh CPython guest: the reactor applies argv and environment on its
+/// first turn, and the guest's working directory becomes `/workspace`.
+const PYTHON_SETUP: &str = "__import__('os').chdir('/workspace'); __import__('_reactor')._turns = 0";
+
+/// Most artifacts reported for one call.
+pub const MAX_ARTIFACTS: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("the {0} runtime is not loaded on this server")]
+    NotLoaded(Language),
+    #[error(transparent)]
+    Workspace(#[from] workspace::WorkspaceError),
+    #[error("the sandbox failed to start the guest: {0}")]
+    Internal(String),
+}
+
+/// What to run, with every policy decision already applied.
+#[derive(Clone, Debug)]
+pub struct ExecSpec {
+    pub language: Language,
+    pub code: String,
+    pub stdin: Vec<u8>,
+    pub limits: Limits,
+    /// The guest's whole environment besides `TMPDIR` and `HOME`.
+    pub env: Vec<(String, String)>,
+    pub mounts: Vec<Mount>,
+}
+
+/// Starts guests from the loaded runtimes.
+#[derive(Clone)]
+pub struct Sandbox {
+    runtimes: Arc<Runtimes>,
+}
+
+impl Sandbox {
+    pub fn new(runtimes: Arc<Runtimes>) -> Self {
+        Sandbox { runtimes }
+    }
+
+    pub fn runtimes(&self) -> &Runtimes {
+        &self.runtimes
+    }
+
+    fn runtime(&self, language: Language) -> Result<&Arc<Runtime>, SandboxError> {
+        self.runtimes.get(language).ok_or(SandboxError::NotLoaded(language))
+    }
+
+    /// Starts a guest ready to run code in `ws` (for Python, past its setup turn). A start that
+    /// fails because of the caller's limits (memory below the runtime's minimum, a deadline or
+    /// cancel during setup) is returned as a report, not an error.
+    pub fn start_guest(
+        &self,
+        spec: &ExecSpec,
+        ws: &Workspace,
+        cancel: &CancelHandle,
+    ) -> Result<Result<Guest, RunReport>, SandboxError> {
+        let rt = self.runtime(spec.language)?;
+        let mut env = vec![("TMPDIR".to_string(), "/tmp".to_string()), ("HOME".to_string(), "/tmp".to_string())];
+        env.extend(spec.env.iter().filter(|(k, _)| k != "TMPDIR" && k != "HOME").cloned());
+        let args = match spec.language {
+            Language::Python => vec![PYTHON_ARGV0.to_string()],
+            // The code itself is passed per run (see `run_fresh`); a command reads argv once.
+            Language::Javascript => javascript_args(&spec.code),
+        };
+        let gspec = GuestSpec { runtime: rt, workspace: ws, args, env, mounts: &spec.mounts };
+        let started = Instant::now();
+        let setup = Guest::start(&gspec, &spec.limits, cancel).and_then(|mut g| {
+            if spec.language == Language::Python {
+                g.python_hidden_turn(PYTHON_SETUP, cancel, spec.limits.timeout)?;
+            }
+            Ok(g)
+        });
+        match setup {
+            Ok(g) => Ok(Ok(g)),
+            Err(e) => setup_failure(e, spec, started).map(Err),
+        }
+    }
+
+    /// Runs one program in a fresh guest, on the calling thread (use [`on_guest_thread`]), and
+    /// collects what it left in `/workspace`.
+    pub fn run_fresh(&self, spec: &ExecSpec, ws: &mut Workspace, cancel: &CancelHandle) -> Result<RunReport, SandboxError> {
+        let started = Instant::now();
+        let mut guest = match self.start_guest(spec, ws, cancel)? {
+            Ok(g) => g,
+            Err(report) => return Ok(report),
+        };
+        guest
+            .arm(&spec.limits, cancel, spec.stdin.clone())
+            .map_err(|e| SandboxError::Internal(format!("{e:#}")))?;
+        let mut report = guest.run(&spec.code);
+        drop(guest);
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        report.artifacts = ws.collect_changes(MAX_ARTIFACTS);
+        Ok(report)
+    }
+}
+
+/// QuickJS-NG command line: std/os modules, warden's console prelude, then the code. `-e`
+/// evaluates as an ES module when the code needs it (top-level `await`, `import`).
+fn javascript_args(code: &str) -> Vec<String> {
+    ["qjs", "--std", "-I", "/usr/local/lib/warden/prelude.js", "-e", code].map(String::from).to_vec()
+}
+
+fn setup_failure(e: wasmtime::Error, spec: &ExecSpec, started: Instant) -> Result<RunReport, SandboxError> {
+    let facts = RunFacts { language: spec.language, memory_refused: false, truncated: false, limits: spec.limits.clone() };
+    let exit = Exit::Failed(e);
+    let (outcome, exit_code, message) = classify(&exit, &facts);
+    if matches!(outcome, Outcome::Trap) {
+        let Exit::Failed(e) = exit else { unreachable!() };
+        return Err(SandboxError::Internal(format!("{e:#}")));
+    }
+    Ok(RunReport {
+        outcome,
+        exit_code,
+        stdout: String::new(),
+        stderr: String::new(),
+        truncated: false,
+        duration_ms: started.elapsed().as_millis() as u64,
+        fuel_used: 0,
+        artifacts: Vec::new(),
+        message,
+        ended_session: true,
+    })
+}
+
+/// Runs `f` on a fresh OS thread with a stack big enough for guests, and waits for it. A panic
+/// on that thread is returned as an error instead of unwinding into the caller.
+pub fn on_guest_thread<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Result<R, SandboxError> {
+    let handle = std::thread::Builder::new()
+        .name("warden-guest".into())
+        .stack_size(GUEST_THREAD_STACK)
+        .spawn(f)
+        .map_err(|e| SandboxError::Internal(format!("spawning a guest thread: {e}")))?;
+    handle.join().map_err(|_| SandboxError::Internal("the guest thread panicked".into()))
+}
+
+/// Async form of [`on_guest_thread`]: the tokio worker is never blocked by a guest.
+pub async fn on_guest_thread_async<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Result<R, SandboxError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("warden-guest".into())
+        .stack_size(GUEST_THREAD_STACK)
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|e| SandboxError::Internal(format!("spawning a guest thread: {e}")))?;
+    rx.await.map_err(|_| SandboxError::Internal("the guest thread panicked".into()))
+}

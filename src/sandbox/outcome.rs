@@ -1,0 +1,191 @@
+//! How a guest run ended, in the words of the product contract, and the mapping from Wasmtime's
+//! errors to those words.
+//!
+//! Messages here are written for the caller and never carry host details (paths, backtraces):
+//! the full error goes to the log only.
+
+use serde::Serialize;
+use wasmtime::Trap;
+use wasmtime_wasi::I32Exit;
+
+use super::control::Stop;
+use super::workspace::Artifact;
+
+/// The `outcome` field of a result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The program ran to completion and exited 0.
+    Ok,
+    /// The program ran to completion with a non-zero exit (an uncaught exception, say).
+    Error,
+    /// The wall-clock deadline passed.
+    Timeout,
+    /// The instruction budget ran out.
+    OutOfFuel,
+    /// The program needed more memory than allowed.
+    MemoryLimit,
+    /// Output or workspace limits were exceeded.
+    OutputLimit,
+    /// The wasm call stack overflowed.
+    StackOverflow,
+    /// The program hit another WebAssembly trap.
+    Trap,
+    /// The caller cancelled the call.
+    Cancelled,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Error => "error",
+            Outcome::Timeout => "timeout",
+            Outcome::OutOfFuel => "out_of_fuel",
+            Outcome::MemoryLimit => "memory_limit",
+            Outcome::OutputLimit => "output_limit",
+            Outcome::StackOverflow => "stack_overflow",
+            Outcome::Trap => "trap",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+
+    pub const ALL: [Outcome; 9] = [
+        Outcome::Ok,
+        Outcome::Error,
+        Outcome::Timeout,
+        Outcome::OutOfFuel,
+        Outcome::MemoryLimit,
+        Outcome::OutputLimit,
+        Outcome::StackOverflow,
+        Outcome::Trap,
+        Outcome::Cancelled,
+    ];
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The result of one run (a call, or one session turn).
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    pub outcome: Outcome,
+    /// The guest's exit status, when it exited rather than being stopped.
+    pub exit_code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    /// Some output was dropped because a stream exceeded its cap.
+    pub truncated: bool,
+    pub duration_ms: u64,
+    pub fuel_used: u64,
+    pub artifacts: Vec<Artifact>,
+    /// Why the host stopped the guest, in one sentence, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// A Python session's interpreter ended (`exit()`, a trap): the next turn starts fresh.
+    #[serde(skip)]
+    pub ended_session: bool,
+}
+
+/// What the guest's entry point returned, before limits are taken into account.
+pub enum Exit {
+    /// It returned an exit status (0 = success).
+    Status(i32),
+    /// Wasmtime returned an error: a trap, a host stop, or `proc_exit`.
+    Failed(wasmtime::Error),
+}
+
+/// Facts about the run the classification needs besides the exit.
+pub struct RunFacts {
+    pub language: crate::runtime::Language,
+    pub memory_refused: bool,
+    pub truncated: bool,
+    pub limits: super::limits::Limits,
+}
+
+/// Maps how the guest ended to (outcome, exit code, message).
+pub fn classify(exit: &Exit, facts: &RunFacts) -> (Outcome, Option<i32>, Option<String>) {
+    let l = &facts.limits;
+    let status = match exit {
+        Exit::Status(code) => Some(*code),
+        Exit::Failed(e) => e.downcast_ref::<I32Exit>().map(|x| x.0),
+    };
+    if let Some(code) = status {
+        if code != 0 && facts.memory_refused {
+            return (
+                Outcome::MemoryLimit,
+                Some(code),
+                Some(format!("the program needed more than the {} MiB memory limit", l.memory_bytes >> 20)),
+            );
+        }
+        if facts.truncated {
+            return (Outcome::OutputLimit, Some(code), Some(output_message(l)));
+        }
+        return (if code == 0 { Outcome::Ok } else { Outcome::Error }, Some(code), None);
+    }
+    let Exit::Failed(e) = exit else { unreachable!("a status was handled above") };
+    if let Some(stop) = e.downcast_ref::<Stop>() {
+        return match stop {
+            Stop::Cancelled => (Outcome::Cancelled, None, Some("the call was cancelled".into())),
+            Stop::Deadline => (
+                Outcome::Timeout,
+                None,
+                Some(format!("stopped at the {} ms wall-clock deadline", l.timeout.as_millis())),
+            ),
+            Stop::WorkspaceQuota => (
+                Outcome::OutputLimit,
+                None,
+                Some(format!(
+                    "stopped: /workspace and /tmp may hold at most {} files and {} bytes",
+                    l.workspace_files, l.workspace_bytes
+                )),
+            ),
+        };
+    }
+    if let Some(trap) = e.downcast_ref::<Trap>() {
+        return match trap {
+            Trap::OutOfFuel => (
+                Outcome::OutOfFuel,
+                None,
+                Some(format!("stopped after using its budget of {} fuel (instructions)", l.fuel)),
+            ),
+            Trap::Interrupt => (Outcome::Timeout, None, Some("the guest was interrupted".into())),
+            Trap::StackOverflow => (Outcome::StackOverflow, None, Some("the call stack overflowed (too deep recursion)".into())),
+            _ if facts.memory_refused => (
+                Outcome::MemoryLimit,
+                None,
+                Some(format!("the program needed more than the {} MiB memory limit", l.memory_bytes >> 20)),
+            ),
+            // QuickJS-NG cannot check its own stack depth under WASI: runaway recursion runs its
+            // shadow stack off the bottom of linear memory, which traps as an out-of-bounds access.
+            Trap::MemoryOutOfBounds if facts.language == crate::runtime::Language::Javascript => (
+                Outcome::Trap,
+                None,
+                Some("the guest trapped: out of bounds memory access (in JavaScript this usually means recursion too deep)".into()),
+            ),
+            other => (Outcome::Trap, None, Some(format!("the guest trapped: {other}"))),
+        };
+    }
+    if facts.memory_refused || is_memory_error(e) {
+        return (
+            Outcome::MemoryLimit,
+            None,
+            Some(format!("the program needed more than the {} MiB memory limit", l.memory_bytes >> 20)),
+        );
+    }
+    tracing::warn!(error = ?e, "guest failed with a host error");
+    (Outcome::Trap, None, Some("the guest failed inside the host; see the server log".into()))
+}
+
+fn output_message(l: &super::limits::Limits) -> String {
+    format!("output was cut at {} bytes of stdout / {} bytes of stderr", l.stdout_bytes, l.stderr_bytes)
+}
+
+/// Instantiation fails this way when a module's initial memory is above the store's limit.
+fn is_memory_error(e: &wasmtime::Error) -> bool {
+    let text = format!("{e:#}");
+    text.contains("memory minimum size") || text.contains("exceeds memory limits") || text.contains("resource limit exceeded")
+}

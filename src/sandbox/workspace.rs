@@ -1,0 +1,393 @@
+//! The guest's writable filesystem: a private `/workspace` (its cwd) and `/tmp` per call or
+//! session, input files written before a run, usage accounting for the workspace quota, and
+//! artifact collection afterwards.
+//!
+//! All host-side access goes through `cap-std` handles rooted at the call directory, never
+//! through ambient paths: a guest can plant symlinks such as `up -> ../../..`, and host code that
+//! followed them would read or write outside the workspace. Artifacts are read without following
+//! symlinks at all.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read};
+use std::path::{Component, Path, PathBuf};
+
+use cap_std::ambient_authority;
+use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// Deepest directory nesting the host walks or creates.
+const MAX_DEPTH: usize = 64;
+/// Most path bytes accepted for an input file.
+const MAX_PATH_BYTES: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    #[error("file path {path:?} is not allowed: {why}. Use a relative path inside /workspace, like \"data/input.csv\"")]
+    BadPath { path: String, why: &'static str },
+    #[error("input files need {needed} {what}, but this call allows {limit}")]
+    TooLarge { what: &'static str, needed: u64, limit: u64 },
+    #[error("writing input file {path:?}: {source}")]
+    Write { path: String, source: io::Error },
+    #[error("creating the call directory: {0}")]
+    Create(io::Error),
+}
+
+/// A file to place in `/workspace` before the run.
+#[derive(Clone, Debug)]
+pub struct InputFile {
+    /// Relative to `/workspace` (a leading `/workspace/` is accepted and stripped).
+    pub path: String,
+    pub content: Vec<u8>,
+}
+
+/// A file the guest created or changed under `/workspace`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Artifact {
+    /// Relative to `/workspace`.
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+    pub mime: String,
+    /// Where the bytes can be read back (`resources/read`), filled in by the server.
+    pub uri: String,
+}
+
+/// Files, directories and bytes in use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Stamp {
+    size: u64,
+    mtime_ns: i128,
+    ino: u64,
+    sha256: String,
+}
+
+/// A call's (or session's) private directory: `<root>/workspace` and `<root>/tmp`.
+pub struct Workspace {
+    root: PathBuf,
+    workspace: Dir,
+    tmp: Dir,
+    /// What `/workspace` held after the last collection, to tell which files changed.
+    known: BTreeMap<String, Stamp>,
+    /// Removed when dropped.
+    _guard: tempfile::TempDir,
+}
+
+impl Workspace {
+    /// Creates a fresh private directory under `parent` (which must exist and be private).
+    pub fn create(parent: &Path, prefix: &str) -> Result<Workspace, WorkspaceError> {
+        let guard = tempfile::Builder::new().prefix(prefix).tempdir_in(parent).map_err(WorkspaceError::Create)?;
+        let root = guard.path().to_path_buf();
+        std::fs::create_dir(root.join("workspace")).map_err(WorkspaceError::Create)?;
+        std::fs::create_dir(root.join("tmp")).map_err(WorkspaceError::Create)?;
+        let open = |p: &Path| Dir::open_ambient_dir(p, ambient_authority()).map_err(WorkspaceError::Create);
+        Ok(Workspace {
+            workspace: open(&root.join("workspace"))?,
+            tmp: open(&root.join("tmp"))?,
+            root,
+            known: BTreeMap::new(),
+            _guard: guard,
+        })
+    }
+
+    /// Host directory preopened at `/workspace`.
+    pub fn workspace_path(&self) -> PathBuf {
+        self.root.join("workspace")
+    }
+
+    /// Host directory preopened at `/tmp`.
+    pub fn tmp_path(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Writes input files, refusing paths that leave `/workspace` and totals over the quota.
+    /// Input files are not reported as artifacts unless the guest changes them.
+    pub fn write_inputs(&mut self, files: &[InputFile], max_bytes: u64, max_files: u64) -> Result<(), WorkspaceError> {
+        let bytes: u64 = files.iter().map(|f| f.content.len() as u64).sum();
+        if bytes > max_bytes {
+            return Err(WorkspaceError::TooLarge { what: "bytes", needed: bytes, limit: max_bytes });
+        }
+        if files.len() as u64 > max_files {
+            return Err(WorkspaceError::TooLarge { what: "files", needed: files.len() as u64, limit: max_files });
+        }
+        for f in files {
+            let rel = validate_rel_path(&f.path)?;
+            let write_err = |source| WorkspaceError::Write { path: f.path.clone(), source };
+            if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+                self.workspace.create_dir_all(parent).map_err(write_err)?;
+            }
+            // cap-std resolves beneath the workspace, so a symlink a guest left in a session
+            // workspace cannot redirect this write outside it; O_NOFOLLOW refuses a final symlink.
+            let mut opts = OpenOptions::new();
+            opts.write(true).create(true).truncate(true).custom_flags(libc::O_NOFOLLOW);
+            let mut file = self.workspace.open_with(&rel, &opts).map_err(write_err)?;
+            io::Write::write_all(&mut file, &f.content).map_err(write_err)?;
+            let key = rel.to_string_lossy().into_owned();
+            let meta = file.metadata().map_err(write_err)?;
+            self.known.insert(key, stamp_of(&meta, hex::encode(Sha256::digest(&f.content))));
+        }
+        Ok(())
+    }
+
+    /// Counts files, directories and bytes in `/workspace` and `/tmp`, stopping early once
+    /// `stop_after_files` entries were seen (the caller only needs to know the quota is blown).
+    pub fn usage(&self, stop_after_files: u64) -> Usage {
+        usage_of(&[&self.workspace, &self.tmp], stop_after_files)
+    }
+
+    /// A handle the running guest's quota check can own.
+    pub fn usage_probe(&self) -> io::Result<UsageProbe> {
+        Ok(UsageProbe { workspace: self.workspace.try_clone()?, tmp: self.tmp.try_clone()? })
+    }
+
+    /// Lists regular files under `/workspace` that are new or changed since the last call (or
+    /// since the inputs were written), hashing at most `max_bytes_each` bytes per file. Updates
+    /// the record so the next call reports only its own changes.
+    pub fn collect_changes(&mut self, max_files: usize) -> Vec<Artifact> {
+        let mut found = Vec::new();
+        walk_files(&self.workspace, PathBuf::new(), 0, &mut found, max_files.saturating_mul(4).max(64));
+        let mut artifacts = Vec::new();
+        let mut next = BTreeMap::new();
+        for (rel, meta) in found {
+            let key = rel.to_string_lossy().into_owned();
+            let known = self.known.get(&key);
+            let unchanged_stamp = known.is_some_and(|k| {
+                k.size == meta.len() && k.mtime_ns == mtime_ns(&meta) && k.ino == ino(&meta)
+            });
+            if unchanged_stamp {
+                next.insert(key.clone(), known.cloned().expect("checked above"));
+                continue;
+            }
+            let Some((sha256, size)) = hash_beneath(&self.workspace, &rel) else { continue };
+            let stamp = Stamp { size, mtime_ns: mtime_ns(&meta), ino: ino(&meta), sha256: sha256.clone() };
+            let same_content = known.is_some_and(|k| k.sha256 == sha256 && k.size == size);
+            next.insert(key.clone(), stamp);
+            if !same_content && artifacts.len() < max_files {
+                artifacts.push(Artifact { mime: mime_for(&key), path: key, size, sha256, uri: String::new() });
+            }
+        }
+        self.known = next;
+        artifacts
+    }
+
+    /// Reads one file under `/workspace` without following symlinks, up to `max_bytes`.
+    pub fn read_file(&self, rel: &str, max_bytes: u64) -> io::Result<Vec<u8>> {
+        let rel = validate_rel_path(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let mut opts = OpenOptions::new();
+        opts.read(true).custom_flags(libc::O_NOFOLLOW);
+        let file = self.workspace.open_with(&rel, &opts)?;
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+        }
+        let mut buf = Vec::new();
+        file.take(max_bytes).read_to_end(&mut buf)?;
+        Ok(buf)
+    }
+}
+
+/// Measures a workspace from the guest's thread while it runs.
+pub struct UsageProbe {
+    workspace: Dir,
+    tmp: Dir,
+}
+
+impl UsageProbe {
+    pub fn usage(&self, stop_after_files: u64) -> Usage {
+        usage_of(&[&self.workspace, &self.tmp], stop_after_files)
+    }
+}
+
+fn usage_of(dirs: &[&Dir], stop_after_files: u64) -> Usage {
+    let mut usage = Usage::default();
+    for dir in dirs {
+        walk_usage(dir, 0, &mut usage, stop_after_files);
+    }
+    usage
+}
+
+/// Checks an input path: relative, inside `/workspace`, no `..`, no empty or odd components.
+pub fn validate_rel_path(raw: &str) -> Result<PathBuf, WorkspaceError> {
+    let bad = |why| WorkspaceError::BadPath { path: raw.chars().take(200).collect(), why };
+    let s = raw.strip_prefix("/workspace/").unwrap_or(raw);
+    if s.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    if s.len() > MAX_PATH_BYTES {
+        return Err(bad("it is too long"));
+    }
+    if s.contains('\0') {
+        return Err(bad("it contains a NUL byte"));
+    }
+    if s.starts_with('/') {
+        return Err(bad("absolute paths outside /workspace are not writable"));
+    }
+    if s.ends_with('/') {
+        return Err(bad("it names a directory, not a file"));
+    }
+    let mut out = PathBuf::new();
+    let mut depth = 0;
+    for c in Path::new(s).components() {
+        match c {
+            Component::Normal(part) => {
+                out.push(part);
+                depth += 1;
+            }
+            Component::ParentDir => return Err(bad("it contains \"..\"")),
+            Component::CurDir => return Err(bad("it contains \".\"")),
+            Component::RootDir | Component::Prefix(_) => return Err(bad("absolute paths outside /workspace are not writable")),
+        }
+    }
+    if s.split('/').any(str::is_empty) {
+        return Err(bad("it contains an empty component (\"//\")"));
+    }
+    if depth > MAX_DEPTH / 2 {
+        return Err(bad("it is nested too deeply"));
+    }
+    Ok(out)
+}
+
+fn walk_usage(dir: &Dir, depth: usize, usage: &mut Usage, stop_after: u64) {
+    let Ok(entries) = dir.entries() else { return };
+    for entry in entries.flatten() {
+        if usage.files > stop_after {
+            return;
+        }
+        usage.files += 1;
+        let Ok(ft) = entry.file_type() else { continue };
+        if let Ok(meta) = entry.metadata() {
+            use cap_std::fs::MetadataExt;
+            // A sparse file costs little disk but its size is what a reader of it pays for.
+            usage.bytes += meta.len().max(meta.blocks().saturating_mul(512));
+        }
+        if ft.is_dir() && depth < MAX_DEPTH {
+            if let Ok(sub) = dir.open_dir(entry.file_name()) {
+                walk_usage(&sub, depth + 1, usage, stop_after);
+            }
+        }
+    }
+}
+
+fn walk_files(dir: &Dir, prefix: PathBuf, depth: usize, out: &mut Vec<(PathBuf, cap_std::fs::Metadata)>, max: usize) {
+    let Ok(entries) = dir.entries() else { return };
+    let mut entries: Vec<_> = entries.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        if out.len() >= max {
+            return;
+        }
+        let Ok(ft) = entry.file_type() else { continue };
+        let name = entry.file_name();
+        if ft.is_dir() && depth < MAX_DEPTH {
+            if let Ok(sub) = dir.open_dir(&name) {
+                walk_files(&sub, prefix.join(&name), depth + 1, out, max);
+            }
+        } else if ft.is_file() {
+            if let Ok(meta) = entry.metadata() {
+                out.push((prefix.join(&name), meta));
+            }
+        }
+    }
+}
+
+fn hash_beneath(root: &Dir, rel: &Path) -> Option<(String, u64)> {
+    let mut opts = OpenOptions::new();
+    opts.read(true).custom_flags(libc::O_NOFOLLOW);
+    let mut file = root.open_with(rel, &opts).ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        h.update(&buf[..n]);
+    }
+    Some((hex::encode(h.finalize()), total))
+}
+
+fn stamp_of(meta: &cap_std::fs::Metadata, sha256: String) -> Stamp {
+    Stamp { size: meta.len(), mtime_ns: mtime_ns(meta), ino: ino(meta), sha256 }
+}
+
+fn mtime_ns(meta: &cap_std::fs::Metadata) -> i128 {
+    use cap_std::fs::MetadataExt;
+    i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec())
+}
+
+fn ino(meta: &cap_std::fs::Metadata) -> u64 {
+    use cap_std::fs::MetadataExt;
+    meta.ino()
+}
+
+/// MIME type from the file name; unknown types are `application/octet-stream`.
+pub fn mime_for(path: &str) -> String {
+    mime_guess::from_path(path).first_raw().unwrap_or("application/octet-stream").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_paths_stay_inside_the_workspace() {
+        for bad in ["", "/etc/passwd", "../x", "a/../../x", "a//b", "./a", "a/", "x\0y", "/workspace/../etc"] {
+            assert!(validate_rel_path(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert_eq!(validate_rel_path("a/b.csv").unwrap(), PathBuf::from("a/b.csv"));
+        assert_eq!(validate_rel_path("/workspace/data.csv").unwrap(), PathBuf::from("data.csv"));
+    }
+
+    #[test]
+    fn changes_are_reported_once_and_symlinks_never() {
+        let parent = tempfile::tempdir().unwrap();
+        let mut ws = Workspace::create(parent.path(), "t-").unwrap();
+        ws.write_inputs(&[InputFile { path: "in.txt".into(), content: b"x".to_vec() }], 100, 10).unwrap();
+        assert!(ws.collect_changes(10).is_empty(), "inputs are not artifacts");
+        std::fs::write(ws.workspace_path().join("out.png"), b"png").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", ws.workspace_path().join("leak")).unwrap();
+        let arts = ws.collect_changes(10);
+        assert_eq!(arts.len(), 1);
+        assert_eq!(arts[0].path, "out.png");
+        assert_eq!(arts[0].mime, "image/png");
+        assert_eq!(arts[0].size, 3);
+        assert!(ws.collect_changes(10).is_empty(), "unchanged files are not reported again");
+        assert!(ws.read_file("leak", 100).is_err(), "symlinks are not followed");
+    }
+
+    #[test]
+    fn input_writes_do_not_follow_planted_symlinks() {
+        let parent = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let mut ws = Workspace::create(parent.path(), "t-").unwrap();
+        std::os::unix::fs::symlink(outside.path(), ws.workspace_path().join("d")).unwrap();
+        let r = ws.write_inputs(&[InputFile { path: "d/x".into(), content: b"x".to_vec() }], 100, 10);
+        assert!(r.is_err());
+        assert!(!outside.path().join("x").exists());
+    }
+
+    #[test]
+    fn usage_counts_both_directories() {
+        let parent = tempfile::tempdir().unwrap();
+        let ws = Workspace::create(parent.path(), "t-").unwrap();
+        std::fs::write(ws.workspace_path().join("a"), vec![0u8; 100]).unwrap();
+        std::fs::create_dir(ws.tmp_path().join("d")).unwrap();
+        let u = ws.usage(1000);
+        assert_eq!(u.files, 2);
+        assert!(u.bytes >= 100);
+    }
+}

@@ -1,0 +1,10 @@
+//! Sandbox core, against the real runtimes: each language runs, each limit produces its
+//! outcome, and guests see nothing of the host.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod isolation;
+mod javascript;
+mod limits;
+mod python;
