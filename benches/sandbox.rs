@@ -37,8 +37,8 @@ fn call(sandbox: &Sandbox, home: &Home, language: Language, code: &str) {
     let sandbox = sandbox.clone();
     let root = home.workspaces();
     let report = on_guest_thread(move || {
-        let mut ws = Workspace::create(&root, "bench-").expect("workspace");
-        sandbox.run_fresh(&spec, &mut ws, &CancelHandle::new()).expect("run")
+        let ws = Workspace::create(&root, "bench-").expect("workspace");
+        sandbox.run_fresh(&spec, &ws, &CancelHandle::new()).expect("run")
     })
     .expect("thread");
     assert_eq!(report.outcome.as_str(), "ok", "{report:?}");

@@ -73,3 +73,37 @@ impl Home {
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
     }
 }
+
+/// Workspaces of this process live in their own directory, named after the process id and its
+/// start time so a reused pid never matches. Directories of processes that no longer exist
+/// (a crash, `kill -9`) are removed when the next process starts.
+pub fn process_workspaces(home: &Home) -> io::Result<PathBuf> {
+    let root = home.workspaces();
+    Home::private_dir(&root)?;
+    if let Ok(entries) = fs::read_dir(&root) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((pid, start)) = name.strip_prefix("pid-").and_then(|r| r.split_once('-')) else { continue };
+            let alive = pid.parse::<u32>().ok().and_then(process_start_time).is_some_and(|s| s.to_string() == start);
+            if !alive {
+                tracing::info!(dir = %entry.path().display(), "removing workspaces left by a process that ended");
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let own = root.join(format!(
+        "pid-{}-{}",
+        std::process::id(),
+        process_start_time(std::process::id()).unwrap_or(0)
+    ));
+    Home::private_dir(&own)?;
+    Ok(own)
+}
+
+/// A process's start time (clock ticks since boot, field 22 of /proc/PID/stat).
+fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces; fields after it follow the last ')'.
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(19)?.parse().ok()
+}

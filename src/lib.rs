@@ -11,12 +11,22 @@
 //! * [`policy`]: isolation profiles (what guests may do).
 //! * [`runtime`]: the upstream language runtimes: install, verify, precompile, load.
 //! * [`sandbox`]: one guest run under limits, its workspace and its outcome.
+//!//! * [`executor`]: the request path, independent of transport; [`session`] and [`artifacts`]
+//!   keep state between calls; [`audit`] records every decision.
+//! * [`mcp`] and [`transport`]: the MCP tools over stdio and streamable HTTP.
 //! * [`home`]: the data directory.
 //! * [`cli`]: the `warden` command line.
 
+pub mod api;
+pub mod artifacts;
+pub mod audit;
 pub mod cli;
 pub mod digest;
+pub mod executor;
 pub mod home;
+pub mod mcp;
 pub mod policy;
 pub mod runtime;
 pub mod sandbox;
+pub mod session;
+pub mod transport;

@@ -91,7 +91,7 @@ pub fn run(home: &Home, args: ExecArgs) -> Result<(), Failure> {
     let runtimes = Runtimes::load(home, &engine, &[args.language])?;
     let sandbox = Sandbox::new(Arc::new(runtimes));
     Home::private_dir(&home.workspaces())?;
-    let mut ws = Workspace::create(&home.workspaces(), "exec-")?;
+    let ws = Workspace::create(&home.workspaces(), "exec-")?;
     ws.write_inputs(&files, limits.workspace_bytes, limits.workspace_files)
         .map_err(|e| Failure { message: e.to_string(), status: 2 })?;
 
@@ -106,7 +106,7 @@ pub fn run(home: &Home, args: ExecArgs) -> Result<(), Failure> {
     let call_id = uuid::Uuid::new_v4().to_string();
     let (report, ws) = on_guest_thread(move || {
         let cancel = CancelHandle::new();
-        let r = sandbox.run_fresh(&spec, &mut ws, &cancel);
+        let r = sandbox.run_fresh(&spec, &ws, &cancel);
         (r, ws)
     })?;
     let mut report = report?;

@@ -4,8 +4,10 @@
 //! is 0 when the command did its job, 1 for warden's own failures (with a message saying what to
 //! do), 2 for bad usage.
 
+mod audit;
 mod exec;
 mod runtimes;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,8 +29,15 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Serve MCP over stdio (default) or streamable HTTP.
+    Serve(serve::ServeArgs),
     /// Run one program in a fresh sandbox and print the result as JSON.
     Exec(exec::ExecArgs),
+    /// Check the audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
     /// Install or inspect the language runtimes.
     Runtimes {
         #[command(subcommand)]
@@ -57,8 +66,10 @@ pub fn main() -> ExitCode {
         Err(e) => return fail(Failure { message: e.to_string(), status: 1 }),
     };
     let result = match cli.command {
+        Command::Serve(args) => serve::run(&home, args),
         Command::Exec(args) => exec::run(&home, args),
         Command::Runtimes { command } => runtimes::run(&home, command),
+        Command::Audit { command } => audit::run(&home, command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -73,7 +84,13 @@ fn fail(f: Failure) -> ExitCode {
 
 /// Logs go to stderr only, so stdout stays clean for results (and for JSON-RPC in stdio mode).
 fn init_logging() {
+    use std::io::IsTerminal;
+    // rmcp logs every error response at WARN; those are the caller's mistakes, not the server's.
     let filter = tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rmcp::service=error"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
 }

@@ -63,6 +63,8 @@ pub struct LimitsSection {
     pub workspace_files: u64,
     pub code_bytes: u64,
     pub concurrent_executions: u32,
+    /// How long a call waits for a free execution slot before it is refused as busy.
+    pub queue_timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -224,7 +226,7 @@ fn validate(f: &PolicyFile, invalid: &dyn Fn(&str, String) -> PolicyError) -> Re
         return Err(invalid("name", "use letters, digits, '-' and '_' only".into()));
     }
     let l = &f.limits;
-    let positive: [(&str, u64); 8] = [
+    let positive: [(&str, u64); 9] = [
         ("limits.timeout_ms", l.timeout_ms),
         ("limits.memory_mb", l.memory_mb),
         ("limits.fuel", l.fuel),
@@ -233,6 +235,7 @@ fn validate(f: &PolicyFile, invalid: &dyn Fn(&str, String) -> PolicyError) -> Re
         ("limits.workspace_files", l.workspace_files),
         ("limits.code_bytes", l.code_bytes),
         ("limits.concurrent_executions", u64::from(l.concurrent_executions)),
+        ("limits.queue_timeout_ms", l.queue_timeout_ms),
     ];
     for (field, v) in positive {
         if v == 0 {
@@ -398,7 +401,7 @@ mod tests {
 
     #[test]
     fn a_left_out_section_grants_nothing() {
-        let text = "name = \"bare\"\n[limits]\ntimeout_ms = 1\nmemory_mb = 64\nfuel = 1\nstdout_bytes = 1\nstderr_bytes = 1\nworkspace_bytes = 0\nworkspace_files = 1\ncode_bytes = 1\nconcurrent_executions = 1\n";
+        let text = "name = \"bare\"\n[limits]\ntimeout_ms = 1\nmemory_mb = 64\nfuel = 1\nstdout_bytes = 1\nstderr_bytes = 1\nworkspace_bytes = 0\nworkspace_files = 1\ncode_bytes = 1\nconcurrent_executions = 1\nqueue_timeout_ms = 1\n";
         let p = Policy::parse(text, "t").unwrap();
         assert!(!p.allows(Language::Python) && !p.allows(Language::Javascript));
         assert_eq!(p.file.sessions.max, 0);

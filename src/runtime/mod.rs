@@ -24,6 +24,7 @@ use pins::Package;
 /// A language `execute_code` accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
+#[schemars(inline)]
 pub enum Language {
     Python,
     Javascript,

@@ -64,6 +64,7 @@ impl Limits {
 /// Limits a caller may ask for; each may only lower the policy's.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(inline)]
 pub struct RequestedLimits {
     /// Wall-clock deadline in milliseconds (at most the policy's).
     #[schemars(range(min = 1))]

@@ -111,7 +111,7 @@ impl Sandbox {
 
     /// Runs one program in a fresh guest, on the calling thread (use [`on_guest_thread`]), and
     /// collects what it left in `/workspace`.
-    pub fn run_fresh(&self, spec: &ExecSpec, ws: &mut Workspace, cancel: &CancelHandle) -> Result<RunReport, SandboxError> {
+    pub fn run_fresh(&self, spec: &ExecSpec, ws: &Workspace, cancel: &CancelHandle) -> Result<RunReport, SandboxError> {
         let started = Instant::now();
         let mut guest = match self.start_guest(spec, ws, cancel)? {
             Ok(g) => g,

@@ -14,6 +14,7 @@ use super::workspace::Artifact;
 /// The `outcome` field of a result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(inline)]
 pub enum Outcome {
     /// The program ran to completion and exited 0.
     Ok,

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
 
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
@@ -42,14 +43,15 @@ pub struct InputFile {
 }
 
 /// A file the guest created or changed under `/workspace`.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+#[schemars(inline)]
 pub struct Artifact {
     /// Relative to `/workspace`.
     pub path: String,
     pub size: u64,
     pub sha256: String,
     pub mime: String,
-    /// Where the bytes can be read back (`resources/read`), filled in by the server.
+    /// Where the bytes can be read back with `resources/read`.
     pub uri: String,
 }
 
@@ -74,7 +76,7 @@ pub struct Workspace {
     workspace: Dir,
     tmp: Dir,
     /// What `/workspace` held after the last collection, to tell which files changed.
-    known: BTreeMap<String, Stamp>,
+    known: Mutex<BTreeMap<String, Stamp>>,
     /// Removed when dropped.
     _guard: tempfile::TempDir,
 }
@@ -91,7 +93,7 @@ impl Workspace {
             workspace: open(&root.join("workspace"))?,
             tmp: open(&root.join("tmp"))?,
             root,
-            known: BTreeMap::new(),
+            known: Mutex::new(BTreeMap::new()),
             _guard: guard,
         })
     }
@@ -112,7 +114,7 @@ impl Workspace {
 
     /// Writes input files, refusing paths that leave `/workspace` and totals over the quota.
     /// Input files are not reported as artifacts unless the guest changes them.
-    pub fn write_inputs(&mut self, files: &[InputFile], max_bytes: u64, max_files: u64) -> Result<(), WorkspaceError> {
+    pub fn write_inputs(&self, files: &[InputFile], max_bytes: u64, max_files: u64) -> Result<(), WorkspaceError> {
         let bytes: u64 = files.iter().map(|f| f.content.len() as u64).sum();
         if bytes > max_bytes {
             return Err(WorkspaceError::TooLarge { what: "bytes", needed: bytes, limit: max_bytes });
@@ -134,7 +136,7 @@ impl Workspace {
             io::Write::write_all(&mut file, &f.content).map_err(write_err)?;
             let key = rel.to_string_lossy().into_owned();
             let meta = file.metadata().map_err(write_err)?;
-            self.known.insert(key, stamp_of(&meta, hex::encode(Sha256::digest(&f.content))));
+            self.known.lock().unwrap_or_else(|e| e.into_inner()).insert(key, stamp_of(&meta, hex::encode(Sha256::digest(&f.content))));
         }
         Ok(())
     }
@@ -153,14 +155,15 @@ impl Workspace {
     /// Lists regular files under `/workspace` that are new or changed since the last call (or
     /// since the inputs were written), hashing at most `max_bytes_each` bytes per file. Updates
     /// the record so the next call reports only its own changes.
-    pub fn collect_changes(&mut self, max_files: usize) -> Vec<Artifact> {
+    pub fn collect_changes(&self, max_files: usize) -> Vec<Artifact> {
+        let mut known_map = self.known.lock().unwrap_or_else(|e| e.into_inner());
         let mut found = Vec::new();
         walk_files(&self.workspace, PathBuf::new(), 0, &mut found, max_files.saturating_mul(4).max(64));
         let mut artifacts = Vec::new();
         let mut next = BTreeMap::new();
         for (rel, meta) in found {
             let key = rel.to_string_lossy().into_owned();
-            let known = self.known.get(&key);
+            let known = known_map.get(&key);
             let unchanged_stamp = known.is_some_and(|k| {
                 k.size == meta.len() && k.mtime_ns == mtime_ns(&meta) && k.ino == ino(&meta)
             });
@@ -176,7 +179,7 @@ impl Workspace {
                 artifacts.push(Artifact { mime: mime_for(&key), path: key, size, sha256, uri: String::new() });
             }
         }
-        self.known = next;
+        *known_map = next;
         artifacts
     }
 
@@ -355,7 +358,7 @@ mod tests {
     #[test]
     fn changes_are_reported_once_and_symlinks_never() {
         let parent = tempfile::tempdir().unwrap();
-        let mut ws = Workspace::create(parent.path(), "t-").unwrap();
+        let ws = Workspace::create(parent.path(), "t-").unwrap();
         ws.write_inputs(&[InputFile { path: "in.txt".into(), content: b"x".to_vec() }], 100, 10).unwrap();
         assert!(ws.collect_changes(10).is_empty(), "inputs are not artifacts");
         std::fs::write(ws.workspace_path().join("out.png"), b"png").unwrap();
@@ -373,7 +376,7 @@ mod tests {
     fn input_writes_do_not_follow_planted_symlinks() {
         let parent = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
-        let mut ws = Workspace::create(parent.path(), "t-").unwrap();
+        let ws = Workspace::create(parent.path(), "t-").unwrap();
         std::os::unix::fs::symlink(outside.path(), ws.workspace_path().join("d")).unwrap();
         let r = ws.write_inputs(&[InputFile { path: "d/x".into(), content: b"x".to_vec() }], 100, 10);
         assert!(r.is_err());

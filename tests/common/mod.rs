@@ -59,10 +59,10 @@ pub fn workspace() -> Workspace {
 /// Runs `spec` in a fresh guest with `files` in /workspace; returns the report and workspace.
 pub fn run_with(spec: ExecSpec, files: Vec<InputFile>, cancel: CancelHandle) -> (RunReport, Workspace) {
     let sandbox = sandbox().clone();
-    let mut ws = workspace();
+    let ws = workspace();
     ws.write_inputs(&files, spec.limits.workspace_bytes, spec.limits.workspace_files).expect("inputs");
     on_guest_thread(move || {
-        let r = sandbox.run_fresh(&spec, &mut ws, &cancel).expect("sandbox error");
+        let r = sandbox.run_fresh(&spec, &ws, &cancel).expect("sandbox error");
         (r, ws)
     })
     .expect("guest thread")

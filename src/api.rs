@@ -1,0 +1,127 @@
+//! The product contract: argument and result types of warden's MCP tools, shared by the
+//! executor and the transports. Field names here are stable; tests and users depend on them.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::Language;
+use crate::sandbox::{Artifact, Outcome, RequestedLimits};
+
+/// Arguments of `execute_code`.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteCodeArgs {
+    /// Language of `code`: "python" (CPython 3.15 with numpy, pandas, matplotlib and more) or
+    /// "javascript" (QuickJS-NG, ES2023, top-level await).
+    pub language: Language,
+    /// The program to run. Python echoes a final expression like a notebook cell.
+    pub code: String,
+    /// Run inside this session (from create_session): /workspace persists, and for Python so do
+    /// variables and imports.
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// Files written into /workspace before the run.
+    #[serde(default)]
+    pub files: Vec<FileArg>,
+    /// Text given to the program on standard input.
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// Lower this call's limits; values above the server's limits are refused.
+    #[serde(default)]
+    pub limits: Option<RequestedLimits>,
+}
+
+/// A file to place in /workspace.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(inline)]
+pub struct FileArg {
+    /// Path relative to /workspace, like "data/input.csv".
+    pub path: String,
+    /// The file's contents, encoded as `encoding` says.
+    pub content: String,
+    /// "utf8" (default) or "base64".
+    #[serde(default)]
+    pub encoding: Encoding,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+#[schemars(inline)]
+pub enum Encoding {
+    #[default]
+    Utf8,
+    Base64,
+}
+
+/// The result of `execute_code` (its `structuredContent`).
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct ExecResult {
+    /// How the run ended.
+    pub outcome: Outcome,
+    /// The program's exit status, when it exited on its own.
+    pub exit_code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    /// Output was cut at the server's per-stream cap.
+    pub truncated: bool,
+    pub duration_ms: u64,
+    /// Instructions executed.
+    pub fuel_used: u64,
+    /// Files the run created or changed in /workspace.
+    pub artifacts: Vec<Artifact>,
+    /// Id of this call's audit event.
+    pub audit_id: String,
+    /// The audit event recorded for this call.
+    pub audit: serde_json::Map<String, serde_json::Value>,
+    /// The session the call ran in, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// Why the host stopped the program, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Small PNG/JPEG artifacts, read before the workspace could go away, to return inline.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub inline_images: Vec<InlineImage>,
+}
+
+/// An image artifact's bytes, for MCP image content.
+#[derive(Clone, Debug)]
+pub struct InlineImage {
+    pub path: String,
+    pub mime: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Arguments of `create_session`.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSessionArgs {
+    /// Language the session runs: "python" or "javascript".
+    pub language: Language,
+}
+
+/// Result of `create_session`.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct SessionInfo {
+    pub session_id: String,
+    pub language: Language,
+    /// When the session expires if unused (RFC 3339); each call pushes it back, up to the
+    /// session lifetime.
+    pub expires_at: String,
+}
+
+/// Arguments of `close_session`.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloseSessionArgs {
+    pub session_id: String,
+}
+
+/// Result of `close_session`.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct CloseSessionResult {
+    pub session_id: String,
+    pub closed: bool,
+}

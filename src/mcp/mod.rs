@@ -1,0 +1,221 @@
+//! The MCP face of warden: `execute_code`, `create_session`, `close_session`, and the artifacts
+//! as resources. The same handler serves stdio and streamable HTTP; it only translates between
+//! MCP and the [`Executor`].
+//!
+//! Errors follow MCP's split: a request that cannot be served as asked (bad arguments, a path
+//! escaping /workspace, limits above the policy, an unknown session) is a JSON-RPC
+//! invalid-params error; a program that failed inside the guest is a tool result with
+//! `isError: true` and its outcome; a busy server is a tool error the model can read and retry.
+
+mod content;
+pub mod tools;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, ListResourcesResult,
+    ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, ReadResourceRequestParams, ReadResourceResponse,
+    ReadResourceResult, Resource, ResourceContents, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use serde::de::DeserializeOwned;
+
+use crate::api::{CloseSessionArgs, CreateSessionArgs, ExecuteCodeArgs};
+use crate::executor::{Caller, ExecError, Executor};
+use crate::sandbox::CancelHandle;
+use crate::session::Owner;
+
+/// Who an HTTP request comes from, put in the request extensions by the auth layer.
+#[derive(Clone, Debug)]
+pub struct Principal(pub String);
+
+/// How the handler was reached; decides who the caller is.
+#[derive(Clone, Debug)]
+enum Via {
+    /// One client for the life of the process: the local operator.
+    Stdio { connection: String },
+    /// Many clients; identity comes from each request.
+    Http,
+}
+
+#[derive(Clone)]
+pub struct WardenMcp {
+    exec: Arc<Executor>,
+    via: Via,
+}
+
+impl WardenMcp {
+    pub fn stdio(exec: Arc<Executor>) -> Self {
+        WardenMcp { exec, via: Via::Stdio { connection: format!("stdio-{}", uuid::Uuid::new_v4().simple()) } }
+    }
+
+    pub fn http(exec: Arc<Executor>) -> Self {
+        WardenMcp { exec, via: Via::Http }
+    }
+
+    fn caller(&self, ctx: &RequestContext<RoleServer>) -> Caller {
+        match &self.via {
+            Via::Stdio { connection } => Caller::operator(Some(connection.clone())),
+            Via::Http => {
+                let parts = ctx.extensions.get::<axum::http::request::Parts>();
+                let principal = parts
+                    .and_then(|p| p.extensions.get::<Principal>())
+                    .map(|p| p.0.clone())
+                    .unwrap_or_else(|| "anonymous".to_string());
+                // A stateful (legacy) MCP session binds sessions to itself; stateless requests
+                // bind to the principal alone.
+                let connection = parts
+                    .and_then(|p| p.headers.get("mcp-session-id"))
+                    .and_then(|v| v.to_str().ok())
+                    .map(|s| format!("http-{s}"));
+                Caller { principal: principal.clone(), owner: Owner { principal, connection } }
+            }
+        }
+    }
+}
+
+fn parse_args<T: DeserializeOwned>(req: &CallToolRequestParams) -> Result<T, McpError> {
+    let value = serde_json::Value::Object(req.arguments.clone().unwrap_or_default());
+    serde_json::from_value(value).map_err(|e| McpError::invalid_params(format!("invalid arguments for {}: {e}", req.name), None))
+}
+
+fn exec_error(e: ExecError) -> Result<CallToolResponse, McpError> {
+    match e {
+        ExecError::InvalidRequest(m) => Err(McpError::invalid_params(m, None)),
+        // A full session table is transient, like a busy server: a result the model can read.
+        ExecError::Session(s @ crate::session::SessionError::Full(_)) => {
+            Ok(CallToolResult::error(vec![ContentBlock::text(s.to_string())]).into())
+        }
+        ExecError::Session(s) => Err(McpError::invalid_params(s.to_string(), None)),
+        e @ (ExecError::Busy { .. } | ExecError::ShuttingDown | ExecError::Audit(_)) => {
+            Ok(CallToolResult::error(vec![ContentBlock::text(e.to_string())]).into())
+        }
+        ExecError::Internal(m) => {
+            tracing::error!(error = %m, "internal error serving a tool call");
+            Err(McpError::internal_error("internal error; see the server log", None))
+        }
+    }
+}
+
+/// Sends progress notifications while `work` runs, if the client asked for them.
+async fn with_progress<F: std::future::Future>(ctx: &RequestContext<RoleServer>, total: Duration, work: F) -> F::Output {
+    let Some(token) = ctx.meta.get_progress_token() else { return work.await };
+    let started = Instant::now();
+    let notify = |msg: String| {
+        let elapsed = started.elapsed().as_secs_f64();
+        ctx.peer.notify_progress(
+            ProgressNotificationParam::new(token.clone(), elapsed).with_total(total.as_secs_f64()).with_message(msg),
+        )
+    };
+    let _ = notify("started".into()).await;
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tick.tick() => {
+                let _ = notify(format!("running for {:.1} s", started.elapsed().as_secs_f64())).await;
+            }
+        }
+    }
+}
+
+impl ServerHandler for WardenMcp {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_resources().build())
+            .with_server_info(Implementation::new("warden", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "warden runs Python and JavaScript in isolated sandboxes. Call execute_code with the code; files the \
+                 program writes to its working directory come back as artifacts. Use create_session for state that \
+                 lasts across calls.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        Ok(ListToolsResult::with_all_items(tools::definitions(self.exec.policy())))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        tools::find(self.exec.policy(), name)
+    }
+
+    async fn call_tool(&self, req: CallToolRequestParams, ctx: RequestContext<RoleServer>) -> Result<CallToolResponse, McpError> {
+        let caller = self.caller(&ctx);
+        match req.name.as_ref() {
+            tools::EXECUTE_CODE => {
+                let args: ExecuteCodeArgs = parse_args(&req)?;
+                let cancel = CancelHandle::new();
+                let watcher = {
+                    let (ct, cancel) = (ctx.ct.clone(), cancel.clone());
+                    tokio::spawn(async move {
+                        ct.cancelled().await;
+                        cancel.cancel();
+                    })
+                };
+                let timeout = Duration::from_millis(self.exec.policy().file.limits.timeout_ms);
+                let result = with_progress(&ctx, timeout, self.exec.execute(&caller, args, cancel)).await;
+                watcher.abort();
+                match result {
+                    Ok(r) => Ok(content::execution_result(r).into()),
+                    Err(e) => exec_error(e),
+                }
+            }
+            tools::CREATE_SESSION if self.exec.policy().file.sessions.max > 0 => {
+                let args: CreateSessionArgs = parse_args(&req)?;
+                match self.exec.create_session(&caller, args.language) {
+                    Ok(info) => Ok(content::structured(&info, format!("session {} ({}) expires at {}", info.session_id, info.language, info.expires_at)).into()),
+                    Err(e) => exec_error(e),
+                }
+            }
+            tools::CLOSE_SESSION if self.exec.policy().file.sessions.max > 0 => {
+                let args: CloseSessionArgs = parse_args(&req)?;
+                match self.exec.close_session(&caller, &args.session_id) {
+                    Ok(r) => Ok(content::structured(&r, format!("session {} closed", r.session_id)).into()),
+                    Err(e) => exec_error(e),
+                }
+            }
+            other => Err(McpError::invalid_params(
+                format!("unknown tool {other:?}; tools/list shows the tools this server offers"),
+                None,
+            )),
+        }
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        let caller = self.caller(&ctx);
+        let items = self
+            .exec
+            .artifacts
+            .list(&caller.owner)
+            .into_iter()
+            .map(|a| Resource::new(a.uri.clone(), a.path.clone()).with_mime_type(a.mime.clone()).with_size(a.size))
+            .collect();
+        Ok(ListResourcesResult::with_all_items(items))
+    }
+
+    async fn read_resource(&self, req: ReadResourceRequestParams, ctx: RequestContext<RoleServer>) -> Result<ReadResourceResponse, McpError> {
+        let caller = self.caller(&ctx);
+        let (bytes, mime) = self
+            .exec
+            .read_artifact(&caller, &req.uri)
+            .map_err(|e| McpError::resource_not_found(e.to_string(), None))?;
+        let contents = if content::is_text(&mime) && std::str::from_utf8(&bytes).is_ok() {
+            ResourceContents::text(String::from_utf8(bytes).expect("checked"), req.uri.clone()).with_mime_type(mime)
+        } else {
+            use base64::Engine as _;
+            ResourceContents::blob(base64::engine::general_purpose::STANDARD.encode(&bytes), req.uri.clone()).with_mime_type(mime)
+        };
+        Ok(ReadResourceResult::new(vec![contents]).into())
+    }
+}

@@ -1,0 +1,94 @@
+//! Tool definitions as MCP clients see them: names, descriptions an agent can act on, input and
+//! output schemas, and annotations.
+
+use rmcp::handler::server::tool::{schema_for_input, schema_for_output};
+use rmcp::model::{Tool, ToolAnnotations};
+
+use crate::api::{CloseSessionArgs, CloseSessionResult, CreateSessionArgs, ExecResult, ExecuteCodeArgs, SessionInfo};
+use crate::policy::Policy;
+use crate::runtime::Language;
+
+pub const EXECUTE_CODE: &str = "execute_code";
+pub const CREATE_SESSION: &str = "create_session";
+pub const CLOSE_SESSION: &str = "close_session";
+
+const PYTHON_PACKAGES: &str = "numpy, pandas, scipy, scikit-learn, statsmodels, matplotlib, seaborn, sympy, \
+    networkx, pillow, lxml, beautifulsoup4, openpyxl, xlsxwriter, pypdf, reportlab, pyyaml, jinja2, regex, tabulate";
+
+fn execute_code_description(policy: &Policy) -> String {
+    let l = &policy.file.limits;
+    let langs: Vec<&str> = policy.file.runtimes.allowed.iter().map(|l| l.as_str()).collect();
+    let mut d = format!(
+        "Run a program in a fresh, isolated sandbox and return its output and the files it wrote. \
+         Languages: {}.",
+        langs.join(", ")
+    );
+    if policy.allows(Language::Python) {
+        d.push_str(&format!(
+            " Python is CPython 3.15 with {PYTHON_PACKAGES} (no pip install); a final expression is echoed like a \
+             notebook cell; use matplotlib's savefig('name.png') to return a chart."
+        ));
+    }
+    if policy.allows(Language::Javascript) {
+        d.push_str(
+            " JavaScript is QuickJS-NG (ES2023, top-level await, Node-style console, setTimeout; std and os \
+             modules for files; no npm, no fetch).",
+        );
+    }
+    d.push_str(&format!(
+        " The working directory is /workspace: pass input files in `files`, and every file the program creates \
+         or changes there comes back as an artifact (images inline, others as resource links readable with \
+         resources/read). /tmp is scratch. There is no network and no host filesystem. Limits per call: \
+         {} ms wall clock, {} MiB memory, {} fuel (instructions), {} bytes of stdout; `limits` may lower them. \
+         For state across calls (variables, imports, files) create a session with create_session and pass its \
+         session_id.",
+        l.timeout_ms, l.memory_mb, l.fuel, l.stdout_bytes
+    ));
+    d
+}
+
+pub fn definitions(policy: &Policy) -> Vec<Tool> {
+    let mut tools = vec![
+        Tool::new(EXECUTE_CODE, execute_code_description(policy), schema_for_input::<ExecuteCodeArgs>().expect("object schema"))
+            .with_title("Run code in a sandbox")
+            .with_raw_output_schema(schema_for_output::<ExecResult>())
+            .with_annotations(
+                ToolAnnotations::new()
+                    .read_only(false)
+                    .destructive(false)
+                    .idempotent(false)
+                    .open_world(false),
+            ),
+    ];
+    if policy.file.sessions.max > 0 {
+        let s = &policy.file.sessions;
+        tools.push(
+            Tool::new(
+                CREATE_SESSION,
+                format!(
+                    "Start a session: a /workspace kept across execute_code calls that pass its session_id, and for \
+                     Python a live interpreter (variables and imports persist). Sessions end after {} s unused, {} s \
+                     in total, or with close_session.",
+                    s.idle_seconds, s.lifetime_seconds
+                ),
+                schema_for_input::<CreateSessionArgs>().expect("object schema"),
+            )
+            .with_raw_output_schema(schema_for_output::<SessionInfo>())
+            .with_annotations(ToolAnnotations::new().read_only(false).destructive(false).idempotent(false).open_world(false)),
+        );
+        tools.push(
+            Tool::new(
+                CLOSE_SESSION,
+                "End a session now and delete its workspace.",
+                schema_for_input::<CloseSessionArgs>().expect("object schema"),
+            )
+            .with_raw_output_schema(schema_for_output::<CloseSessionResult>())
+            .with_annotations(ToolAnnotations::new().read_only(false).destructive(true).idempotent(true).open_world(false)),
+        );
+    }
+    tools
+}
+
+pub fn find(policy: &Policy, name: &str) -> Option<Tool> {
+    definitions(policy).into_iter().find(|t| t.name == name)
+}

@@ -1,0 +1,187 @@
+//! Sessions: a workspace kept across `execute_code` calls, and for Python a live interpreter.
+//!
+//! A session belongs to the caller that created it ([`Owner`]); any other caller gets the same
+//! "unknown session" answer as for an id that never existed, so ids cannot be probed. Sessions
+//! end on `close_session`, after `idle` without use, after `lifetime`, or at shutdown, and their
+//! workspace is removed with them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::runtime::Language;
+use crate::sandbox::{Guest, Workspace};
+
+/// Who may use a session or read an artifact: the authenticated principal, plus the MCP
+/// connection when the transport has one (stdio, or a stateful HTTP session).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Owner {
+    pub principal: String,
+    pub connection: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SessionError {
+    #[error("unknown session_id {0:?}: it does not exist, has expired, or belongs to another client. Create one with create_session")]
+    Unknown(String),
+    #[error("this server already has {0} sessions open, its limit; close one with close_session or retry later")]
+    Full(usize),
+    #[error("sessions are disabled by this server's policy (sessions.max = 0)")]
+    Disabled,
+}
+
+pub struct Session {
+    pub id: String,
+    pub owner: Owner,
+    pub language: Language,
+    pub created: SystemTime,
+    started: Instant,
+    last_used: Mutex<Instant>,
+    /// Held for the whole of a turn, so turns of one session run one at a time.
+    pub state: tokio::sync::Mutex<SessionState>,
+}
+
+pub struct SessionState {
+    pub workspace: Arc<Workspace>,
+    /// The live interpreter (Python only); `None` until the first turn or after it ended.
+    pub guest: Option<Guest>,
+    /// Turns run so far.
+    pub turns: u64,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("id", &self.id).field("owner", &self.owner).field("language", &self.language).finish()
+    }
+}
+
+impl Session {
+    pub fn touch(&self) {
+        *self.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    fn expiry(&self, idle: Duration, lifetime: Duration) -> Instant {
+        let last = *self.last_used.lock().unwrap_or_else(|e| e.into_inner());
+        (last + idle).min(self.started + lifetime)
+    }
+
+    /// When the session will expire if left alone, as wall-clock time.
+    pub fn expires_at(&self, idle: Duration, lifetime: Duration) -> SystemTime {
+        let left = self.expiry(idle, lifetime).saturating_duration_since(Instant::now());
+        SystemTime::now() + left
+    }
+}
+
+pub struct Sessions {
+    map: Mutex<HashMap<String, Arc<Session>>>,
+    pub max: usize,
+    pub idle: Duration,
+    pub lifetime: Duration,
+}
+
+impl Sessions {
+    pub fn new(max: usize, idle: Duration, lifetime: Duration) -> Self {
+        Sessions { map: Mutex::new(HashMap::new()), max, idle, lifetime }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn create(&self, owner: Owner, language: Language, workspace: Workspace) -> Result<Arc<Session>, SessionError> {
+        if self.max == 0 {
+            return Err(SessionError::Disabled);
+        }
+        let mut map = self.map();
+        if map.len() >= self.max {
+            return Err(SessionError::Full(self.max));
+        }
+        let id = format!("s-{}", uuid::Uuid::new_v4().simple());
+        let now = Instant::now();
+        let session = Arc::new(Session {
+            id: id.clone(),
+            owner,
+            language,
+            created: SystemTime::now(),
+            started: now,
+            last_used: Mutex::new(now),
+            state: tokio::sync::Mutex::new(SessionState { workspace: Arc::new(workspace), guest: None, turns: 0 }),
+        });
+        map.insert(id, session.clone());
+        Ok(session)
+    }
+
+    /// The session `id` if `owner` owns it and it has not expired.
+    pub fn get(&self, id: &str, owner: &Owner) -> Result<Arc<Session>, SessionError> {
+        let map = self.map();
+        match map.get(id) {
+            Some(s) if &s.owner == owner && s.expiry(self.idle, self.lifetime) > Instant::now() => Ok(s.clone()),
+            _ => Err(SessionError::Unknown(id.chars().take(80).collect())),
+        }
+    }
+
+    pub fn close(&self, id: &str, owner: &Owner) -> Result<Arc<Session>, SessionError> {
+        let mut map = self.map();
+        match map.get(id) {
+            Some(s) if &s.owner == owner => Ok(map.remove(id).expect("present")),
+            _ => Err(SessionError::Unknown(id.chars().take(80).collect())),
+        }
+    }
+
+    /// Removes and returns sessions past their idle or lifetime limit.
+    pub fn expire(&self) -> Vec<Arc<Session>> {
+        let now = Instant::now();
+        let mut map = self.map();
+        let dead: Vec<String> =
+            map.iter().filter(|(_, s)| s.expiry(self.idle, self.lifetime) <= now).map(|(k, _)| k.clone()).collect();
+        dead.iter().filter_map(|k| map.remove(k)).collect()
+    }
+
+    /// Removes and returns every session (shutdown).
+    pub fn drain(&self) -> Vec<Arc<Session>> {
+        self.map().drain().map(|(_, s)| s).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ws() -> Workspace {
+        let parent = tempfile::tempdir().unwrap().keep();
+        Workspace::create(&parent, "s-").unwrap()
+    }
+
+    fn owner(p: &str) -> Owner {
+        Owner { principal: p.into(), connection: None }
+    }
+
+    #[test]
+    fn sessions_are_bound_to_their_owner_and_capped() {
+        let s = Sessions::new(1, Duration::from_secs(60), Duration::from_secs(60));
+        let a = s.create(owner("alice"), Language::Python, ws()).unwrap();
+        assert!(s.get(&a.id, &owner("alice")).is_ok());
+        assert_eq!(s.get(&a.id, &owner("bob")).unwrap_err(), SessionError::Unknown(a.id.clone()));
+        assert_eq!(s.close(&a.id, &owner("bob")).unwrap_err(), SessionError::Unknown(a.id.clone()));
+        assert_eq!(s.create(owner("bob"), Language::Python, ws()).unwrap_err(), SessionError::Full(1));
+        s.close(&a.id, &owner("alice")).unwrap();
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn idle_sessions_expire() {
+        let s = Sessions::new(4, Duration::from_millis(1), Duration::from_secs(60));
+        let a = s.create(owner("a"), Language::Javascript, ws()).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(s.get(&a.id, &owner("a")).is_err());
+        assert_eq!(s.expire().len(), 1);
+    }
+}

@@ -1,0 +1,33 @@
+//! Transports: MCP over stdio, and MCP over streamable HTTP (axum) with health endpoints.
+//!
+//! Both serve the same [`WardenMcp`] handler over one shared [`Executor`]; shutting down is the
+//! executor's job (drain, cancel, remove workspaces), the transports only stop listening.
+
+pub mod http;
+
+use std::sync::Arc;
+
+use rmcp::ServiceExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::executor::Executor;
+use crate::mcp::WardenMcp;
+
+/// Serves MCP on stdin/stdout until the client closes stdin or `shutdown` fires. Nothing but
+/// JSON-RPC is written to stdout; logs go to stderr.
+pub async fn serve_stdio(exec: Arc<Executor>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let handler = WardenMcp::stdio(exec);
+    let service = tokio::select! {
+        s = handler.serve(rmcp::transport::stdio()) => s?,
+        _ = shutdown.cancelled() => return Ok(()),
+    };
+    let ct = service.cancellation_token();
+    let stop = tokio::spawn(async move {
+        shutdown.cancelled().await;
+        ct.cancel();
+    });
+    let reason = service.waiting().await;
+    stop.abort();
+    tracing::info!(?reason, "stdio transport closed");
+    Ok(())
+}

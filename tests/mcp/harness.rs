@@ -1,0 +1,140 @@
+//! Starting the server binary and talking to it as an MCP client.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rmcp::model::{
+    CallToolRequest, CallToolRequestParams, CallToolResult, ClientRequest, ProgressNotificationParam, ServerResult,
+};
+use rmcp::service::{NotificationContext, PeerRequestOptions, RequestHandle, RunningService};
+use rmcp::transport::TokioChildProcess;
+use rmcp::{ClientHandler, RoleClient, ServiceError, ServiceExt};
+use serde_json::{Value, json};
+
+use crate::common::home;
+
+/// A client that records the progress notifications it receives.
+#[derive(Clone, Default)]
+pub struct Recorder {
+    pub progress: Arc<Mutex<Vec<ProgressNotificationParam>>>,
+}
+
+impl ClientHandler for Recorder {
+    async fn on_progress(&self, params: ProgressNotificationParam, _ctx: NotificationContext<RoleClient>) {
+        self.progress.lock().unwrap().push(params);
+    }
+}
+
+pub type Client = RunningService<RoleClient, Recorder>;
+
+/// A server process's private files: its audit log and any policy written for it.
+pub struct ServerFiles {
+    pub dir: tempfile::TempDir,
+}
+
+impl ServerFiles {
+    pub fn new() -> Self {
+        ServerFiles { dir: tempfile::tempdir().expect("tempdir") }
+    }
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.path().join("audit.jsonl")
+    }
+    /// Writes a policy derived from the default one, with `edits` applied as text replacements.
+    pub fn policy(&self, edits: &[(&str, &str)]) -> PathBuf {
+        let mut text = include_str!("../../policies/default.toml").to_string();
+        for (from, to) in edits {
+            assert!(text.contains(from), "default policy has no {from:?}");
+            text = text.replace(from, to);
+        }
+        let path = self.dir.path().join("policy.toml");
+        std::fs::write(&path, text).expect("write policy");
+        path
+    }
+}
+
+pub fn server_command(files: &ServerFiles, policy: Option<&Path>, extra: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_warden"));
+    cmd.arg("serve").args(extra);
+    if let Some(p) = policy {
+        cmd.arg("--policy").arg(p);
+    }
+    cmd.env("WARDEN_HOME", home().root())
+        .env("WARDEN_AUDIT_LOG", files.audit_log())
+        .env_remove("WARDEN_POLICY")
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Starts `warden serve` over stdio and connects with the legacy `initialize` handshake.
+pub async fn stdio(files: &ServerFiles, policy: Option<&Path>) -> Client {
+    let transport = TokioChildProcess::new(server_command(files, policy, &[])).expect("spawn warden");
+    Recorder::default().serve(transport).await.expect("initialize")
+}
+
+pub fn args(v: Value) -> serde_json::Map<String, Value> {
+    v.as_object().expect("object").clone()
+}
+
+pub async fn call(client: &Client, tool: &str, arguments: Value) -> Result<CallToolResult, ServiceError> {
+    client.call_tool(CallToolRequestParams::new(tool.to_string()).with_arguments(args(arguments))).await
+}
+
+/// Calls execute_code and returns its structured content, failing on a protocol error.
+pub async fn exec(client: &Client, arguments: Value) -> (CallToolResult, Value) {
+    let r = call(client, "execute_code", arguments).await.expect("execute_code");
+    let s = r.structured_content.clone().expect("structured content");
+    (r, s)
+}
+
+/// Sends a tools/call that can be cancelled.
+pub async fn start_call(client: &Client, tool: &str, arguments: Value) -> RequestHandle<RoleClient> {
+    let req = ClientRequest::CallToolRequest(CallToolRequest::new(
+        CallToolRequestParams::new(tool.to_string()).with_arguments(args(arguments)),
+    ));
+    client.peer().send_request_with_option(req, PeerRequestOptions::no_options()).await.expect("send")
+}
+
+pub fn call_result(r: ServerResult) -> CallToolResult {
+    match r {
+        ServerResult::CallToolResult(r) => r,
+        other => panic!("not a tools/call result: {other:?}"),
+    }
+}
+
+/// The JSON-RPC error code of a failed request.
+pub fn error_code(e: &ServiceError) -> i32 {
+    match e {
+        ServiceError::McpError(d) => d.code.0,
+        other => panic!("not a JSON-RPC error: {other:?}"),
+    }
+}
+
+/// Audit lines of `kind`, waiting up to `wait` for at least `n` of them.
+pub async fn audit_events(files: &ServerFiles, kind: &str, n: usize, wait: Duration) -> Vec<serde_json::Map<String, Value>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let lines: Vec<_> = warden::audit::read_lines(&files.audit_log())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|l| l.get("kind").and_then(Value::as_str) == Some(kind))
+            .collect();
+        if lines.len() >= n || tokio::time::Instant::now() >= deadline {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pub fn text_of(r: &CallToolResult) -> String {
+    r.content.iter().filter_map(|c| c.as_text().map(|t| t.text.clone())).collect::<Vec<_>>().join("\n")
+}
+
+pub fn py(code: &str) -> Value {
+    json!({"language": "python", "code": code})
+}
+
+pub fn js(code: &str) -> Value {
+    json!({"language": "javascript", "code": code})
+}

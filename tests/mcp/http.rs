@@ -1,0 +1,102 @@
+//! The same server over streamable HTTP: health endpoints, execution, isolation between clients,
+//! graceful shutdown.
+
+use std::time::Duration;
+
+use rmcp::ServiceExt;
+use rmcp::model::ReadResourceRequestParams;
+use rmcp::transport::StreamableHttpClientTransport;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::harness::*;
+
+pub struct HttpServer {
+    pub child: tokio::process::Child,
+    pub url: String,
+    pub base: String,
+}
+
+pub async fn start_http(files: &ServerFiles) -> HttpServer {
+    let mut cmd = server_command(files, None, &["--http", "127.0.0.1:0"]);
+    cmd.stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
+    let mut child = cmd.spawn().expect("spawn");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = loop {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.expect("startup").unwrap().expect("stderr");
+        if let Some(rest) = line.strip_prefix("warden: serving MCP at ") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let base = url.trim_end_matches("/mcp").to_string();
+    HttpServer { child, url, base }
+}
+
+async fn connect(url: &str) -> Client {
+    Recorder::default().serve(StreamableHttpClientTransport::from_uri(url.to_string())).await.expect("connect")
+}
+
+#[tokio::test]
+async fn http_serves_health_tools_and_executions() {
+    let files = ServerFiles::new();
+    let server = start_http(&files).await;
+    let health: serde_json::Value = reqwest::get(format!("{}/healthz", server.base)).await.unwrap().json().await.unwrap();
+    assert_eq!(health["status"], "ok");
+    let ready = reqwest::get(format!("{}/readyz", server.base)).await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    let client = connect(&server.url).await;
+    assert_eq!(client.list_all_tools().await.unwrap().len(), 3);
+    let (_, s) = exec(&client, py("print('over http')")).await;
+    assert_eq!(s["stdout"], "over http\n");
+    let (_, s) = exec(&client, js("console.log(1 + 1)")).await;
+    assert_eq!(s["stdout"], "2\n");
+    let (r, s) = exec(&client, py("open('h.txt', 'w').write('via http')")).await;
+    assert_eq!(s["outcome"], "ok");
+    let link = r.content.iter().find_map(|c| c.as_resource_link()).unwrap();
+    client.read_resource(ReadResourceRequestParams::new(link.uri.clone())).await.unwrap();
+}
+
+#[tokio::test]
+async fn http_clients_cannot_reach_each_others_sessions() {
+    let files = ServerFiles::new();
+    let server = start_http(&files).await;
+    let alice = connect(&server.url).await;
+    let bob = connect(&server.url).await;
+    let r = call(&alice, "create_session", json!({"language": "python"})).await.unwrap();
+    let id = r.structured_content.unwrap()["session_id"].as_str().unwrap().to_string();
+    exec(&alice, json!({"language": "python", "code": "v = 'alice'", "session_id": id})).await;
+    let e = call(&bob, "execute_code", json!({"language": "python", "code": "print(v)", "session_id": id})).await.unwrap_err();
+    assert_eq!(error_code(&e), -32602);
+    let (_, s) = exec(&alice, json!({"language": "python", "code": "print(v)", "session_id": id})).await;
+    assert_eq!(s["stdout"], "alice\n");
+}
+
+#[tokio::test]
+async fn sigterm_shuts_down_gracefully_and_removes_workspaces() {
+    let files = ServerFiles::new();
+    let mut server = start_http(&files).await;
+    let client = connect(&server.url).await;
+    let r = call(&client, "create_session", json!({"language": "python"})).await.unwrap();
+    let id = r.structured_content.unwrap()["session_id"].as_str().unwrap().to_string();
+    exec(&client, json!({"language": "python", "code": "open('x', 'w').write('1')", "session_id": id})).await;
+    let running = start_call(&client, "execute_code", py("import time\ntime.sleep(0.8)\nprint('finished')")).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = server.child.id().unwrap() as i32;
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let r = call_result(running.await_response().await.expect("in-flight call completes"));
+    assert_eq!(r.structured_content.unwrap()["stdout"], "finished\n");
+    let status = tokio::time::timeout(Duration::from_secs(15), server.child.wait()).await.expect("exits").unwrap();
+    assert!(status.success(), "{status}");
+    let dir = crate::common::home().workspaces().join(format!("pid-{pid}-"));
+    let leftovers: Vec<_> = std::fs::read_dir(crate::common::home().workspaces())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("pid-{pid}-")))
+        .collect();
+    assert!(leftovers.is_empty(), "workspaces left behind under {dir:?}: {leftovers:?}");
+    let closes = audit_events(&files, "session.close", 1, Duration::from_secs(1)).await;
+    assert_eq!(closes[0]["reason"], "shutdown");
+}

@@ -1,0 +1,10 @@
+//! The real `warden serve` binary driven by rmcp's client, over stdio and streamable HTTP.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod harness;
+
+mod errors;
+mod execute;
+mod http;
+mod sessions;

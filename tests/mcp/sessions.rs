@@ -1,0 +1,112 @@
+//! Sessions: state across calls, binding to their creator, limits, expiry.
+
+use std::time::Duration;
+
+use rmcp::model::ReadResourceRequestParams;
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+async fn create(client: &Client, language: &str) -> String {
+    let r = call(client, "create_session", json!({"language": language})).await.expect("create_session");
+    let s = r.structured_content.expect("structured");
+    assert!(s["expires_at"].as_str().unwrap().ends_with('Z'), "{s}");
+    s["session_id"].as_str().unwrap().to_string()
+}
+
+fn in_session(code: &str, language: &str, id: &str) -> Value {
+    json!({"language": language, "code": code, "session_id": id})
+}
+
+#[tokio::test]
+async fn python_sessions_keep_variables_imports_and_files() {
+    let files = ServerFiles::new();
+    let client = stdio(&files, None).await;
+    let id = create(&client, "python").await;
+    let (_, s) = exec(&client, in_session("import numpy as np\nx = 41\nopen('state.txt', 'w').write('kept')", "python", &id)).await;
+    assert_eq!(s["outcome"], "ok", "{s:#}");
+    assert_eq!(s["session_id"], id);
+    let (_, s) = exec(&client, in_session("print(x + 1, np.arange(3).sum(), open('state.txt').read())", "python", &id)).await;
+    assert_eq!(s["stdout"], "42 3 kept\n", "{s:#}");
+    // A failing turn does not end the session.
+    let (_, s) = exec(&client, in_session("1/0", "python", &id)).await;
+    assert_eq!(s["outcome"], "error");
+    let (_, s) = exec(&client, in_session("x", "python", &id)).await;
+    assert_eq!(s["stdout"], "41\n");
+    // Artifacts of a session point into it and are readable.
+    let (_, s) = exec(&client, in_session("open('report.csv', 'w').write('a,b\\n1,2\\n')", "python", &id)).await;
+    let uri = s["artifacts"][0]["uri"].as_str().unwrap().to_string();
+    assert!(uri.contains(&id), "{uri}");
+    client.read_resource(ReadResourceRequestParams::new(uri)).await.expect("read session artifact");
+    let r = call(&client, "close_session", json!({"session_id": id})).await.unwrap();
+    assert_eq!(r.structured_content.unwrap()["closed"], true);
+    let e = call(&client, "execute_code", in_session("x", "python", &id)).await.unwrap_err();
+    assert_eq!(error_code(&e), -32602);
+}
+
+#[tokio::test]
+async fn exit_ends_the_interpreter_but_not_the_session() {
+    let files = ServerFiles::new();
+    let client = stdio(&files, None).await;
+    let id = create(&client, "python").await;
+    exec(&client, in_session("y = 5\nopen('f', 'w').write('1')", "python", &id)).await;
+    let (_, s) = exec(&client, in_session("exit(3)", "python", &id)).await;
+    assert_eq!(s["exit_code"], 3);
+    let (_, s) = exec(&client, in_session("import os\nprint('y' in globals(), os.path.exists('f'))", "python", &id)).await;
+    assert_eq!(s["stdout"], "False True\n", "fresh interpreter, same files: {s:#}");
+}
+
+#[tokio::test]
+async fn javascript_sessions_keep_the_workspace() {
+    let files = ServerFiles::new();
+    let client = stdio(&files, None).await;
+    let id = create(&client, "javascript").await;
+    exec(&client, in_session("const f = std.open('count.txt', 'w'); f.puts('1'); f.close()", "javascript", &id)).await;
+    let (_, s) = exec(&client, in_session("console.log(std.loadFile('count.txt'))", "javascript", &id)).await;
+    assert_eq!(s["stdout"], "1\n");
+    let e = call(&client, "execute_code", in_session("print(1)", "python", &id)).await.unwrap_err();
+    assert_eq!(error_code(&e), -32602, "language must match the session");
+}
+
+#[tokio::test]
+async fn another_client_cannot_use_a_session_or_its_artifacts() {
+    let files = ServerFiles::new();
+    let alice = stdio(&files, None).await;
+    let id = create(&alice, "python").await;
+    let (_, s) = exec(&alice, in_session("secret = 'alice'\nopen('s.txt', 'w').write('alice data')", "python", &id)).await;
+    let session_file = s["artifacts"][0]["uri"].as_str().unwrap().to_string();
+    let (_, s) = exec(&alice, py("open('one-shot.txt', 'w').write('x')")).await;
+    let call_file = s["artifacts"][0]["uri"].as_str().unwrap().to_string();
+
+    // A second server connection on the same stdio server is not possible, so the other client is
+    // a second process sharing nothing but the id strings it was told.
+    let bob_files = ServerFiles::new();
+    let bob = stdio(&bob_files, None).await;
+    let e = call(&bob, "execute_code", in_session("print(secret)", "python", &id)).await.unwrap_err();
+    assert_eq!(error_code(&e), -32602);
+    for uri in [&session_file, &call_file] {
+        assert!(bob.read_resource(ReadResourceRequestParams::new(uri.clone())).await.is_err(), "{uri}");
+    }
+    let e = call(&bob, "close_session", json!({"session_id": id})).await.unwrap_err();
+    assert_eq!(error_code(&e), -32602);
+    let (_, s) = exec(&alice, in_session("print(secret)", "python", &id)).await;
+    assert_eq!(s["stdout"], "alice\n", "alice's session survived bob's attempts");
+}
+
+#[tokio::test]
+async fn session_count_is_capped_and_idle_sessions_expire() {
+    let files = ServerFiles::new();
+    let policy = files.policy(&[("max = 16", "max = 2"), ("idle_seconds = 900", "idle_seconds = 2")]);
+    let client = stdio(&files, Some(&policy)).await;
+    let a = create(&client, "python").await;
+    let _b = create(&client, "javascript").await;
+    let r = call(&client, "create_session", json!({"language": "python"})).await.unwrap();
+    assert_eq!(r.is_error, Some(true));
+    assert!(text_of(&r).contains("limit"), "{}", text_of(&r));
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let e = call(&client, "execute_code", in_session("1", "python", &a)).await.unwrap_err();
+    assert_eq!(error_code(&e), -32602);
+    let closes = audit_events(&files, "session.close", 2, Duration::from_secs(3)).await;
+    assert!(closes.iter().all(|c| c["reason"] == "expired"), "{closes:?}");
+    create(&client, "python").await;
+}
