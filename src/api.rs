@@ -84,6 +84,10 @@ pub struct ExecResult {
     #[serde(skip)]
     #[schemars(skip)]
     pub inline_images: Vec<InlineImage>,
+    /// The call's workspace, for in-process callers that copy artifacts out (`warden exec`).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub workspace: Option<std::sync::Arc<crate::sandbox::Workspace>>,
 }
 
 /// An image artifact's bytes, for MCP image content.

@@ -22,9 +22,9 @@ struct Retained {
     expires: Instant,
 }
 
+#[derive(Default)]
 pub struct ArtifactStore {
     entries: Mutex<VecDeque<Retained>>,
-    retention: Duration,
 }
 
 /// Where an artifact URI points.
@@ -59,8 +59,8 @@ pub fn parse_uri(uri: &str) -> Option<ArtifactRef<'_>> {
 }
 
 impl ArtifactStore {
-    pub fn new(retention: Duration) -> Self {
-        ArtifactStore { entries: Mutex::new(VecDeque::new()), retention }
+    pub fn new() -> Self {
+        Self::default()
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, VecDeque<Retained>> {
@@ -69,8 +69,8 @@ impl ArtifactStore {
 
     /// Keeps a call's workspace so its artifacts stay readable. Nothing is kept when retention is
     /// zero or there is nothing to serve.
-    pub fn retain(&self, call_id: &str, owner: &Owner, workspace: Arc<Workspace>, artifacts: &[Artifact]) {
-        if self.retention.is_zero() || artifacts.is_empty() {
+    pub fn retain(&self, call_id: &str, owner: &Owner, workspace: Arc<Workspace>, artifacts: &[Artifact], retention: Duration) {
+        if retention.is_zero() || artifacts.is_empty() {
             return;
         }
         let mut entries = self.entries();
@@ -82,7 +82,7 @@ impl ArtifactStore {
             owner: owner.clone(),
             workspace,
             artifacts: artifacts.to_vec(),
-            expires: Instant::now() + self.retention,
+            expires: Instant::now() + retention,
         });
     }
 

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -24,19 +24,53 @@ use crate::runtime::Language;
 use crate::sandbox::{
     CancelHandle, ExecSpec, InputFile, MAX_ARTIFACTS, RunReport, Sandbox, SandboxError, Workspace, on_guest_thread_async,
 };
-use crate::session::{Owner, SessionError, Sessions};
+use crate::limiter::{Limited, PrincipalLimiter};
+use crate::metrics::Metrics;
+use crate::session::{Owner, SessionError, SessionLimits, Sessions};
 
-/// Who is asking.
+/// Who is asking, and under which profile (decided by authentication, never by the request).
 #[derive(Clone, Debug)]
 pub struct Caller {
     pub principal: String,
     pub owner: Owner,
+    pub profile: String,
 }
 
 impl Caller {
-    /// The local operator, on a connection of its own (stdio, `warden exec`).
-    pub fn operator(connection: Option<String>) -> Caller {
-        Caller { principal: "operator".into(), owner: Owner { principal: "operator".into(), connection } }
+    /// The local operator, on a connection of its own (stdio, `warden exec`), with the profile
+    /// given on the command line.
+    pub fn operator(connection: Option<String>, profile: &str) -> Caller {
+        Caller {
+            principal: "operator".into(),
+            owner: Owner { principal: "operator".into(), connection },
+            profile: profile.to_string(),
+        }
+    }
+}
+
+/// One loaded profile and its execution slots.
+pub struct Profile {
+    pub policy: Policy,
+    admission: Arc<Semaphore>,
+}
+
+impl Profile {
+    pub fn new(policy: Policy) -> Profile {
+        let slots = policy.file.limits.concurrent_executions as usize;
+        Profile { policy, admission: Arc::new(Semaphore::new(slots)) }
+    }
+}
+
+/// The profiles a server serves, by name, and the one the operator and anonymous callers get.
+pub struct Profiles {
+    pub default: String,
+    pub by_name: HashMap<String, Arc<Profile>>,
+}
+
+impl Profiles {
+    pub fn single(policy: Policy) -> Profiles {
+        let default = policy.name().to_string();
+        Profiles { by_name: HashMap::from([(default.clone(), Arc::new(Profile::new(policy)))]), default }
     }
 }
 
@@ -49,6 +83,8 @@ pub enum ExecError {
     Session(#[from] SessionError),
     #[error("server busy: all {slots} execution slots stayed taken for {waited_ms} ms; retry in a few seconds")]
     Busy { slots: usize, waited_ms: u64 },
+    #[error(transparent)]
+    Limited(#[from] Limited),
     #[error("the server is shutting down; retry later")]
     ShuttingDown,
     #[error("the audit log cannot be written, so nothing runs until it is fixed: {0}")]
@@ -68,11 +104,12 @@ impl From<SandboxError> for ExecError {
 
 pub struct Executor {
     sandbox: Sandbox,
-    policy: Policy,
+    profiles: RwLock<Arc<Profiles>>,
     workspaces: PathBuf,
     pub sessions: Sessions,
     pub artifacts: ArtifactStore,
-    admission: Arc<Semaphore>,
+    limiter: PrincipalLimiter,
+    pub metrics: Metrics,
     audit: Arc<AuditLog>,
     inflight: Mutex<HashMap<u64, CancelHandle>>,
     next_call: AtomicU64,
@@ -109,28 +146,54 @@ impl Drop for InflightGuard<'_> {
 }
 
 impl Executor {
-    pub fn new(sandbox: Sandbox, policy: Policy, workspaces: PathBuf, audit: Arc<AuditLog>) -> Executor {
-        let f = &policy.file;
+    pub fn new(sandbox: Sandbox, profiles: Profiles, workspaces: PathBuf, audit: Arc<AuditLog>) -> Executor {
         Executor {
-            sessions: Sessions::new(
-                f.sessions.max as usize,
-                Duration::from_secs(f.sessions.idle_seconds),
-                Duration::from_secs(f.sessions.lifetime_seconds),
-            ),
-            artifacts: ArtifactStore::new(Duration::from_secs(f.artifacts.retention_seconds)),
-            admission: Arc::new(Semaphore::new(f.limits.concurrent_executions as usize)),
+            sessions: Sessions::new(),
+            artifacts: ArtifactStore::new(),
+            limiter: PrincipalLimiter::new(),
+            metrics: Metrics::new(),
+            profiles: RwLock::new(Arc::new(profiles)),
             sandbox,
             workspaces,
             audit,
-            policy,
             inflight: Mutex::new(HashMap::new()),
             next_call: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
         }
     }
 
-    pub fn policy(&self) -> &Policy {
-        &self.policy
+    pub fn profiles(&self) -> Arc<Profiles> {
+        self.profiles.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The profile the operator and unauthenticated local callers get.
+    pub fn default_profile(&self) -> Arc<Profile> {
+        let p = self.profiles();
+        p.by_name[&p.default].clone()
+    }
+
+    /// The caller's profile. Authentication only ever names loaded profiles; a miss means the
+    /// profile was removed by a reload after the request was admitted.
+    pub fn profile(&self, caller: &Caller) -> Result<Arc<Profile>, ExecError> {
+        self.profiles()
+            .by_name
+            .get(&caller.profile)
+            .cloned()
+            .ok_or_else(|| Self::invalid(format!("profile {:?} is no longer served; retry", caller.profile)))
+    }
+
+    /// Replaces the served profiles (SIGHUP). Calls already running keep their old limits.
+    pub fn replace_profiles(&self, profiles: Profiles) {
+        *self.profiles.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(profiles);
+    }
+
+    /// Records a refusal in the audit log and the metrics.
+    fn deny(&self, caller: &Caller, reason: &str, detail: &str) {
+        self.metrics.deny(reason);
+        let _ = self.audit.record(
+            "authz.deny",
+            json!({"principal": caller.principal, "profile": caller.profile, "reason": reason, "detail": detail}),
+        );
     }
 
     pub fn sandbox(&self) -> &Sandbox {
@@ -150,11 +213,12 @@ impl Executor {
     }
 
     /// Checks a request against the policy and decodes its inputs.
-    fn prepare(&self, args: &ExecuteCodeArgs) -> Result<(ExecSpec, Vec<InputFile>), ExecError> {
-        let p = &self.policy;
+    fn prepare(&self, caller: &Caller, p: &Policy, args: &ExecuteCodeArgs) -> Result<(ExecSpec, Vec<InputFile>), ExecError> {
         let l = &p.file.limits;
         if !p.allows(args.language) {
-            return Err(Self::invalid(format!("language {} is not allowed by policy {:?}", args.language, p.name())));
+            let msg = format!("language {} is not allowed by policy {:?}", args.language, p.name());
+            self.deny(caller, "runtime_not_allowed", &msg);
+            return Err(Self::invalid(msg));
         }
         if self.sandbox.runtimes().get(args.language).is_none() {
             return Err(Self::invalid(format!("the {} runtime is not loaded on this server", args.language)));
@@ -202,7 +266,9 @@ impl Executor {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(ExecError::ShuttingDown);
         }
-        let (spec, files) = self.prepare(&args)?;
+        let profile = self.profile(caller)?;
+        let policy = &profile.policy;
+        let (spec, files) = self.prepare(caller, policy, &args)?;
         let session = match &args.session_id {
             Some(id) => {
                 let s = self.sessions.get(id, &caller.owner)?;
@@ -214,11 +280,20 @@ impl Executor {
             None => None,
         };
 
-        let slots = self.policy.file.limits.concurrent_executions as usize;
-        let queue = Duration::from_millis(self.policy.file.limits.queue_timeout_ms);
-        let _permit = match tokio::time::timeout(queue, self.admission.clone().acquire_owned()).await {
+        let l = &policy.file.limits;
+        let _slot = self.limiter.admit(&caller.principal, l.calls_per_minute, l.concurrent_per_principal).map_err(|e| {
+            self.metrics.rate_limited.inc();
+            self.deny(caller, "rate_limited", &e.to_string());
+            e
+        })?;
+        let slots = l.concurrent_executions as usize;
+        let queue = Duration::from_millis(l.queue_timeout_ms);
+        let _permit = match tokio::time::timeout(queue, profile.admission.clone().acquire_owned()).await {
             Ok(Ok(p)) => p,
-            _ => return Err(ExecError::Busy { slots, waited_ms: queue.as_millis() as u64 }),
+            _ => {
+                self.metrics.busy.inc();
+                return Err(ExecError::Busy { slots, waited_ms: queue.as_millis() as u64 });
+            }
         };
 
         let call_id = uuid::Uuid::new_v4().to_string();
@@ -232,19 +307,28 @@ impl Executor {
             "language": spec.language,
             "code_sha256": sha256_hex(spec.code.as_bytes()),
             "inputs_sha256": inputs_sha256,
-            "profile": self.policy.name(),
-            "profile_sha256": self.policy.sha256,
+            "profile": policy.name(),
+            "profile_sha256": policy.sha256,
             "limits": spec.limits,
         });
+        let mut base = base;
+        if policy.file.audit.record_code {
+            base["code"] = json!(spec.code);
+        }
         // Fail closed: if the start cannot be recorded, nothing runs.
         let start = self.audit.record("execution.start", &base)?;
 
         let id = self.next_call.fetch_add(1, Ordering::Relaxed);
         self.inflight.lock().unwrap_or_else(|e| e.into_inner()).insert(id, cancel.clone());
         let _inflight = InflightGuard { table: &self.inflight, id };
+        self.metrics.active_executions.inc();
+        let _active = scopeguard(|| {
+            self.metrics.active_executions.dec();
+        });
 
-        let image_cap = self.policy.file.artifacts.inline_image_bytes;
-        let (report, images, uri_for): (RunReport, Vec<InlineImage>, Box<dyn Fn(&str) -> String + Send>) = match &session {
+        let image_cap = policy.file.artifacts.inline_image_bytes;
+        let retention = Duration::from_secs(policy.file.artifacts.retention_seconds);
+        let (report, images, workspace, uri_for): (RunReport, Vec<InlineImage>, Arc<Workspace>, Box<dyn Fn(&str) -> String + Send>) = match &session {
             None => {
                 let ws = Arc::new(Workspace::create(&self.workspaces, "call-").map_err(|e| ExecError::Internal(e.to_string()))?);
                 ws.write_inputs(&files, spec.limits.workspace_bytes, spec.limits.workspace_files)
@@ -252,15 +336,15 @@ impl Executor {
                 let (sandbox, ws2, spec2, cancel2) = (self.sandbox.clone(), ws.clone(), spec.clone(), cancel.clone());
                 let report = on_guest_thread_async(move || sandbox.run_fresh(&spec2, &ws2, &cancel2)).await??;
                 let images = inline_images(&ws, &report, image_cap);
-                self.artifacts.retain(&call_id, &caller.owner, ws, &report.artifacts);
+                self.artifacts.retain(&call_id, &caller.owner, ws.clone(), &report.artifacts, retention);
                 let cid = call_id.clone();
-                (report, images, Box::new(move |p| call_uri(&cid, p)))
+                (report, images, ws, Box::new(move |p| call_uri(&cid, p)))
             }
             Some(s) => {
                 let (report, ws) = self.session_turn(s, &spec, &files, &cancel).await?;
                 let images = inline_images(&ws, &report, image_cap);
                 let sid = s.id.clone();
-                (report, images, Box::new(move |p| session_uri(&sid, p)))
+                (report, images, ws, Box::new(move |p| session_uri(&sid, p)))
             }
         };
 
@@ -280,8 +364,10 @@ impl Executor {
             json!(report.artifacts.iter().map(|a| json!({"path": a.path, "size": a.size, "sha256": a.sha256})).collect::<Vec<_>>()),
         );
         let recorded = self.audit.record("execution", &end)?;
+        self.metrics.record_execution(spec.language.as_str(), report.outcome.as_str(), report.duration_ms, report.fuel_used);
         let mut result = to_result(report, recorded, args.session_id);
         result.inline_images = images;
+        result.workspace = Some(workspace);
         Ok(result)
     }
 
@@ -342,25 +428,35 @@ impl Executor {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(ExecError::ShuttingDown);
         }
-        if !self.policy.allows(language) {
-            return Err(Self::invalid(format!("language {language} is not allowed by policy {:?}", self.policy.name())));
+        let profile = self.profile(caller)?;
+        let p = &profile.policy;
+        if !p.allows(language) {
+            let msg = format!("language {language} is not allowed by policy {:?}", p.name());
+            self.deny(caller, "runtime_not_allowed", &msg);
+            return Err(Self::invalid(msg));
         }
+        let limits = SessionLimits {
+            max: p.file.sessions.max as usize,
+            idle: Duration::from_secs(p.file.sessions.idle_seconds),
+            lifetime: Duration::from_secs(p.file.sessions.lifetime_seconds),
+        };
         let ws = Workspace::create(&self.workspaces, "session-").map_err(|e| ExecError::Internal(e.to_string()))?;
-        let s = self.sessions.create(caller.owner.clone(), language, ws)?;
-        let expires = s.expires_at(self.sessions.idle, self.sessions.lifetime);
+        let s = self.sessions.create(caller.owner.clone(), language, ws, p.name(), limits)?;
         if let Err(e) = self.audit.record(
             "session.open",
-            json!({"session_id": s.id, "principal": caller.principal, "connection": caller.owner.connection, "language": language, "profile": self.policy.name()}),
+            json!({"session_id": s.id, "principal": caller.principal, "connection": caller.owner.connection, "language": language, "profile": p.name()}),
         ) {
             let _ = self.sessions.close(&s.id, &caller.owner);
             return Err(e.into());
         }
-        Ok(SessionInfo { session_id: s.id.clone(), language, expires_at: rfc3339(expires) })
+        self.metrics.active_sessions.set(self.sessions.len() as i64);
+        Ok(SessionInfo { session_id: s.id.clone(), language, expires_at: rfc3339(s.expires_at()) })
     }
 
     pub fn close_session(&self, caller: &Caller, id: &str) -> Result<CloseSessionResult, ExecError> {
         let s = self.sessions.close(id, &caller.owner)?;
         self.audit_close(&s, "closed");
+        self.metrics.active_sessions.set(self.sessions.len() as i64);
         Ok(CloseSessionResult { session_id: s.id.clone(), closed: true })
     }
 
@@ -376,7 +472,7 @@ impl Executor {
     /// Reads an artifact for its owner: `(bytes, mime)`.
     pub fn read_artifact(&self, caller: &Caller, uri: &str) -> Result<(Vec<u8>, String), ExecError> {
         let not_found = || Self::invalid(format!("no artifact {uri:?} is readable by you (it may have expired)"));
-        let max = self.policy.file.limits.workspace_bytes;
+        let max = self.profile(caller)?.policy.file.limits.workspace_bytes;
         match parse_uri(uri).ok_or_else(not_found)? {
             ArtifactRef::Call { call_id, path } => {
                 let (ws, a) = self.artifacts.find(call_id, path, &caller.owner).ok_or_else(not_found)?;
@@ -399,6 +495,7 @@ impl Executor {
         for s in self.sessions.expire() {
             self.audit_close(&s, "expired");
         }
+        self.metrics.active_sessions.set(self.sessions.len() as i64);
         self.artifacts.expire();
     }
 
@@ -444,6 +541,7 @@ fn to_result(r: RunReport, audit: Recorded, session_id: Option<String>) -> ExecR
         session_id,
         message: r.message,
         inline_images: Vec::new(),
+        workspace: None,
     }
 }
 
@@ -451,6 +549,19 @@ fn to_result(r: RunReport, audit: Recorded, session_id: Option<String>) -> ExecR
 fn inputs_digest(files: &[InputFile], stdin: &[u8]) -> String {
     let listing: Vec<_> = files.iter().map(|f| json!([f.path, sha256_hex(&f.content)])).collect();
     sha256_hex(json!({"files": listing, "stdin": sha256_hex(stdin)}).to_string().as_bytes())
+}
+
+/// Runs `f` when dropped.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 pub fn rfc3339(t: std::time::SystemTime) -> String {

@@ -20,11 +20,14 @@
 pub mod api;
 pub mod artifacts;
 pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod digest;
 pub mod executor;
 pub mod home;
+pub mod limiter;
 pub mod mcp;
+pub mod metrics;
 pub mod policy;
 pub mod runtime;
 pub mod sandbox;

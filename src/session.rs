@@ -24,7 +24,7 @@ pub struct Owner {
 pub enum SessionError {
     #[error("unknown session_id {0:?}: it does not exist, has expired, or belongs to another client. Create one with create_session")]
     Unknown(String),
-    #[error("this server already has {0} sessions open, its limit; close one with close_session or retry later")]
+    #[error("{0} sessions are open under this profile, its limit; close one with close_session or retry later")]
     Full(usize),
     #[error("sessions are disabled by this server's policy (sessions.max = 0)")]
     Disabled,
@@ -34,7 +34,11 @@ pub struct Session {
     pub id: String,
     pub owner: Owner,
     pub language: Language,
+    /// The profile it was created under; its limits apply to every turn.
+    pub profile: String,
     pub created: SystemTime,
+    idle: Duration,
+    lifetime: Duration,
     started: Instant,
     last_used: Mutex<Instant>,
     /// Held for the whole of a turn, so turns of one session run one at a time.
@@ -60,41 +64,54 @@ impl Session {
         *self.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
     }
 
-    fn expiry(&self, idle: Duration, lifetime: Duration) -> Instant {
+    fn expiry(&self) -> Instant {
         let last = *self.last_used.lock().unwrap_or_else(|e| e.into_inner());
-        (last + idle).min(self.started + lifetime)
+        (last + self.idle).min(self.started + self.lifetime)
     }
 
     /// When the session will expire if left alone, as wall-clock time.
-    pub fn expires_at(&self, idle: Duration, lifetime: Duration) -> SystemTime {
-        let left = self.expiry(idle, lifetime).saturating_duration_since(Instant::now());
+    pub fn expires_at(&self) -> SystemTime {
+        let left = self.expiry().saturating_duration_since(Instant::now());
         SystemTime::now() + left
     }
 }
 
-pub struct Sessions {
-    map: Mutex<HashMap<String, Arc<Session>>>,
+/// The session limits of a profile.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionLimits {
     pub max: usize,
     pub idle: Duration,
     pub lifetime: Duration,
 }
 
+#[derive(Default)]
+pub struct Sessions {
+    map: Mutex<HashMap<String, Arc<Session>>>,
+}
+
 impl Sessions {
-    pub fn new(max: usize, idle: Duration, lifetime: Duration) -> Self {
-        Sessions { map: Mutex::new(HashMap::new()), max, idle, lifetime }
+    pub fn new() -> Self {
+        Self::default()
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn create(&self, owner: Owner, language: Language, workspace: Workspace) -> Result<Arc<Session>, SessionError> {
-        if self.max == 0 {
+    pub fn create(
+        &self,
+        owner: Owner,
+        language: Language,
+        workspace: Workspace,
+        profile: &str,
+        limits: SessionLimits,
+    ) -> Result<Arc<Session>, SessionError> {
+        if limits.max == 0 {
             return Err(SessionError::Disabled);
         }
         let mut map = self.map();
-        if map.len() >= self.max {
-            return Err(SessionError::Full(self.max));
+        if map.values().filter(|s| s.profile == profile).count() >= limits.max {
+            return Err(SessionError::Full(limits.max));
         }
         let id = format!("s-{}", uuid::Uuid::new_v4().simple());
         let now = Instant::now();
@@ -102,7 +119,10 @@ impl Sessions {
             id: id.clone(),
             owner,
             language,
+            profile: profile.to_string(),
             created: SystemTime::now(),
+            idle: limits.idle,
+            lifetime: limits.lifetime,
             started: now,
             last_used: Mutex::new(now),
             state: tokio::sync::Mutex::new(SessionState { workspace: Arc::new(workspace), guest: None, turns: 0 }),
@@ -115,7 +135,7 @@ impl Sessions {
     pub fn get(&self, id: &str, owner: &Owner) -> Result<Arc<Session>, SessionError> {
         let map = self.map();
         match map.get(id) {
-            Some(s) if &s.owner == owner && s.expiry(self.idle, self.lifetime) > Instant::now() => Ok(s.clone()),
+            Some(s) if &s.owner == owner && s.expiry() > Instant::now() => Ok(s.clone()),
             _ => Err(SessionError::Unknown(id.chars().take(80).collect())),
         }
     }
@@ -133,7 +153,7 @@ impl Sessions {
         let now = Instant::now();
         let mut map = self.map();
         let dead: Vec<String> =
-            map.iter().filter(|(_, s)| s.expiry(self.idle, self.lifetime) <= now).map(|(k, _)| k.clone()).collect();
+            map.iter().filter(|(_, s)| s.expiry() <= now).map(|(k, _)| k.clone()).collect();
         dead.iter().filter_map(|k| map.remove(k)).collect()
     }
 
@@ -164,22 +184,28 @@ mod tests {
         Owner { principal: p.into(), connection: None }
     }
 
+    fn limits(max: usize, idle: Duration) -> SessionLimits {
+        SessionLimits { max, idle, lifetime: Duration::from_secs(60) }
+    }
+
     #[test]
-    fn sessions_are_bound_to_their_owner_and_capped() {
-        let s = Sessions::new(1, Duration::from_secs(60), Duration::from_secs(60));
-        let a = s.create(owner("alice"), Language::Python, ws()).unwrap();
+    fn sessions_are_bound_to_their_owner_and_capped_per_profile() {
+        let s = Sessions::new();
+        let l = limits(1, Duration::from_secs(60));
+        let a = s.create(owner("alice"), Language::Python, ws(), "p", l).unwrap();
         assert!(s.get(&a.id, &owner("alice")).is_ok());
         assert_eq!(s.get(&a.id, &owner("bob")).unwrap_err(), SessionError::Unknown(a.id.clone()));
         assert_eq!(s.close(&a.id, &owner("bob")).unwrap_err(), SessionError::Unknown(a.id.clone()));
-        assert_eq!(s.create(owner("bob"), Language::Python, ws()).unwrap_err(), SessionError::Full(1));
+        assert_eq!(s.create(owner("bob"), Language::Python, ws(), "p", l).unwrap_err(), SessionError::Full(1));
+        assert!(s.create(owner("bob"), Language::Python, ws(), "other", l).is_ok(), "the cap is per profile");
         s.close(&a.id, &owner("alice")).unwrap();
-        assert!(s.is_empty());
+        assert_eq!(s.len(), 1);
     }
 
     #[test]
     fn idle_sessions_expire() {
-        let s = Sessions::new(4, Duration::from_millis(1), Duration::from_secs(60));
-        let a = s.create(owner("a"), Language::Javascript, ws()).unwrap();
+        let s = Sessions::new();
+        let a = s.create(owner("a"), Language::Javascript, ws(), "p", limits(4, Duration::from_millis(1))).unwrap();
         std::thread::sleep(Duration::from_millis(5));
         assert!(s.get(&a.id, &owner("a")).is_err());
         assert_eq!(s.expire().len(), 1);

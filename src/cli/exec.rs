@@ -1,16 +1,21 @@
-//! `warden exec`: one program, one fresh sandbox, the result as JSON on stdout.
+//! `warden exec`: one program, one fresh sandbox, the result as JSON on stdout. It takes the
+//! same path as an MCP call (policy, sandbox, audit), as the local operator.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use base64::Engine as _;
 use clap::Args;
 
 use super::Failure;
-use crate::home::Home;
+use crate::api::{Encoding, ExecuteCodeArgs, FileArg};
+use crate::audit::AuditLog;
+use crate::executor::{Caller, ExecError, Executor, Profiles};
+use crate::home::{Home, process_workspaces};
 use crate::policy::Policy;
 use crate::runtime::engine::{EngineSettings, build_engine, spawn_epoch_ticker};
 use crate::runtime::{Language, Runtimes};
-use crate::sandbox::{CancelHandle, ExecSpec, InputFile, RequestedLimits, Sandbox, Workspace, on_guest_thread};
+use crate::sandbox::{CancelHandle, RequestedLimits, Sandbox};
 
 #[derive(Args, Debug)]
 pub struct ExecArgs {
@@ -26,7 +31,7 @@ pub struct ExecArgs {
     /// Copy a host file into /workspace before the run: PATH, or PATH=DEST for another name.
     #[arg(long = "file", value_name = "PATH[=DEST]")]
     pub files: Vec<String>,
-    /// A file whose bytes become the program's stdin.
+    /// A file whose contents (UTF-8 text) become the program's stdin.
     #[arg(long)]
     pub stdin: Option<PathBuf>,
     /// Lower the wall-clock deadline (milliseconds).
@@ -46,27 +51,17 @@ pub struct ExecArgs {
     pub artifacts_dir: Option<PathBuf>,
 }
 
+fn usage(message: impl Into<String>) -> Failure {
+    Failure { message: message.into(), status: 2 }
+}
+
 pub fn run(home: &Home, args: ExecArgs) -> Result<(), Failure> {
     let policy = Policy::load(&args.policy)?;
-    if !policy.allows(args.language) {
-        return Err(Failure {
-            message: format!("policy {:?} does not allow {}; pick another --policy", policy.name(), args.language),
-            status: 2,
-        });
-    }
     let code = match (&args.code, &args.script) {
         (Some(c), _) => c.clone(),
         (None, Some(p)) => std::fs::read_to_string(p).map_err(|e| format!("reading {p:?}: {e}"))?,
         (None, None) => unreachable!("clap requires one"),
     };
-    if code.len() as u64 > policy.file.limits.code_bytes {
-        return Err(Failure {
-            message: format!("the code is {} bytes; policy {:?} accepts at most {}", code.len(), policy.name(), policy.file.limits.code_bytes),
-            status: 2,
-        });
-    }
-    let requested = RequestedLimits { timeout_ms: args.timeout_ms, memory_mb: args.memory_mb, fuel: args.fuel };
-    let limits = policy.limits().lowered(&requested).map_err(|e| Failure { message: e.to_string(), status: 2 })?;
     let mut files = Vec::new();
     for spec in &args.files {
         let (src, dest) = match spec.split_once('=') {
@@ -78,55 +73,56 @@ pub fn run(home: &Home, args: ExecArgs) -> Result<(), Failure> {
             }
         };
         let content = std::fs::read(&src).map_err(|e| format!("reading --file {src:?}: {e}"))?;
-        files.push(InputFile { path: dest, content });
+        files.push(FileArg {
+            path: dest,
+            content: base64::engine::general_purpose::STANDARD.encode(content),
+            encoding: Encoding::Base64,
+        });
     }
     let stdin = match &args.stdin {
-        Some(p) => std::fs::read(p).map_err(|e| format!("reading --stdin {p:?}: {e}"))?,
-        None => Vec::new(),
+        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| format!("reading --stdin {p:?}: {e}"))?),
+        None => None,
+    };
+    let request = ExecuteCodeArgs {
+        language: args.language,
+        code,
+        session_id: None,
+        files,
+        stdin,
+        limits: Some(RequestedLimits { timeout_ms: args.timeout_ms, memory_mb: args.memory_mb, fuel: args.fuel }),
     };
 
+    let languages: Vec<Language> = policy.file.runtimes.allowed.iter().copied().filter(|l| *l == args.language).collect();
     let engine = build_engine(EngineSettings { max_instances: 4, parallel_compilation: false })
         .map_err(|e| format!("building the engine: {e:#}"))?;
     let _ticker = spawn_epoch_ticker(&engine)?;
-    let runtimes = Runtimes::load(home, &engine, &[args.language])?;
-    let sandbox = Sandbox::new(Arc::new(runtimes));
-    Home::private_dir(&home.workspaces())?;
-    let ws = Workspace::create(&home.workspaces(), "exec-")?;
-    ws.write_inputs(&files, limits.workspace_bytes, limits.workspace_files)
-        .map_err(|e| Failure { message: e.to_string(), status: 2 })?;
+    let runtimes = Runtimes::load(home, &engine, &languages)?;
+    let audit = Arc::new(AuditLog::open(&policy.audit_log(home))?);
+    let workspaces = process_workspaces(home)?;
+    let profile = policy.name().to_string();
+    let exec = Executor::new(Sandbox::new(Arc::new(runtimes)), Profiles::single(policy), workspaces.clone(), audit);
+    let caller = Caller::operator(Some(format!("exec-{}", std::process::id())), &profile);
 
-    let spec = ExecSpec {
-        language: args.language,
-        code,
-        stdin,
-        limits,
-        env: policy.guest_env(),
-        mounts: policy.mounts.clone(),
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let outcome = rt.block_on(exec.execute(&caller, request, CancelHandle::new()));
+    let mut result = match outcome {
+        Ok(r) => r,
+        Err(e @ (ExecError::InvalidRequest(_) | ExecError::Session(_))) => return Err(usage(e.to_string())),
+        Err(e) => return Err(e.into()),
     };
-    let call_id = uuid::Uuid::new_v4().to_string();
-    let (report, ws) = on_guest_thread(move || {
-        let cancel = CancelHandle::new();
-        let r = sandbox.run_fresh(&spec, &ws, &cancel);
-        (r, ws)
-    })?;
-    let mut report = report?;
-
-    for a in &mut report.artifacts {
-        a.uri = match &args.artifacts_dir {
-            Some(dir) => {
-                let dest = dir.join(&a.path);
-                if let Some(parent) = dest.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                let bytes = ws.read_file(&a.path, a.size)?;
-                std::fs::write(&dest, bytes)?;
-                format!("file://{}", std::path::absolute(&dest)?.display())
+    if let (Some(dir), Some(ws)) = (&args.artifacts_dir, &result.workspace) {
+        for a in &mut result.artifacts {
+            let dest = dir.join(&a.path);
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent)?;
             }
-            None => format!("warden://calls/{call_id}/{}", a.path),
-        };
+            std::fs::write(&dest, ws.read_file(&a.path, a.size)?)?;
+            a.uri = format!("file://{}", std::path::absolute(&dest)?.display());
+        }
     }
-    let mut json = serde_json::to_value(&report)?;
-    json["call_id"] = call_id.into();
-    println!("{}", serde_json::to_string_pretty(&json)?);
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    drop(result);
+    drop(exec);
+    let _ = std::fs::remove_dir_all(&workspaces);
     Ok(())
 }

@@ -6,6 +6,7 @@
 
 mod audit;
 mod exec;
+mod policy;
 mod runtimes;
 mod serve;
 
@@ -33,6 +34,11 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Run one program in a fresh sandbox and print the result as JSON.
     Exec(exec::ExecArgs),
+    /// Check, explain or compare isolation profiles.
+    Policy {
+        #[command(subcommand)]
+        command: policy::PolicyCommand,
+    },
     /// Check the audit trail.
     Audit {
         #[command(subcommand)]
@@ -70,6 +76,7 @@ pub fn main() -> ExitCode {
         Command::Exec(args) => exec::run(&home, args),
         Command::Runtimes { command } => runtimes::run(&home, command),
         Command::Audit { command } => audit::run(&home, command),
+        Command::Policy { command } => policy::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

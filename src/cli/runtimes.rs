@@ -43,9 +43,34 @@ pub fn run(home: &Home, cmd: RuntimesCommand) -> Result<(), Failure> {
             for lang in Language::ALL.into_iter().filter(|l| language.is_none_or(|x| x == *l)) {
                 installer.install(lang.spec())?;
             }
+            if language.is_none() {
+                prune_cache(home, &engine);
+            }
             Ok(())
         }
         RuntimesCommand::List { json } => list(home, json),
+    }
+}
+
+/// Removes compiled modules no current runtime uses (an older snapshot recipe, another
+/// Wasmtime): each is hundreds of megabytes.
+fn prune_cache(home: &Home, engine: &wasmtime::Engine) {
+    let cache = ModuleCache::new(home, engine);
+    let keep: Vec<_> = Language::ALL
+        .iter()
+        .flat_map(|l| {
+            let p = cache.entry_path(l.spec().cache_name(), &l.spec().cache_key());
+            [p.clone(), p.with_extension("json")]
+        })
+        .collect();
+    let Ok(entries) = std::fs::read_dir(cache.dir()) else { return };
+    for e in entries.flatten() {
+        let path = e.path();
+        let ours = matches!(path.extension().and_then(|x| x.to_str()), Some("cwasm" | "json"));
+        if ours && !keep.contains(&path) {
+            eprintln!("removing unused cache entry {}", path.display());
+            let _ = std::fs::remove_file(&path);
+        }
     }
 }
 
@@ -67,7 +92,7 @@ fn list(home: &Home, json: bool) -> Result<(), Failure> {
         let dir = spec.install_dir(home);
         let record = read_record(&dir);
         let files_ok = record.as_ref().map(|r| r.files.iter().all(|f| f.stamp_matches(&dir)));
-        let state = cache.verify(spec.cache_name(), spec.module_sha256());
+        let state = cache.verify(spec.cache_name(), &spec.cache_key());
         rows.push(serde_json::json!({
             "language": lang,
             "engine": spec.engine_name,
@@ -83,7 +108,8 @@ fn list(home: &Home, json: bool) -> Result<(), Failure> {
                 EntryState::Missing => serde_json::json!({"state": "missing"}),
                 EntryState::Corrupt(why) => serde_json::json!({"state": "corrupt", "why": why}),
             },
-            "cache_entry": cache.entry_path(spec.cache_name(), spec.module_sha256()),
+            "cache_key": spec.cache_key(),
+            "cache_entry": cache.entry_path(spec.cache_name(), &spec.cache_key()),
         }));
     }
     if json {

@@ -4,32 +4,41 @@
 //! everything privileged happens first on the main thread, then the tokio runtime is built by
 //! hand.
 
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use clap::Args;
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::Failure;
 use crate::audit::AuditLog;
-use crate::executor::Executor;
+use crate::auth::AuthConfig;
+use crate::executor::{Executor, Profile, Profiles};
 use crate::home::{Home, process_workspaces};
 use crate::policy::Policy;
-use crate::runtime::Runtimes;
 use crate::runtime::engine::{EngineSettings, build_engine, spawn_epoch_ticker};
+use crate::runtime::{Language, Runtimes};
 use crate::sandbox::Sandbox;
-use crate::transport::http::{Health, HttpOptions};
+use crate::transport::http::{Health, HttpOptions, SharedAuth};
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
     /// Serve streamable HTTP at http://ADDR/mcp instead of stdio (port 0 picks a free port; the
     /// bound address is logged on stderr).
     #[arg(long, value_name = "ADDR")]
     pub http: Option<SocketAddr>,
-    /// Isolation profile: an embedded name or a .toml path.
+    /// Isolation profile for the local operator (stdio) and unauthenticated local HTTP: an
+    /// embedded name or a .toml path.
     #[arg(long, default_value = "default", env = "WARDEN_POLICY")]
     pub policy: String,
+    /// Who may call over HTTP and with which profile (bearer tokens, JWT, roles). Required to
+    /// listen on a non-loopback address.
+    #[arg(long, value_name = "FILE")]
+    pub auth: Option<PathBuf>,
     /// Extra `Host` header values to accept over HTTP (loopback names are always accepted).
     #[arg(long = "allowed-host", value_name = "HOST")]
     pub allowed_hosts: Vec<String>,
@@ -38,18 +47,81 @@ pub struct ServeArgs {
     pub shutdown_grace_ms: u64,
 }
 
+/// Loads the operator's profile and, with `--auth`, every profile a role names.
+fn load_profiles(args: &ServeArgs) -> Result<(Profiles, Option<AuthConfig>), Failure> {
+    let default = Policy::load(&args.policy)?;
+    let mut by_name: HashMap<String, Arc<Profile>> = HashMap::new();
+    let default_name = default.name().to_string();
+    let mut sources: HashMap<String, String> = HashMap::from([(default_name.clone(), default.sha256.clone())]);
+    by_name.insert(default_name.clone(), Arc::new(Profile::new(default)));
+    let auth = match &args.auth {
+        Some(path) => {
+            let auth = AuthConfig::load(path)?;
+            for (role, profile_ref) in auth.role_profiles() {
+                let p = Policy::load(&profile_ref).map_err(|e| format!("role {role:?}: {e}"))?;
+                if let Some(sha) = sources.get(p.name()) {
+                    if *sha != p.sha256 {
+                        return Err(format!("two different profiles are both named {:?}; give them distinct names", p.name()).into());
+                    }
+                    continue;
+                }
+                sources.insert(p.name().to_string(), p.sha256.clone());
+                by_name.insert(p.name().to_string(), Arc::new(Profile::new(p)));
+            }
+            Some(auth)
+        }
+        None => None,
+    };
+    Ok((Profiles { default: default_name, by_name }, auth))
+}
+
+/// The role → profile table of an auth file, with profile names instead of references.
+fn role_names(auth: &AuthConfig, profiles: &Profiles) -> Result<(), Failure> {
+    for (role, profile_ref) in auth.role_profiles() {
+        let name = Policy::load(&profile_ref)?.name().to_string();
+        if !profiles.by_name.contains_key(&name) {
+            return Err(format!("role {role:?}: profile {name:?} is not loaded").into());
+        }
+    }
+    Ok(())
+}
+
+fn languages(profiles: &Profiles) -> Vec<Language> {
+    let set: BTreeSet<Language> = profiles.by_name.values().flat_map(|p| p.policy.file.runtimes.allowed.iter().copied()).collect();
+    set.into_iter().collect()
+}
+
+fn describe(profiles: &Profiles) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for (name, p) in &profiles.by_name {
+        m.insert(name.clone(), json!({"sha256": p.policy.sha256, "source": p.policy.source}));
+    }
+    serde_json::Value::Object(m)
+}
+
 pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
-    let policy = Policy::load(&args.policy)?;
-    let f = &policy.file;
-    let languages: Vec<_> = f.runtimes.allowed.clone();
-    let engine = build_engine(EngineSettings {
-        max_instances: f.limits.concurrent_executions + f.sessions.max + 4,
-        parallel_compilation: false,
-    })
-    .map_err(|e| format!("building the engine: {e:#}"))?;
-    let runtimes = Runtimes::load(home, &engine, &languages)?;
-    let audit_path = std::env::var_os("WARDEN_AUDIT_LOG").map(std::path::PathBuf::from).unwrap_or_else(|| home.audit_log());
-    let audit = Arc::new(AuditLog::open(&audit_path)?);
+    let (profiles, auth) = load_profiles(&args)?;
+    if let Some(a) = &auth {
+        role_names(a, &profiles)?;
+    }
+    if let Some(addr) = args.http {
+        if auth.is_none() && !addr.ip().is_loopback() {
+            return Err(Failure {
+                message: format!(
+                    "refusing to serve {addr} without authentication: pass --auth FILE (see the README's Authentication section), or bind a loopback address"
+                ),
+                status: 2,
+            });
+        }
+    }
+    let langs = languages(&profiles);
+    let instances: u32 =
+        profiles.by_name.values().map(|p| p.policy.file.limits.concurrent_executions + p.policy.file.sessions.max).sum();
+    let engine = build_engine(EngineSettings { max_instances: instances + 4, parallel_compilation: false })
+        .map_err(|e| format!("building the engine: {e:#}"))?;
+    let runtimes = Runtimes::load(home, &engine, &langs)?;
+    let default_policy = &profiles.by_name[&profiles.default].policy;
+    let audit = Arc::new(AuditLog::open(&default_policy.audit_log(home))?);
     let workspaces = process_workspaces(home)?;
     let listener = match args.http {
         Some(addr) => {
@@ -62,22 +134,21 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("warden-rt").build()?;
     let _ticker = spawn_epoch_ticker(&engine)?;
-    let exec = Arc::new(Executor::new(Sandbox::new(Arc::new(runtimes)), policy, workspaces, audit));
-    exec.audit_log().record(
-        "server.start",
-        serde_json::json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "transport": if listener.is_some() { "http" } else { "stdio" },
-            "profile": exec.policy().name(),
-            "profile_sha256": exec.policy().sha256,
-            "profile_source": exec.policy().source,
-        }),
-    )?;
+    let start_event = json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "transport": if listener.is_some() { "http" } else { "stdio" },
+        "default_profile": profiles.default,
+        "profiles": describe(&profiles),
+        "auth": auth.as_ref().map(|a| json!({"source": a.source, "sha256": a.sha256})),
+    });
+    let exec = Arc::new(Executor::new(Sandbox::new(Arc::new(runtimes)), profiles, workspaces, audit));
+    exec.audit_log().record("server.start", start_event)?;
+    let shared_auth: Option<SharedAuth> = auth.map(|a| Arc::new(RwLock::new(Arc::new(a))));
     let grace = Duration::from_millis(args.shutdown_grace_ms);
 
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
-        spawn_signal_handler(exec.clone(), shutdown.clone(), grace);
+        spawn_signal_handlers(exec.clone(), shutdown.clone(), grace, args.clone(), shared_auth.clone());
         let sweeper = {
             let exec = exec.clone();
             tokio::spawn(async move {
@@ -93,9 +164,9 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
                 let l = tokio::net::TcpListener::from_std(l)?;
                 let addr = l.local_addr()?;
                 let mut opts = HttpOptions::default();
-                opts.allowed_hosts.extend(args.allowed_hosts);
-                let app = crate::transport::http::router(exec.clone(), &opts, Health::default(), &shutdown);
-                eprintln!("warden: serving MCP at http://{addr}/mcp (policy {})", exec.policy().name());
+                opts.allowed_hosts.extend(args.allowed_hosts.clone());
+                let app = crate::transport::http::router(exec.clone(), &opts, Health::default(), &shutdown, shared_auth);
+                eprintln!("warden: serving MCP at http://{addr}/mcp (policy {})", exec.profiles().default);
                 tracing::info!(%addr, "listening");
                 crate::transport::http::serve(l, app, shutdown.clone()).await.map_err(anyhow::Error::from)
             }
@@ -107,24 +178,67 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
         sweeper.abort();
         // stdio ends when the client closes stdin: drain and clean up the same way.
         exec.shutdown(grace).await;
-        let _ = exec.audit_log().record("server.stop", serde_json::json!({}));
+        let _ = exec.audit_log().record("server.stop", json!({}));
         served
     })?;
     Ok(())
 }
 
+/// Re-reads profiles and the auth file (SIGHUP). A reload that fails validation, or needs a
+/// runtime this process did not load, changes nothing; either way the attempt is audited.
+fn reload(exec: &Executor, args: &ServeArgs, auth: &Option<SharedAuth>) {
+    let loaded = load_profiles(args).and_then(|(profiles, new_auth)| {
+        if let Some(a) = &new_auth {
+            role_names(a, &profiles)?;
+        }
+        let missing: Vec<Language> =
+            languages(&profiles).into_iter().filter(|l| exec.sandbox().runtimes().get(*l).is_none()).collect();
+        if !missing.is_empty() {
+            return Err(format!("the new profiles need runtimes this process did not load ({missing:?}); restart instead").into());
+        }
+        if new_auth.is_some() != auth.is_some() {
+            return Err("enabling or disabling --auth needs a restart".to_string().into());
+        }
+        Ok((profiles, new_auth))
+    });
+    match loaded {
+        Ok((profiles, new_auth)) => {
+            let event = json!({"result": "ok", "default_profile": profiles.default, "profiles": describe(&profiles),
+                "auth": new_auth.as_ref().map(|a| json!({"source": a.source, "sha256": a.sha256}))});
+            exec.replace_profiles(profiles);
+            if let (Some(shared), Some(a)) = (auth, new_auth) {
+                *shared.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(a);
+            }
+            let _ = exec.audit_log().record("policy.reload", event);
+            tracing::info!("profiles reloaded");
+        }
+        Err(f) => {
+            let _ = exec.audit_log().record("policy.reload", json!({"result": "error", "error": f.message}));
+            tracing::error!(error = %f.message, "reload refused; the previous profiles stay in force");
+        }
+    }
+}
+
 /// SIGTERM or SIGINT: stop taking calls, let running ones finish (up to `grace`), then stop the
-/// transport.
-fn spawn_signal_handler(exec: Arc<Executor>, shutdown: CancellationToken, grace: Duration) {
+/// transport. SIGHUP: reload profiles.
+fn spawn_signal_handlers(exec: Arc<Executor>, shutdown: CancellationToken, grace: Duration, args: ServeArgs, auth: Option<SharedAuth>) {
     use tokio::signal::unix::{SignalKind, signal};
     tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+        else {
             tracing::error!("could not install signal handlers");
             return;
         };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => {
+                    reload(&exec, &args, &auth);
+                    continue;
+                }
+            }
         }
         tracing::info!("signal received: shutting down");
         exec.shutdown(grace).await;

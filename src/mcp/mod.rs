@@ -25,11 +25,8 @@ use serde::de::DeserializeOwned;
 use crate::api::{CloseSessionArgs, CreateSessionArgs, ExecuteCodeArgs};
 use crate::executor::{Caller, ExecError, Executor};
 use crate::sandbox::CancelHandle;
+use crate::auth::AuthContext;
 use crate::session::Owner;
-
-/// Who an HTTP request comes from, put in the request extensions by the auth layer.
-#[derive(Clone, Debug)]
-pub struct Principal(pub String);
 
 /// How the handler was reached; decides who the caller is.
 #[derive(Clone, Debug)]
@@ -56,23 +53,30 @@ impl WardenMcp {
     }
 
     fn caller(&self, ctx: &RequestContext<RoleServer>) -> Caller {
+        let default = self.exec.profiles().default.clone();
         match &self.via {
-            Via::Stdio { connection } => Caller::operator(Some(connection.clone())),
+            Via::Stdio { connection } => Caller::operator(Some(connection.clone()), &default),
             Via::Http => {
                 let parts = ctx.extensions.get::<axum::http::request::Parts>();
-                let principal = parts
-                    .and_then(|p| p.extensions.get::<Principal>())
-                    .map(|p| p.0.clone())
-                    .unwrap_or_else(|| "anonymous".to_string());
+                // Set by the auth layer; without `--auth` every caller is the anonymous local
+                // user with the server's profile.
+                let (principal, profile) = match parts.and_then(|p| p.extensions.get::<AuthContext>()) {
+                    Some(a) => (a.principal.clone(), a.profile.clone()),
+                    None => ("anonymous".to_string(), default),
+                };
                 // A stateful (legacy) MCP session binds sessions to itself; stateless requests
                 // bind to the principal alone.
                 let connection = parts
                     .and_then(|p| p.headers.get("mcp-session-id"))
                     .and_then(|v| v.to_str().ok())
                     .map(|s| format!("http-{s}"));
-                Caller { principal: principal.clone(), owner: Owner { principal, connection } }
+                Caller { principal: principal.clone(), owner: Owner { principal, connection }, profile }
             }
         }
+    }
+
+    fn policy_of(&self, caller: &Caller) -> Result<std::sync::Arc<crate::executor::Profile>, McpError> {
+        self.exec.profile(caller).map_err(|e| McpError::invalid_params(e.to_string(), None))
     }
 }
 
@@ -89,7 +93,7 @@ fn exec_error(e: ExecError) -> Result<CallToolResponse, McpError> {
             Ok(CallToolResult::error(vec![ContentBlock::text(s.to_string())]).into())
         }
         ExecError::Session(s) => Err(McpError::invalid_params(s.to_string(), None)),
-        e @ (ExecError::Busy { .. } | ExecError::ShuttingDown | ExecError::Audit(_)) => {
+        e @ (ExecError::Busy { .. } | ExecError::Limited(_) | ExecError::ShuttingDown | ExecError::Audit(_)) => {
             Ok(CallToolResult::error(vec![ContentBlock::text(e.to_string())]).into())
         }
         ExecError::Internal(m) => {
@@ -137,19 +141,23 @@ impl ServerHandler for WardenMcp {
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _ctx: RequestContext<RoleServer>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        Ok(ListToolsResult::with_all_items(tools::definitions(self.exec.policy())))
+        let profile = self.policy_of(&self.caller(&ctx))?;
+        Ok(ListToolsResult::with_all_items(tools::definitions(&profile.policy)))
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        tools::find(self.exec.policy(), name)
+        tools::find(&self.exec.default_profile().policy, name)
     }
 
     async fn call_tool(&self, req: CallToolRequestParams, ctx: RequestContext<RoleServer>) -> Result<CallToolResponse, McpError> {
         let caller = self.caller(&ctx);
+        let profile = self.policy_of(&caller)?;
+        let policy = &profile.policy;
+        let sessions_on = policy.file.sessions.max > 0 && !policy.file.runtimes.allowed.is_empty();
         match req.name.as_ref() {
-            tools::EXECUTE_CODE => {
+            tools::EXECUTE_CODE if !policy.file.runtimes.allowed.is_empty() => {
                 let args: ExecuteCodeArgs = parse_args(&req)?;
                 let cancel = CancelHandle::new();
                 let watcher = {
@@ -159,7 +167,7 @@ impl ServerHandler for WardenMcp {
                         cancel.cancel();
                     })
                 };
-                let timeout = Duration::from_millis(self.exec.policy().file.limits.timeout_ms);
+                let timeout = Duration::from_millis(policy.file.limits.timeout_ms);
                 let result = with_progress(&ctx, timeout, self.exec.execute(&caller, args, cancel)).await;
                 watcher.abort();
                 match result {
@@ -167,14 +175,14 @@ impl ServerHandler for WardenMcp {
                     Err(e) => exec_error(e),
                 }
             }
-            tools::CREATE_SESSION if self.exec.policy().file.sessions.max > 0 => {
+            tools::CREATE_SESSION if sessions_on => {
                 let args: CreateSessionArgs = parse_args(&req)?;
                 match self.exec.create_session(&caller, args.language) {
                     Ok(info) => Ok(content::structured(&info, format!("session {} ({}) expires at {}", info.session_id, info.language, info.expires_at)).into()),
                     Err(e) => exec_error(e),
                 }
             }
-            tools::CLOSE_SESSION if self.exec.policy().file.sessions.max > 0 => {
+            tools::CLOSE_SESSION if sessions_on => {
                 let args: CloseSessionArgs = parse_args(&req)?;
                 match self.exec.close_session(&caller, &args.session_id) {
                     Ok(r) => Ok(content::structured(&r, format!("session {} closed", r.session_id)).into()),

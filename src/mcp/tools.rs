@@ -48,7 +48,11 @@ fn execute_code_description(policy: &Policy) -> String {
 }
 
 pub fn definitions(policy: &Policy) -> Vec<Tool> {
-    let mut tools = vec![
+    let mut tools = Vec::new();
+    if policy.file.runtimes.allowed.is_empty() {
+        return tools;
+    }
+    tools.push(
         Tool::new(EXECUTE_CODE, execute_code_description(policy), schema_for_input::<ExecuteCodeArgs>().expect("object schema"))
             .with_title("Run code in a sandbox")
             .with_raw_output_schema(schema_for_output::<ExecResult>())
@@ -59,9 +63,10 @@ pub fn definitions(policy: &Policy) -> Vec<Tool> {
                     .idempotent(false)
                     .open_world(false),
             ),
-    ];
+    );
     if policy.file.sessions.max > 0 {
         let s = &policy.file.sessions;
+        // (only reached when some runtime is allowed: sessions run code)
         tools.push(
             Tool::new(
                 CREATE_SESSION,

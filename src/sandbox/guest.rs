@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use wasmtime::{Instance, Memory, Store, TypedFunc, UpdateDeadline};
+use wasmtime::{Instance, InstancePre, Memory, Store, TypedFunc, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use super::control::{CancelHandle, Deadline};
@@ -14,7 +14,7 @@ use super::host::{GuestClock, GuestState, QuotaWatch};
 use super::io::{CappedPipe, SharedInput};
 use super::limits::{Limits, TrackingLimiter};
 use super::outcome::{Exit, RunFacts, classify};
-use crate::runtime::{Language, Runtime};
+use crate::runtime::Language;
 
 /// A directory the policy mounts into guests.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -30,7 +30,10 @@ const SETUP_FUEL: u64 = u64::MAX / 4;
 
 /// Everything needed to start a guest.
 pub struct GuestSpec<'a> {
-    pub runtime: &'a Runtime,
+    pub pre: &'a InstancePre<GuestState>,
+    pub language: Language,
+    /// The runtime's own read-only directories and their guest paths, in preopen order.
+    pub ro_mounts: Vec<(std::path::PathBuf, &'static str)>,
     pub workspace: &'a super::workspace::Workspace,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
@@ -75,7 +78,7 @@ impl Guest {
             .stderr(stderr.clone())
             .monotonic_clock(GuestClock(origin))
             .allow_blocking_current_thread(true);
-        for (host, guest) in spec.runtime.ro_mounts() {
+        for (host, guest) in &spec.ro_mounts {
             b.preopened_dir(host, guest, FsPerms::ReadOnly)?;
         }
         b.preopened_dir(spec.workspace.workspace_path(), "/workspace", FsPerms::ReadWrite)?;
@@ -99,7 +102,7 @@ impl Guest {
             clock_origin: origin,
             door: None,
         };
-        let mut store = Store::new(spec.runtime.pre.module().engine(), state);
+        let mut store = Store::new(spec.pre.module().engine(), state);
         store.limiter(|s| &mut s.limiter);
         store.set_fuel(SETUP_FUEL)?;
         store.set_epoch_deadline(1);
@@ -107,8 +110,8 @@ impl Guest {
             cx.data_mut().on_tick().map_err(wasmtime::Error::new)?;
             Ok(UpdateDeadline::Continue(1))
         });
-        let instance = spec.runtime.pre.instantiate(&mut store)?;
-        let language = spec.runtime.spec.language;
+        let instance = spec.pre.instantiate(&mut store)?;
+        let language = spec.language;
         let python = if language == Language::Python {
             Some(PythonExports {
                 memory: instance
@@ -125,6 +128,11 @@ impl Guest {
 
     pub fn language(&self) -> Language {
         self.language
+    }
+
+    /// Gives `f` the store and instance, for host-side work such as taking a snapshot.
+    pub fn with_parts<R>(&mut self, f: impl FnOnce(&mut Store<GuestState>, Instance) -> R) -> R {
+        f(&mut self.store, self.instance)
     }
 
     pub fn set_door(&mut self, door: Option<Box<dyn super::host::Door>>) {

@@ -28,11 +28,8 @@ use crate::runtime::{Language, Runtime, Runtimes};
 use outcome::{Exit, RunFacts, classify};
 
 /// argv[0] CPython derives its prefix from: `/usr/local`, so it finds `lib/python315.zip`.
-const PYTHON_ARGV0: &str = "/usr/local/bin/python.wasm";
+pub const PYTHON_ARGV0: &str = "/usr/local/bin/python.wasm";
 
-/// Hidden first turn of a fresh CPython guest: the reactor applies argv and environment on its
-/// first turn, and the guest's working directory becomes `/workspace`.
-const PYTHON_SETUP: &str = "__import__('os').chdir('/workspace'); __import__('_reactor')._turns = 0";
 
 /// Most artifacts reported for one call.
 pub const MAX_ARTIFACTS: usize = 256;
@@ -95,11 +92,22 @@ impl Sandbox {
             // The code itself is passed per run (see `run_fresh`); a command reads argv once.
             Language::Javascript => javascript_args(&spec.code),
         };
-        let gspec = GuestSpec { runtime: rt, workspace: ws, args, env, mounts: &spec.mounts };
+        let refresh = crate::runtime::snapshot::refresh_turn(&env);
+        let gspec = GuestSpec {
+            pre: &rt.pre,
+            language: spec.language,
+            ro_mounts: rt.ro_mounts().collect(),
+            workspace: ws,
+            args,
+            env,
+            mounts: &spec.mounts,
+        };
         let started = Instant::now();
         let setup = Guest::start(&gspec, &spec.limits, cancel).and_then(|mut g| {
             if spec.language == Language::Python {
-                g.python_hidden_turn(PYTHON_SETUP, cancel, spec.limits.timeout)?;
+                // Fresh guests start from warden's snapshot, past the interpreter's first turn:
+                // apply this call's environment and new random seeds before the caller's code.
+                g.python_hidden_turn(&refresh, cancel, spec.limits.timeout)?;
             }
             Ok(g)
         });

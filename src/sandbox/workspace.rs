@@ -81,6 +81,12 @@ pub struct Workspace {
     _guard: tempfile::TempDir,
 }
 
+impl std::fmt::Debug for Workspace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workspace").field("root", &self.root).finish()
+    }
+}
+
 impl Workspace {
     /// Creates a fresh private directory under `parent` (which must exist and be private).
     pub fn create(parent: &Path, prefix: &str) -> Result<Workspace, WorkspaceError> {

@@ -13,6 +13,8 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::AuthConfig;
+use crate::auth::middleware::{AuthState, protected_resource_metadata, require_auth};
 use crate::executor::Executor;
 use crate::mcp::WardenMcp;
 
@@ -42,7 +44,16 @@ struct AppState {
     health: Arc<Health>,
 }
 
-pub fn router(exec: Arc<Executor>, opts: &HttpOptions, health: Health, shutdown: &CancellationToken) -> Router {
+/// The auth configuration in force, swapped on reload.
+pub type SharedAuth = Arc<std::sync::RwLock<Arc<AuthConfig>>>;
+
+pub fn router(
+    exec: Arc<Executor>,
+    opts: &HttpOptions,
+    health: Health,
+    shutdown: &CancellationToken,
+    auth: Option<SharedAuth>,
+) -> Router {
     let config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(opts.allowed_hosts.clone())
         .with_sse_keep_alive(Some(Duration::from_secs(15)))
@@ -54,18 +65,35 @@ pub fn router(exec: Arc<Executor>, opts: &HttpOptions, health: Health, shutdown:
         LocalSessionManager::default().into(),
         config,
     );
-    Router::new()
+    let mut mcp_routes = Router::new().nest_service("/mcp", mcp);
+    let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(AppState { exec, health: Arc::new(health) })
-        .nest_service("/mcp", mcp)
+        .route("/metrics", get(metrics))
+        .with_state(AppState { exec: exec.clone(), health: Arc::new(health) });
+    if let Some(config) = auth {
+        let state = AuthState { config, exec };
+        mcp_routes = mcp_routes.layer(axum::middleware::from_fn_with_state(state.clone(), require_auth));
+        let metadata = Router::new()
+            .route("/.well-known/oauth-protected-resource", get(protected_resource_metadata))
+            .route("/.well-known/oauth-protected-resource/mcp", get(protected_resource_metadata))
+            .with_state(state);
+        app = app.merge(metadata);
+    }
+    app.merge(mcp_routes)
+}
+
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], s.exec.metrics.render())
 }
 
 async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
     let mut body = serde_json::Map::new();
     body.insert("status".into(), json!("ok"));
     body.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
-    body.insert("policy".into(), json!(s.exec.policy().name()));
+    let profiles = s.exec.profiles();
+    body.insert("policy".into(), json!(profiles.default));
+    body.insert("profiles".into(), json!(profiles.by_name.keys().collect::<Vec<_>>()));
     body.insert("runtimes".into(), json!(s.exec.sandbox().runtimes().languages().collect::<Vec<_>>()));
     body.insert("executions_running".into(), json!(s.exec.inflight()));
     body.insert("sessions".into(), json!(s.exec.sessions.len()));
