@@ -103,6 +103,8 @@ pub struct AuthConfig {
     pub source: PathBuf,
     pub sha256: String,
     pub roles: Vec<RoleSpec>,
+    /// Role → loaded profile name, filled in by the server once the profiles are loaded.
+    profile_names: BTreeMap<String, String>,
     tokens: Vec<Token>,
     jwt: Option<Jwt>,
 }
@@ -219,6 +221,7 @@ impl AuthConfig {
             source: path.into(),
             sha256: crate::digest::sha256_hex(text.as_bytes()),
             roles: file.roles.clone(),
+            profile_names: BTreeMap::new(),
             tokens,
             jwt,
         })
@@ -237,15 +240,19 @@ impl AuthConfig {
             .collect()
     }
 
+    /// Records which loaded profile each role's reference resolved to.
+    pub fn set_profile_names(&mut self, names: BTreeMap<String, String>) {
+        self.profile_names = names;
+    }
+
     /// Issuers of accepted JWTs (for the protected-resource metadata).
     pub fn issuers(&self) -> Vec<String> {
         self.jwt.iter().map(|j| j.issuer.clone()).collect()
     }
 
     fn role_decision(&self, principal: String, method: Method, held: &[String]) -> Decision {
-        let profiles = self.role_profiles();
-        match self.roles.iter().find(|r| held.contains(&r.name)) {
-            Some(r) => Decision::Allow { principal, method, role: r.name.clone(), profile: profiles[&r.name].clone() },
+        match self.roles.iter().find(|r| held.contains(&r.name) && self.profile_names.contains_key(&r.name)) {
+            Some(r) => Decision::Allow { principal, method, role: r.name.clone(), profile: self.profile_names[&r.name].clone() },
             None => Decision::Forbidden {
                 principal,
                 method,
@@ -297,7 +304,11 @@ impl AuthConfig {
             None => return Err("the token has no key id and the JWKS has several keys".into()),
         };
         let key = DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
-        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &key, &jwt.validation)
+        // jsonwebtoken requires every listed algorithm to fit the key's family: validate with
+        // exactly the (already allowed) algorithm the token names.
+        let mut validation = jwt.validation.clone();
+        validation.algorithms = vec![header.alg];
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &key, &validation)
             .map_err(|e| e.to_string())?;
         let claims = data.claims;
         let principal = claims

@@ -75,14 +75,17 @@ fn load_profiles(args: &ServeArgs) -> Result<(Profiles, Option<AuthConfig>), Fai
     Ok((Profiles { default: default_name, by_name }, auth))
 }
 
-/// The role → profile table of an auth file, with profile names instead of references.
-fn role_names(auth: &AuthConfig, profiles: &Profiles) -> Result<(), Failure> {
+/// Tells the auth file which loaded profile each of its roles names.
+fn role_names(auth: &mut AuthConfig, profiles: &Profiles) -> Result<(), Failure> {
+    let mut names = std::collections::BTreeMap::new();
     for (role, profile_ref) in auth.role_profiles() {
         let name = Policy::load(&profile_ref)?.name().to_string();
         if !profiles.by_name.contains_key(&name) {
             return Err(format!("role {role:?}: profile {name:?} is not loaded").into());
         }
+        names.insert(role, name);
     }
+    auth.set_profile_names(names);
     Ok(())
 }
 
@@ -100,8 +103,8 @@ fn describe(profiles: &Profiles) -> serde_json::Value {
 }
 
 pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
-    let (profiles, auth) = load_profiles(&args)?;
-    if let Some(a) = &auth {
+    let (profiles, mut auth) = load_profiles(&args)?;
+    if let Some(a) = &mut auth {
         role_names(a, &profiles)?;
     }
     if let Some(addr) = args.http {
@@ -187,8 +190,8 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
 /// Re-reads profiles and the auth file (SIGHUP). A reload that fails validation, or needs a
 /// runtime this process did not load, changes nothing; either way the attempt is audited.
 fn reload(exec: &Executor, args: &ServeArgs, auth: &Option<SharedAuth>) {
-    let loaded = load_profiles(args).and_then(|(profiles, new_auth)| {
-        if let Some(a) = &new_auth {
+    let loaded = load_profiles(args).and_then(|(profiles, mut new_auth)| {
+        if let Some(a) = &mut new_auth {
             role_names(a, &profiles)?;
         }
         let missing: Vec<Language> =

@@ -3,44 +3,19 @@
 
 use std::time::Duration;
 
-use rmcp::ServiceExt;
 use rmcp::model::ReadResourceRequestParams;
-use rmcp::transport::StreamableHttpClientTransport;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::harness::*;
 
-pub struct HttpServer {
-    pub child: tokio::process::Child,
-    pub url: String,
-    pub base: String,
-}
-
-pub async fn start_http(files: &ServerFiles) -> HttpServer {
-    let mut cmd = server_command(files, None, &["--http", "127.0.0.1:0"]);
-    cmd.stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
-    let mut child = cmd.spawn().expect("spawn");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let url = loop {
-        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.expect("startup").unwrap().expect("stderr");
-        if let Some(rest) = line.strip_prefix("warden: serving MCP at ") {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let base = url.trim_end_matches("/mcp").to_string();
-    HttpServer { child, url, base }
-}
-
 async fn connect(url: &str) -> Client {
-    Recorder::default().serve(StreamableHttpClientTransport::from_uri(url.to_string())).await.expect("connect")
+    connect_http(url, None).await
 }
 
 #[tokio::test]
 async fn http_serves_health_tools_and_executions() {
     let files = ServerFiles::new();
-    let server = start_http(&files).await;
+    let server = start_http(&files, None, &[]).await;
     let health: serde_json::Value = reqwest::get(format!("{}/healthz", server.base)).await.unwrap().json().await.unwrap();
     assert_eq!(health["status"], "ok");
     let ready = reqwest::get(format!("{}/readyz", server.base)).await.unwrap();
@@ -61,7 +36,7 @@ async fn http_serves_health_tools_and_executions() {
 #[tokio::test]
 async fn http_clients_cannot_reach_each_others_sessions() {
     let files = ServerFiles::new();
-    let server = start_http(&files).await;
+    let server = start_http(&files, None, &[]).await;
     let alice = connect(&server.url).await;
     let bob = connect(&server.url).await;
     let r = call(&alice, "create_session", json!({"language": "python"})).await.unwrap();
@@ -76,7 +51,7 @@ async fn http_clients_cannot_reach_each_others_sessions() {
 #[tokio::test]
 async fn sigterm_shuts_down_gracefully_and_removes_workspaces() {
     let files = ServerFiles::new();
-    let mut server = start_http(&files).await;
+    let mut server = start_http(&files, None, &[]).await;
     let client = connect(&server.url).await;
     let r = call(&client, "create_session", json!({"language": "python"})).await.unwrap();
     let id = r.structured_content.unwrap()["session_id"].as_str().unwrap().to_string();

@@ -2,6 +2,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../common/harness.rs"]
 mod harness;
 
 mod errors;

@@ -14,6 +14,7 @@ use rmcp::{ClientHandler, RoleClient, ServiceError, ServiceExt};
 use serde_json::{Value, json};
 
 use crate::common::home;
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// A client that records the progress notifications it receives.
 #[derive(Clone, Default)]
@@ -137,4 +138,46 @@ pub fn py(code: &str) -> Value {
 
 pub fn js(code: &str) -> Value {
     json!({"language": "javascript", "code": code})
+}
+
+/// A `warden serve --http` process and its URLs.
+pub struct HttpServer {
+    pub child: tokio::process::Child,
+    pub url: String,
+    pub base: String,
+}
+
+/// Starts `warden serve --http 127.0.0.1:0 EXTRA...` and waits for the address it announces.
+pub async fn start_http(files: &ServerFiles, policy: Option<&Path>, extra: &[&str]) -> HttpServer {
+    let mut args = vec!["--http", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let mut cmd = server_command(files, policy, &args);
+    cmd.stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
+    let mut child = cmd.spawn().expect("spawn");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = loop {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("startup")
+            .unwrap()
+            .unwrap_or_else(|| panic!("the server exited before announcing its address"));
+        if let Some(rest) = line.strip_prefix("warden: serving MCP at ") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+        eprintln!("server: {line}");
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let base = url.trim_end_matches("/mcp").to_string();
+    HttpServer { child, url, base }
+}
+
+/// Connects rmcp's streamable HTTP client, optionally with a bearer token.
+pub async fn connect_http(url: &str, token: Option<&str>) -> Client {
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    let mut config = StreamableHttpClientTransportConfig::with_uri(url.to_string());
+    if let Some(t) = token {
+        config = config.auth_header(t.to_string());
+    }
+    Recorder::default().serve(StreamableHttpClientTransport::from_config(config)).await.expect("connect")
 }
