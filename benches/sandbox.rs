@@ -38,7 +38,7 @@ fn call(sandbox: &Sandbox, home: &Home, language: Language, code: &str) {
     let root = home.workspaces();
     let report = on_guest_thread(move || {
         let ws = Workspace::create(&root, "bench-").expect("workspace");
-        sandbox.run_fresh(&spec, &ws, &CancelHandle::new()).expect("run")
+        sandbox.run_fresh(&spec, &ws, &CancelHandle::new(), None).expect("run")
     })
     .expect("thread");
     assert_eq!(report.outcome.as_str(), "ok", "{report:?}");

@@ -27,6 +27,7 @@ use crate::sandbox::{
 use crate::limiter::{Limited, PrincipalLimiter};
 use crate::metrics::Metrics;
 use crate::session::{Owner, SessionError, SessionLimits, Sessions};
+use crate::tools::{Grant, ToolPackage, ToolRegistry, door::CodeModeDoor, grant};
 
 /// Who is asking, and under which profile (decided by authentication, never by the request).
 #[derive(Clone, Debug)]
@@ -110,6 +111,7 @@ pub struct Executor {
     pub artifacts: ArtifactStore,
     limiter: PrincipalLimiter,
     pub metrics: Metrics,
+    pub tools: Arc<ToolRegistry>,
     audit: Arc<AuditLog>,
     inflight: Mutex<HashMap<u64, CancelHandle>>,
     next_call: AtomicU64,
@@ -146,8 +148,9 @@ impl Drop for InflightGuard<'_> {
 }
 
 impl Executor {
-    pub fn new(sandbox: Sandbox, profiles: Profiles, workspaces: PathBuf, audit: Arc<AuditLog>) -> Executor {
+    pub fn new(sandbox: Sandbox, profiles: Profiles, workspaces: PathBuf, audit: Arc<AuditLog>, tools: Arc<ToolRegistry>) -> Executor {
         Executor {
+            tools,
             sessions: Sessions::new(),
             artifacts: ArtifactStore::new(),
             limiter: PrincipalLimiter::new(),
@@ -185,6 +188,31 @@ impl Executor {
     /// Replaces the served profiles (SIGHUP). Calls already running keep their old limits.
     pub fn replace_profiles(&self, profiles: Profiles) {
         *self.profiles.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(profiles);
+    }
+
+    /// The tools `policy` serves, with what it grants each. Tools it lists but cannot grant what
+    /// they ask for are left out (and were reported when the server started).
+    pub fn granted_tools(&self, policy: &Policy) -> Vec<(Arc<ToolPackage>, Grant)> {
+        self.tools.all().filter_map(|t| grant(t, policy).ok().map(|g| (t.clone(), g))).collect()
+    }
+
+    /// The code-mode door for one Python execution, when its profile allows tool calls from code.
+    fn door(&self, caller: &Caller, policy: &Policy, call_id: &str, cancel: &CancelHandle) -> Option<Box<dyn crate::sandbox::Door>> {
+        let max = policy.file.tools.calls_per_execution;
+        let tools = self.granted_tools(policy);
+        if max == 0 || tools.is_empty() {
+            return None;
+        }
+        Some(Box::new(CodeModeDoor::new(
+            tools,
+            self.audit.clone(),
+            &caller.principal,
+            policy.name(),
+            call_id,
+            self.workspaces.clone(),
+            cancel.clone(),
+            max,
+        )))
     }
 
     /// Records a refusal in the audit log and the metrics.
@@ -334,14 +362,16 @@ impl Executor {
                 ws.write_inputs(&files, spec.limits.workspace_bytes, spec.limits.workspace_files)
                     .map_err(|e| Self::invalid(e.to_string()))?;
                 let (sandbox, ws2, spec2, cancel2) = (self.sandbox.clone(), ws.clone(), spec.clone(), cancel.clone());
-                let report = on_guest_thread_async(move || sandbox.run_fresh(&spec2, &ws2, &cancel2)).await??;
+                let door = if spec.language == Language::Python { self.door(caller, policy, &call_id, &cancel) } else { None };
+                let report = on_guest_thread_async(move || sandbox.run_fresh(&spec2, &ws2, &cancel2, door)).await??;
                 let images = inline_images(&ws, &report, image_cap);
                 self.artifacts.retain(&call_id, &caller.owner, ws.clone(), &report.artifacts, retention);
                 let cid = call_id.clone();
                 (report, images, ws, Box::new(move |p| call_uri(&cid, p)))
             }
             Some(s) => {
-                let (report, ws) = self.session_turn(s, &spec, &files, &cancel).await?;
+                let door = self.door(caller, policy, &call_id, &cancel);
+                let (report, ws) = self.session_turn(s, &spec, &files, &cancel, door).await?;
                 let images = inline_images(&ws, &report, image_cap);
                 let sid = s.id.clone();
                 (report, images, ws, Box::new(move |p| session_uri(&sid, p)))
@@ -377,6 +407,7 @@ impl Executor {
         spec: &ExecSpec,
         files: &[InputFile],
         cancel: &CancelHandle,
+        door: Option<Box<dyn crate::sandbox::Door>>,
     ) -> Result<(RunReport, Arc<Workspace>), ExecError> {
         let mut state = session.state.lock().await;
         session.touch();
@@ -401,7 +432,9 @@ impl Executor {
                     if let Err(e) = guest.arm(&spec2.limits, &cancel2, spec2.stdin.clone()) {
                         return (Err(ExecError::Internal(format!("{e:#}"))), None);
                     }
+                    guest.set_door(door);
                     let mut report = guest.run(&spec2.code);
+                    guest.set_door(None);
                     report.artifacts = ws.collect_changes(MAX_ARTIFACTS);
                     let keep = !report.ended_session;
                     (Ok(report), keep.then_some(guest))
@@ -416,12 +449,101 @@ impl Executor {
             }
             Language::Javascript => {
                 let ws2 = ws.clone();
-                on_guest_thread_async(move || sandbox.run_fresh(&spec2, &ws2, &cancel2)).await??
+                on_guest_thread_async(move || sandbox.run_fresh(&spec2, &ws2, &cancel2, None)).await??
             }
         };
         state.turns += 1;
         session.touch();
         Ok((report, state.workspace.clone()))
+    }
+
+    /// Runs a tool package as an MCP `tools/call`: the result, or the message explaining why
+    /// there is none, plus the same report and audit as `execute_code`.
+    pub async fn call_tool(
+        &self,
+        caller: &Caller,
+        name: &str,
+        args: serde_json::Value,
+        cancel: CancelHandle,
+    ) -> Result<(ExecResult, Result<serde_json::Value, String>), ExecError> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(ExecError::ShuttingDown);
+        }
+        let profile = self.profile(caller)?;
+        let policy = &profile.policy;
+        let Some(tool) = self.tools.get(name).cloned() else {
+            return Err(Self::invalid(format!("unknown tool {name:?}; tools/list shows the tools you may call")));
+        };
+        let grant = match grant(&tool, policy) {
+            Ok(g) => g,
+            Err(why) => {
+                self.deny(caller, "tool_not_allowed", &why);
+                return Err(Self::invalid(format!("unknown tool {name:?}; tools/list shows the tools you may call")));
+            }
+        };
+        let l = &policy.file.limits;
+        let size = args.to_string().len() as u64;
+        if size > l.code_bytes {
+            return Err(Self::invalid(format!("the arguments are {size} bytes of JSON; this server accepts at most {}", l.code_bytes)));
+        }
+        tool.check_args(&args).map_err(Self::invalid)?;
+        let _slot = self.limiter.admit(&caller.principal, l.calls_per_minute, l.concurrent_per_principal).map_err(|e| {
+            self.metrics.rate_limited.inc();
+            self.deny(caller, "rate_limited", &e.to_string());
+            e
+        })?;
+        let queue = Duration::from_millis(l.queue_timeout_ms);
+        let _permit = match tokio::time::timeout(queue, profile.admission.clone().acquire_owned()).await {
+            Ok(Ok(p)) => p,
+            _ => {
+                self.metrics.busy.inc();
+                return Err(ExecError::Busy { slots: l.concurrent_executions as usize, waited_ms: queue.as_millis() as u64 });
+            }
+        };
+        let call_id = uuid::Uuid::new_v4().to_string();
+        let base = json!({
+            "call_id": call_id,
+            "principal": caller.principal,
+            "connection": caller.owner.connection,
+            "tool": name,
+            "tool_version": tool.manifest.version,
+            "tool_sha256": tool.manifest.wasm_sha256,
+            "args_sha256": sha256_hex(args.to_string().as_bytes()),
+            "profile": policy.name(),
+            "profile_sha256": policy.sha256,
+            "limits": grant.limits,
+        });
+        let start = self.audit.record("execution.start", &base)?;
+        let id = self.next_call.fetch_add(1, Ordering::Relaxed);
+        self.inflight.lock().unwrap_or_else(|e| e.into_inner()).insert(id, cancel.clone());
+        let _inflight = InflightGuard { table: &self.inflight, id };
+        self.metrics.active_executions.inc();
+        let _active = scopeguard(|| {
+            self.metrics.active_executions.dec();
+        });
+        let (workspaces, cancel2, tool2, grant2) = (self.workspaces.clone(), cancel.clone(), tool.clone(), grant.clone());
+        let run = on_guest_thread_async(move || crate::tools::run_tool(&tool2, &grant2, &args, &workspaces, &cancel2)).await??;
+        let mut report = run.report;
+        for a in &mut report.artifacts {
+            a.uri = call_uri(&call_id, &a.path);
+        }
+        let retention = Duration::from_secs(policy.file.artifacts.retention_seconds);
+        let images = inline_images(&run.workspace, &report, policy.file.artifacts.inline_image_bytes);
+        self.artifacts.retain(&call_id, &caller.owner, run.workspace.clone(), &report.artifacts, retention);
+        let mut end = base;
+        end["started"] = start.get("id").cloned().unwrap_or_default();
+        end["outcome"] = json!(report.outcome);
+        end["exit_code"] = json!(report.exit_code);
+        end["fuel_used"] = json!(report.fuel_used);
+        end["duration_ms"] = json!(report.duration_ms);
+        end["artifacts"] =
+            json!(report.artifacts.iter().map(|a| json!({"path": a.path, "size": a.size, "sha256": a.sha256})).collect::<Vec<_>>());
+        let recorded = self.audit.record("execution", &end)?;
+        self.metrics.record_execution(&format!("tool:{name}"), report.outcome.as_str(), report.duration_ms, report.fuel_used);
+        let mut result = to_result(report, recorded, None);
+        result.inline_images = images;
+        result.workspace = Some(run.workspace);
+        Ok((result, run.value))
     }
 
     pub fn create_session(&self, caller: &Caller, language: Language) -> Result<SessionInfo, ExecError> {

@@ -32,4 +32,5 @@ pub mod policy;
 pub mod runtime;
 pub mod sandbox;
 pub mod session;
+pub mod tools;
 pub mod transport;

@@ -15,7 +15,9 @@ use crate::home::{Home, process_workspaces};
 use crate::policy::Policy;
 use crate::runtime::engine::{EngineSettings, build_engine, spawn_epoch_ticker};
 use crate::runtime::{Language, Runtimes};
+use crate::runtime::cache::ModuleCache;
 use crate::sandbox::{CancelHandle, RequestedLimits, Sandbox};
+use crate::tools::ToolRegistry;
 
 #[derive(Args, Debug)]
 pub struct ExecArgs {
@@ -49,6 +51,9 @@ pub struct ExecArgs {
     /// Keep the files the program produced in this directory.
     #[arg(long)]
     pub artifacts_dir: Option<PathBuf>,
+    /// Tool packages Python code may call (`from host import tools`), if the profile allows.
+    #[arg(long = "tools", value_name = "DIR")]
+    pub tools: Vec<PathBuf>,
 }
 
 fn usage(message: impl Into<String>) -> Failure {
@@ -100,7 +105,8 @@ pub fn run(home: &Home, args: ExecArgs) -> Result<(), Failure> {
     let audit = Arc::new(AuditLog::open(&policy.audit_log(home))?);
     let workspaces = process_workspaces(home)?;
     let profile = policy.name().to_string();
-    let exec = Executor::new(Sandbox::new(Arc::new(runtimes)), Profiles::single(policy), workspaces.clone(), audit);
+    let tools = Arc::new(ToolRegistry::load(&args.tools, &engine, &ModuleCache::new(home, &engine)));
+    let exec = Executor::new(Sandbox::new(Arc::new(runtimes)), Profiles::single(policy), workspaces.clone(), audit, tools);
     let caller = Caller::operator(Some(format!("exec-{}", std::process::id())), &profile);
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

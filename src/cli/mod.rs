@@ -9,6 +9,7 @@ mod exec;
 mod policy;
 mod runtimes;
 mod serve;
+mod tools;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +39,11 @@ pub enum Command {
     Policy {
         #[command(subcommand)]
         command: policy::PolicyCommand,
+    },
+    /// List, build or create WASM tool packages.
+    Tools {
+        #[command(subcommand)]
+        command: tools::ToolsCommand,
     },
     /// Check the audit trail.
     Audit {
@@ -77,6 +83,7 @@ pub fn main() -> ExitCode {
         Command::Runtimes { command } => runtimes::run(&home, command),
         Command::Audit { command } => audit::run(&home, command),
         Command::Policy { command } => policy::run(command),
+        Command::Tools { command } => tools::run(&home, command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -22,7 +22,9 @@ use crate::home::{Home, process_workspaces};
 use crate::policy::Policy;
 use crate::runtime::engine::{EngineSettings, build_engine, spawn_epoch_ticker};
 use crate::runtime::{Language, Runtimes};
+use crate::runtime::cache::ModuleCache;
 use crate::sandbox::Sandbox;
+use crate::tools::ToolRegistry;
 use crate::transport::http::{Health, HttpOptions, SharedAuth};
 
 #[derive(Args, Debug, Clone)]
@@ -42,6 +44,10 @@ pub struct ServeArgs {
     /// Extra `Host` header values to accept over HTTP (loopback names are always accepted).
     #[arg(long = "allowed-host", value_name = "HOST")]
     pub allowed_hosts: Vec<String>,
+    /// Directories of tool packages to serve (each package: tool.toml + tool.wasm). Which of them
+    /// a caller may use is up to its profile's `[tools] allowed`.
+    #[arg(long = "tools", value_name = "DIR")]
+    pub tools: Vec<PathBuf>,
     /// On SIGTERM/SIGINT, how long running calls may finish before they are cancelled.
     #[arg(long, default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
@@ -123,6 +129,8 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
     let engine = build_engine(EngineSettings { max_instances: instances + 4, parallel_compilation: false })
         .map_err(|e| format!("building the engine: {e:#}"))?;
     let runtimes = Runtimes::load(home, &engine, &langs)?;
+    let tools = Arc::new(ToolRegistry::load(&args.tools, &engine, &ModuleCache::new(home, &engine)));
+    report_tool_grants(&tools, &profiles);
     let default_policy = &profiles.by_name[&profiles.default].policy;
     let audit = Arc::new(AuditLog::open(&default_policy.audit_log(home))?);
     let workspaces = process_workspaces(home)?;
@@ -143,15 +151,17 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
         "default_profile": profiles.default,
         "profiles": describe(&profiles),
         "auth": auth.as_ref().map(|a| json!({"source": a.source, "sha256": a.sha256})),
+        "tools": tools.all().map(|t| json!({"name": t.name(), "version": t.manifest.version, "sha256": t.manifest.wasm_sha256})).collect::<Vec<_>>(),
+        "tools_refused": tools.refusals.iter().map(|r| json!({"path": r.path, "reason": r.reason})).collect::<Vec<_>>(),
     });
-    let exec = Arc::new(Executor::new(Sandbox::new(Arc::new(runtimes)), profiles, workspaces, audit));
+    let exec = Arc::new(Executor::new(Sandbox::new(Arc::new(runtimes)), profiles, workspaces, audit, tools));
     exec.audit_log().record("server.start", start_event)?;
     let shared_auth: Option<SharedAuth> = auth.map(|a| Arc::new(RwLock::new(Arc::new(a))));
     let grace = Duration::from_millis(args.shutdown_grace_ms);
 
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
-        spawn_signal_handlers(exec.clone(), shutdown.clone(), grace, args.clone(), shared_auth.clone());
+        spawn_signal_handlers(exec.clone(), shutdown.clone(), grace, args.clone(), shared_auth.clone())?;
         let sweeper = {
             let exec = exec.clone();
             tokio::spawn(async move {
@@ -185,6 +195,22 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
         served
     })?;
     Ok(())
+}
+
+/// Logs, for each profile, the tools it lists that it will not serve and why.
+fn report_tool_grants(tools: &ToolRegistry, profiles: &Profiles) {
+    for p in profiles.by_name.values() {
+        for name in &p.policy.file.tools.allowed {
+            match tools.get(name) {
+                None => tracing::warn!(profile = p.policy.name(), tool = %name, "the profile allows a tool that is not loaded"),
+                Some(t) => {
+                    if let Err(why) = crate::tools::grant(t, &p.policy) {
+                        tracing::warn!(profile = p.policy.name(), tool = %name, %why, "tool refused for this profile");
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Re-reads profiles and the auth file (SIGHUP). A reload that fails validation, or needs a
@@ -224,15 +250,21 @@ fn reload(exec: &Executor, args: &ServeArgs, auth: &Option<SharedAuth>) {
 
 /// SIGTERM or SIGINT: stop taking calls, let running ones finish (up to `grace`), then stop the
 /// transport. SIGHUP: reload profiles.
-fn spawn_signal_handlers(exec: Arc<Executor>, shutdown: CancellationToken, grace: Duration, args: ServeArgs, auth: Option<SharedAuth>) {
+///
+/// The handlers are installed before this returns (and so before the server announces itself):
+/// a signal that arrived before installation would take its default action and kill the process.
+fn spawn_signal_handlers(
+    exec: Arc<Executor>,
+    shutdown: CancellationToken,
+    grace: Duration,
+    args: ServeArgs,
+    auth: Option<SharedAuth>,
+) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
-            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
-        else {
-            tracing::error!("could not install signal handlers");
-            return;
-        };
         loop {
             tokio::select! {
                 _ = term.recv() => break,
@@ -247,4 +279,5 @@ fn spawn_signal_handlers(exec: Arc<Executor>, shutdown: CancellationToken, grace
         exec.shutdown(grace).await;
         shutdown.cancel();
     });
+    Ok(())
 }

@@ -59,8 +59,8 @@ fn summary(r: &ExecResult) -> String {
     out
 }
 
-pub fn execution_result(r: ExecResult) -> CallToolResult {
-    let mut blocks = vec![ContentBlock::text(summary(&r))];
+/// Artifact blocks: images inline when they were read, resource links otherwise.
+fn artifact_blocks(r: &ExecResult, blocks: &mut Vec<ContentBlock>) {
     for a in &r.artifacts {
         if let Some(img) = r.inline_images.iter().find(|i| i.path == a.path) {
             blocks.push(ContentBlock::image(base64::engine::general_purpose::STANDARD.encode(&img.bytes), img.mime.clone()));
@@ -70,7 +70,42 @@ pub fn execution_result(r: ExecResult) -> CallToolResult {
             Resource::new(a.uri.clone(), a.path.clone()).with_mime_type(a.mime.clone()).with_size(a.size),
         ));
     }
+}
+
+pub fn execution_result(r: ExecResult) -> CallToolResult {
+    let mut blocks = vec![ContentBlock::text(summary(&r))];
+    artifact_blocks(&r, &mut blocks);
     let mut result = if r.outcome == Outcome::Ok { CallToolResult::success(blocks) } else { CallToolResult::error(blocks) };
     result.structured_content = Some(serde_json::to_value(&r).expect("results serialize"));
+    result
+}
+
+/// A tool package's result: its JSON value as structured content (and as text), the run's
+/// report and audit event under `_meta.warden`, and its artifacts.
+pub fn tool_result(meta: ExecResult, value: Result<serde_json::Value, String>) -> CallToolResult {
+    let mut blocks = Vec::new();
+    let mut result = match &value {
+        Ok(v) => {
+            blocks.push(ContentBlock::text(v.to_string()));
+            artifact_blocks(&meta, &mut blocks);
+            let mut r = CallToolResult::success(blocks);
+            if v.is_object() {
+                r.structured_content = Some(v.clone());
+            }
+            r
+        }
+        Err(message) => {
+            blocks.push(ContentBlock::text(format!("{} failed ({}): {message}", meta.audit.get("tool").and_then(|t| t.as_str()).unwrap_or("tool"), meta.outcome)));
+            artifact_blocks(&meta, &mut blocks);
+            CallToolResult::error(blocks)
+        }
+    };
+    let mut warden = serde_json::to_value(&meta).expect("results serialize");
+    if let Some(o) = warden.as_object_mut() {
+        o.remove("stdout");
+    }
+    let mut m = rmcp::model::MetaObject::new();
+    m.insert("warden".to_string(), warden);
+    result.meta = Some(m);
     result
 }

@@ -144,11 +144,14 @@ impl ServerHandler for WardenMcp {
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
         let profile = self.policy_of(&self.caller(&ctx))?;
-        Ok(ListToolsResult::with_all_items(tools::definitions(&profile.policy)))
+        let mut all = tools::definitions(&profile.policy);
+        all.extend(self.exec.granted_tools(&profile.policy).iter().map(|(t, _)| tools::package_tool(t)));
+        Ok(ListToolsResult::with_all_items(all))
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        tools::find(&self.exec.default_profile().policy, name)
+        let profile = self.exec.default_profile();
+        tools::find(&profile.policy, name).or_else(|| self.exec.tools.get(name).map(|t| tools::package_tool(t)))
     }
 
     async fn call_tool(&self, req: CallToolRequestParams, ctx: RequestContext<RoleServer>) -> Result<CallToolResponse, McpError> {
@@ -189,10 +192,24 @@ impl ServerHandler for WardenMcp {
                     Err(e) => exec_error(e),
                 }
             }
-            other => Err(McpError::invalid_params(
-                format!("unknown tool {other:?}; tools/list shows the tools this server offers"),
-                None,
-            )),
+            other => {
+                let args = serde_json::Value::Object(req.arguments.clone().unwrap_or_default());
+                let cancel = CancelHandle::new();
+                let watcher = {
+                    let (ct, cancel) = (ctx.ct.clone(), cancel.clone());
+                    tokio::spawn(async move {
+                        ct.cancelled().await;
+                        cancel.cancel();
+                    })
+                };
+                let timeout = Duration::from_millis(policy.file.limits.timeout_ms);
+                let result = with_progress(&ctx, timeout, self.exec.call_tool(&caller, other, args, cancel)).await;
+                watcher.abort();
+                match result {
+                    Ok((meta, value)) => Ok(content::tool_result(meta, value).into()),
+                    Err(e) => exec_error(e),
+                }
+            }
         }
     }
 

@@ -97,3 +97,26 @@ pub fn definitions(policy: &Policy) -> Vec<Tool> {
 pub fn find(policy: &Policy, name: &str) -> Option<Tool> {
     definitions(policy).into_iter().find(|t| t.name == name)
 }
+
+/// The MCP definition of a tool package.
+pub fn package_tool(t: &crate::tools::ToolPackage) -> Tool {
+    let schema = match &t.input_schema {
+        serde_json::Value::Object(m) => m.clone(),
+        _ => serde_json::Map::new(),
+    };
+    let a = &t.manifest.annotations;
+    let mut tool = Tool::new(t.name().to_string(), t.manifest.description.clone(), std::sync::Arc::new(schema)).with_annotations(
+        ToolAnnotations::new()
+            .read_only(a.read_only)
+            .destructive(a.destructive)
+            .idempotent(a.idempotent)
+            .open_world(a.open_world),
+    );
+    // MCP clients before 2026-07-28 accept only object output schemas.
+    if let Some(serde_json::Value::Object(o)) = &t.output_schema {
+        if o.get("type").and_then(|v| v.as_str()) == Some("object") {
+            tool = tool.with_raw_output_schema(std::sync::Arc::new(o.clone()));
+        }
+    }
+    tool
+}

@@ -69,6 +69,10 @@ pub struct ToolsSection {
     /// Tool packages (by name) this profile may call, as MCP tools and from Python code.
     #[serde(default)]
     pub allowed: Vec<String>,
+    /// How many tool calls one Python execution may make from its code (`from host import
+    /// tools`); 0 turns code mode off.
+    #[serde(default)]
+    pub calls_per_execution: u32,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -313,6 +317,9 @@ fn validate(f: &PolicyFile, invalid: &dyn Fn(&str, String) -> PolicyError) -> Re
     }
     if l.concurrent_executions > 256 {
         return Err(invalid("limits.concurrent_executions", "at most 256".into()));
+    }
+    if f.tools.calls_per_execution > 10_000 {
+        return Err(invalid("tools.calls_per_execution", "at most 10000".into()));
     }
     for (i, name) in f.tools.allowed.iter().enumerate() {
         if !crate::policy::valid_tool_name(name) {

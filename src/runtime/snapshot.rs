@@ -246,7 +246,7 @@ pub fn build(
     };
     let gspec = GuestSpec {
         pre: &pre,
-        language: spec.language,
+        language: Some(spec.language),
         ro_mounts: spec.ro_mounts.iter().map(|(rel, guest)| (dir.join(rel), *guest)).collect(),
         workspace: &ws,
         args: vec![crate::sandbox::PYTHON_ARGV0.to_string()],

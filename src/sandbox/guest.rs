@@ -31,7 +31,8 @@ const SETUP_FUEL: u64 = u64::MAX / 4;
 /// Everything needed to start a guest.
 pub struct GuestSpec<'a> {
     pub pre: &'a InstancePre<GuestState>,
-    pub language: Language,
+    /// The runtime, or `None` for a tool package (a plain WASI command).
+    pub language: Option<Language>,
     /// The runtime's own read-only directories and their guest paths, in preopen order.
     pub ro_mounts: Vec<(std::path::PathBuf, &'static str)>,
     pub workspace: &'a super::workspace::Workspace,
@@ -49,7 +50,7 @@ struct PythonExports {
 pub struct Guest {
     store: Store<GuestState>,
     instance: Instance,
-    language: Language,
+    language: Option<Language>,
     python: Option<PythonExports>,
     stdout: CappedPipe,
     stderr: CappedPipe,
@@ -112,7 +113,7 @@ impl Guest {
         });
         let instance = spec.pre.instantiate(&mut store)?;
         let language = spec.language;
-        let python = if language == Language::Python {
+        let python = if language == Some(Language::Python) {
             Some(PythonExports {
                 memory: instance
                     .get_memory(&mut store, "memory")
@@ -126,7 +127,7 @@ impl Guest {
         Ok(Guest { store, instance, language, python, stdout, stderr, stdin, armed: None })
     }
 
-    pub fn language(&self) -> Language {
+    pub fn language(&self) -> Option<Language> {
         self.language
     }
 
@@ -192,11 +193,12 @@ impl Guest {
     /// Runs the caller's code and reports how it went. The guest must have been armed.
     pub fn run(&mut self, code: &str) -> super::outcome::RunReport {
         let exit = match self.language {
-            Language::Python => match self.python_turn(code) {
+            Some(Language::Python) => match self.python_turn(code) {
                 Ok(v) => Exit::Status(v),
                 Err(e) => Exit::Failed(e),
             },
-            Language::Javascript => {
+            // Commands (QuickJS, tool packages) read their input from argv and stdin.
+            Some(Language::Javascript) | None => {
                 let start = self.instance.get_typed_func::<(), ()>(&mut self.store, "_start");
                 match start.and_then(|f| f.call(&mut self.store, ())) {
                     Ok(()) => Exit::Status(0),
@@ -227,11 +229,11 @@ impl Guest {
         };
         let (outcome, exit_code, message) = classify(&exit, &facts);
         let ended_session = match (&exit, self.language) {
-            (Exit::Status(v), Language::Python) => *v >= 256,
+            (Exit::Status(v), Some(Language::Python)) => *v >= 256,
             _ => true,
         };
         let exit_code = match (self.language, exit_code) {
-            (Language::Python, Some(v)) if v >= 256 || v < 0 => Some(v & 0xFF),
+            (Some(Language::Python), Some(v)) if v >= 256 || v < 0 => Some(v & 0xFF),
             (_, c) => c,
         };
         super::outcome::RunReport {

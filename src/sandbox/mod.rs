@@ -84,6 +84,7 @@ impl Sandbox {
         ws: &Workspace,
         cancel: &CancelHandle,
     ) -> Result<Result<Guest, RunReport>, SandboxError> {
+        // (a start that fails because of the caller's limits is a report, not an error)
         let rt = self.runtime(spec.language)?;
         let mut env = vec![("TMPDIR".to_string(), "/tmp".to_string()), ("HOME".to_string(), "/tmp".to_string())];
         env.extend(spec.env.iter().filter(|(k, _)| k != "TMPDIR" && k != "HOME").cloned());
@@ -95,7 +96,7 @@ impl Sandbox {
         let refresh = crate::runtime::snapshot::refresh_turn(&env);
         let gspec = GuestSpec {
             pre: &rt.pre,
-            language: spec.language,
+            language: Some(spec.language),
             ro_mounts: rt.ro_mounts().collect(),
             workspace: ws,
             args,
@@ -113,27 +114,79 @@ impl Sandbox {
         });
         match setup {
             Ok(g) => Ok(Ok(g)),
-            Err(e) => setup_failure(e, spec, started).map(Err),
+            Err(e) => setup_failure(e, Some(spec.language), &spec.limits, started).map(Err),
         }
     }
 
     /// Runs one program in a fresh guest, on the calling thread (use [`on_guest_thread`]), and
     /// collects what it left in `/workspace`.
-    pub fn run_fresh(&self, spec: &ExecSpec, ws: &Workspace, cancel: &CancelHandle) -> Result<RunReport, SandboxError> {
+    pub fn run_fresh(
+        &self,
+        spec: &ExecSpec,
+        ws: &Workspace,
+        cancel: &CancelHandle,
+        door: Option<Box<dyn Door>>,
+    ) -> Result<RunReport, SandboxError> {
         let started = Instant::now();
-        let mut guest = match self.start_guest(spec, ws, cancel)? {
-            Ok(g) => g,
-            Err(report) => return Ok(report),
-        };
-        guest
-            .arm(&spec.limits, cancel, spec.stdin.clone())
-            .map_err(|e| SandboxError::Internal(format!("{e:#}")))?;
-        let mut report = guest.run(&spec.code);
-        drop(guest);
-        report.duration_ms = started.elapsed().as_millis() as u64;
-        report.artifacts = ws.collect_changes(MAX_ARTIFACTS);
-        Ok(report)
+        let guest = self.start_guest(spec, ws, cancel)?.map(|mut g| {
+            g.set_door(door);
+            g
+        });
+        finish_run(guest, &spec.limits, spec.stdin.clone(), &spec.code, ws, cancel, started)
     }
+}
+
+/// A plain WASI command to run (a tool package): arguments on stdin, result on stdout.
+pub struct CommandSpec<'a> {
+    pub pre: &'a wasmtime::InstancePre<GuestState>,
+    /// argv, starting with the program name.
+    pub args: Vec<String>,
+    pub stdin: Vec<u8>,
+    pub limits: Limits,
+    pub env: Vec<(String, String)>,
+    pub mounts: Vec<Mount>,
+}
+
+/// Runs a command in a fresh guest on the calling thread, like [`Sandbox::run_fresh`].
+pub fn run_command(spec: &CommandSpec<'_>, ws: &Workspace, cancel: &CancelHandle) -> Result<RunReport, SandboxError> {
+    let started = Instant::now();
+    let mut env = vec![("TMPDIR".to_string(), "/tmp".to_string()), ("HOME".to_string(), "/tmp".to_string())];
+    env.extend(spec.env.iter().filter(|(k, _)| k != "TMPDIR" && k != "HOME").cloned());
+    let gspec = GuestSpec {
+        pre: spec.pre,
+        language: None,
+        ro_mounts: Vec::new(),
+        workspace: ws,
+        args: spec.args.clone(),
+        env,
+        mounts: &spec.mounts,
+    };
+    let guest = match Guest::start(&gspec, &spec.limits, cancel) {
+        Ok(g) => Ok(g),
+        Err(e) => Err(setup_failure(e, None, &spec.limits, started)?),
+    };
+    finish_run(guest, &spec.limits, spec.stdin.clone(), "", ws, cancel, started)
+}
+
+fn finish_run(
+    guest: Result<Guest, RunReport>,
+    limits: &Limits,
+    stdin: Vec<u8>,
+    code: &str,
+    ws: &Workspace,
+    cancel: &CancelHandle,
+    started: Instant,
+) -> Result<RunReport, SandboxError> {
+    let mut guest = match guest {
+        Ok(g) => g,
+        Err(report) => return Ok(report),
+    };
+    guest.arm(limits, cancel, stdin).map_err(|e| SandboxError::Internal(format!("{e:#}")))?;
+    let mut report = guest.run(code);
+    drop(guest);
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    report.artifacts = ws.collect_changes(MAX_ARTIFACTS);
+    Ok(report)
 }
 
 /// QuickJS-NG command line: std/os modules, warden's console prelude, then the code. `-e`
@@ -142,8 +195,13 @@ fn javascript_args(code: &str) -> Vec<String> {
     ["qjs", "--std", "-I", "/usr/local/lib/warden/prelude.js", "-e", code].map(String::from).to_vec()
 }
 
-fn setup_failure(e: wasmtime::Error, spec: &ExecSpec, started: Instant) -> Result<RunReport, SandboxError> {
-    let facts = RunFacts { language: spec.language, memory_refused: false, truncated: false, limits: spec.limits.clone() };
+fn setup_failure(
+    e: wasmtime::Error,
+    language: Option<Language>,
+    limits: &Limits,
+    started: Instant,
+) -> Result<RunReport, SandboxError> {
+    let facts = RunFacts { language, memory_refused: false, truncated: false, limits: limits.clone() };
     let exit = Exit::Failed(e);
     let (outcome, exit_code, message) = classify(&exit, &facts);
     if matches!(outcome, Outcome::Trap) {

@@ -101,7 +101,7 @@ pub enum Exit {
 
 /// Facts about the run the classification needs besides the exit.
 pub struct RunFacts {
-    pub language: crate::runtime::Language,
+    pub language: Option<crate::runtime::Language>,
     pub memory_refused: bool,
     pub truncated: bool,
     pub limits: super::limits::Limits,
@@ -162,7 +162,7 @@ pub fn classify(exit: &Exit, facts: &RunFacts) -> (Outcome, Option<i32>, Option<
             ),
             // QuickJS-NG cannot check its own stack depth under WASI: runaway recursion runs its
             // shadow stack off the bottom of linear memory, which traps as an out-of-bounds access.
-            Trap::MemoryOutOfBounds if facts.language == crate::runtime::Language::Javascript => (
+            Trap::MemoryOutOfBounds if facts.language == Some(crate::runtime::Language::Javascript) => (
                 Outcome::Trap,
                 None,
                 Some("the guest trapped: out of bounds memory access (in JavaScript this usually means recursion too deep)".into()),

