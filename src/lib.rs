@@ -24,6 +24,7 @@ pub mod auth;
 pub mod cli;
 pub mod digest;
 pub mod executor;
+pub mod harden;
 pub mod home;
 pub mod limiter;
 pub mod mcp;

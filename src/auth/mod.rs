@@ -91,6 +91,7 @@ struct Token {
 }
 
 struct Jwt {
+    jwks_path: PathBuf,
     keys: JwkSet,
     validation: Validation,
     principal_claim: String,
@@ -214,7 +215,14 @@ impl AuthConfig {
                 validation.validate_nbf = true;
                 validation.validate_exp = true;
                 validation.required_spec_claims = ["exp", "iss", "aud"].iter().map(|s| s.to_string()).collect();
-                Some(Jwt { keys, validation, principal_claim: j.principal_claim, roles_claim: j.roles_claim, issuer: j.issuer })
+                Some(Jwt {
+                    jwks_path,
+                    keys,
+                    validation,
+                    principal_claim: j.principal_claim,
+                    roles_claim: j.roles_claim,
+                    issuer: j.issuer,
+                })
             }
         };
         Ok(AuthConfig {
@@ -243,6 +251,14 @@ impl AuthConfig {
     /// Records which loaded profile each role's reference resolved to.
     pub fn set_profile_names(&mut self, names: BTreeMap<String, String>) {
         self.profile_names = names;
+    }
+
+    /// Files a reload reads again: this file, the JWKS and the profile files roles name.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut out = vec![self.source.clone()];
+        out.extend(self.jwt.iter().map(|j| j.jwks_path.clone()));
+        out.extend(self.role_profiles().into_values().filter(|p| p.contains('/') || p.ends_with(".toml")).map(PathBuf::from));
+        out
     }
 
     /// Issuers of accepted JWTs (for the protected-resource metadata).

@@ -18,6 +18,8 @@ use super::Failure;
 use crate::audit::AuditLog;
 use crate::auth::AuthConfig;
 use crate::executor::{Executor, Profile, Profiles};
+use crate::harden::{HardenError, Plan, Report};
+use crate::policy::HardeningMode;
 use crate::home::{Home, process_workspaces};
 use crate::policy::Policy;
 use crate::runtime::engine::{EngineSettings, build_engine, spawn_epoch_ticker};
@@ -143,6 +145,20 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
         None => None,
     };
 
+    // Confinement: Landlock now, while single-threaded; seccomp once the runtime exists.
+    let mode = profiles.by_name[&profiles.default].policy.file.hardening.mode;
+    let plan =
+        hardening_plan(home, &args, &profiles, &workspaces, &default_policy.audit_log(home), mode, listener.as_ref(), auth.as_ref());
+    let landlock = if mode == HardeningMode::Off {
+        crate::harden::landlock::LandlockReport { status: "off".into(), ..Default::default() }
+    } else {
+        crate::harden::assert_single_threaded()?;
+        crate::harden::landlock::restrict(&plan)?
+    };
+    if mode == HardeningMode::Enforce && landlock.status != "full" {
+        return Err(HardenError::NotEnforced(format!("Landlock is {} ({})", landlock.status, landlock.gaps.join("; "))).into());
+    }
+
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("warden-rt").build()?;
     let _ticker = spawn_epoch_ticker(&engine)?;
     let start_event = json!({
@@ -155,13 +171,27 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
         "tools_refused": tools.refusals.iter().map(|r| json!({"path": r.path, "reason": r.reason})).collect::<Vec<_>>(),
     });
     let exec = Arc::new(Executor::new(Sandbox::new(Arc::new(runtimes)), profiles, workspaces, audit, tools));
-    exec.audit_log().record("server.start", start_event)?;
     let shared_auth: Option<SharedAuth> = auth.map(|a| Arc::new(RwLock::new(Arc::new(a))));
     let grace = Duration::from_millis(args.shutdown_grace_ms);
 
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
+        // Everything that registers with the kernel (signal handlers, the listener's epoll
+        // registration) happens before seccomp, which refuses rt_sigaction and friends.
         spawn_signal_handlers(exec.clone(), shutdown.clone(), grace, args.clone(), shared_auth.clone())?;
+        let listener = listener.map(tokio::net::TcpListener::from_std).transpose()?;
+        let seccomp = crate::harden::seccomp::install(&plan)?;
+        if mode == HardeningMode::Enforce && (seccomp.status != "enforced" || !seccomp.all_threads_filtered) {
+            return Err(HardenError::NotEnforced(format!("seccomp is {} ({})", seccomp.status, seccomp.detail.clone().unwrap_or_default())).into());
+        }
+        if mode == HardeningMode::BestEffort && (landlock.status != "full" || seccomp.status != "enforced") {
+            tracing::warn!(landlock = %landlock.status, gaps = ?landlock.gaps, seccomp = %seccomp.status, "host hardening is incomplete");
+        }
+        let hardening = Report { mode: mode.to_string(), landlock, seccomp };
+        let mut start_event = start_event;
+        start_event["hardening"] = json!(hardening);
+        exec.audit_log().record("server.start", start_event)?;
+
         let sweeper = {
             let exec = exec.clone();
             tokio::spawn(async move {
@@ -174,11 +204,12 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
         };
         let served = match listener {
             Some(l) => {
-                let l = tokio::net::TcpListener::from_std(l)?;
                 let addr = l.local_addr()?;
                 let mut opts = HttpOptions::default();
                 opts.allowed_hosts.extend(args.allowed_hosts.clone());
-                let app = crate::transport::http::router(exec.clone(), &opts, Health::default(), &shutdown, shared_auth);
+                let mut health = Health::default();
+                health.details.insert("hardening".into(), json!(hardening));
+                let app = crate::transport::http::router(exec.clone(), &opts, health, &shutdown, shared_auth);
                 eprintln!("warden: serving MCP at http://{addr}/mcp (policy {})", exec.profiles().default);
                 tracing::info!(%addr, "listening");
                 crate::transport::http::serve(l, app, shutdown.clone()).await.map_err(anyhow::Error::from)
@@ -195,6 +226,40 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
         served
     })?;
     Ok(())
+}
+
+/// Everything the confined process must still reach: read-only runtimes, cache, tool packages
+/// and profile files; read-write workspaces and audit log; and the mounts of every profile.
+fn hardening_plan(
+    home: &Home,
+    args: &ServeArgs,
+    profiles: &Profiles,
+    workspaces: &std::path::Path,
+    audit_log: &std::path::Path,
+    mode: HardeningMode,
+    listener: Option<&std::net::TcpListener>,
+    auth: Option<&AuthConfig>,
+) -> Plan {
+    use std::os::fd::AsRawFd;
+    let mut read_only = vec![home.runtimes(), home.cache()];
+    read_only.extend(args.tools.iter().filter_map(|t| t.canonicalize().ok()));
+    // Profiles, the auth file and what it names are re-read on SIGHUP.
+    let mut reread = vec![PathBuf::from(&args.policy)];
+    reread.extend(auth.map(|a| a.files()).unwrap_or_default());
+    read_only.extend(reread.iter().filter_map(|f| f.canonicalize().ok()));
+    // The audit log itself (already open), not its directory: nothing else there is writable.
+    let mut read_write = vec![workspaces.to_path_buf(), audit_log.to_path_buf()];
+    for p in profiles.by_name.values() {
+        for m in &p.policy.mounts {
+            if m.writable { read_write.push(m.host.clone()) } else { read_only.push(m.host.clone()) }
+        }
+    }
+    read_only.sort();
+    read_only.dedup();
+    read_write.sort();
+    read_write.dedup();
+    let removable = workspaces.parent().map(|p| vec![p.to_path_buf()]).unwrap_or_default();
+    Plan { mode, read_only, read_write, removable, listener_fd: listener.map(|l| l.as_raw_fd()) }
 }
 
 /// Logs, for each profile, the tools it lists that it will not serve and why.

@@ -166,7 +166,12 @@ pub async fn start_http(files: &ServerFiles, policy: Option<&Path>, extra: &[&st
         }
         eprintln!("server: {line}");
     };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    // Forward the server's log (visible with --nocapture).
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            eprintln!("server: {line}");
+        }
+    });
     let base = url.trim_end_matches("/mcp").to_string();
     HttpServer { child, url, base }
 }

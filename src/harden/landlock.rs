@@ -1,0 +1,119 @@
+//! Landlock: the filesystem paths and TCP ports the process can still reach after lockdown.
+
+use std::path::Path;
+
+use landlock::{
+    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, LandlockStatus, PathBeneath, PathFd, Ruleset,
+    RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
+};
+use serde::Serialize;
+
+use super::{HardenError, Plan};
+use crate::policy::HardeningMode;
+
+/// The ABI whose guarantees warden asks for (filesystem incl. truncate and cross-directory
+/// links, TCP bind/connect, abstract-socket and signal scoping). Tested on Linux 6.18.
+pub const TARGET_ABI: ABI = ABI::V6;
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct LandlockReport {
+    /// "full", "partial", "not_enforced", "unavailable" or "off".
+    pub status: String,
+    /// The kernel's Landlock ABI (0 when Landlock is not available).
+    pub kernel_abi: i32,
+    /// The ABI warden asked for.
+    pub target_abi: i32,
+    /// What the kernel could not enforce, in words.
+    pub gaps: Vec<String>,
+    pub read_only: Vec<String>,
+    pub read_write: Vec<String>,
+}
+
+/// The kernel's Landlock ABI version, or 0 (asks the kernel directly).
+pub fn kernel_abi() -> i32 {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_long = 1;
+    // SAFETY: landlock_create_ruleset with a null attribute, size 0 and the VERSION flag only
+    // returns the ABI version (or -1 with errno); it creates nothing.
+    let v = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, LANDLOCK_CREATE_RULESET_VERSION) };
+    if v < 0 { 0 } else { v as i32 }
+}
+
+fn read_rights(path: &Path) -> BitFlags<AccessFs> {
+    if path.is_dir() { AccessFs::ReadFile | AccessFs::ReadDir } else { AccessFs::ReadFile.into() }
+}
+
+fn write_rights(path: &Path) -> BitFlags<AccessFs> {
+    if path.is_dir() {
+        AccessFs::ReadFile
+            | AccessFs::ReadDir
+            | AccessFs::WriteFile
+            | AccessFs::RemoveDir
+            | AccessFs::RemoveFile
+            | AccessFs::MakeDir
+            | AccessFs::MakeReg
+            | AccessFs::MakeSym
+            | AccessFs::Refer
+            | AccessFs::Truncate
+    } else {
+        AccessFs::ReadFile | AccessFs::WriteFile
+    }
+}
+
+/// Restricts this thread (and every thread it creates later) to `plan`'s paths, with no TCP
+/// bind or connect. Call it while the process is single-threaded.
+pub fn restrict(plan: &Plan) -> Result<LandlockReport, HardenError> {
+    let kernel = kernel_abi();
+    let mut report = LandlockReport {
+        kernel_abi: kernel,
+        target_abi: TARGET_ABI as i32,
+        read_only: plan.read_only.iter().map(|p| p.display().to_string()).collect(),
+        read_write: plan.read_write.iter().map(|p| p.display().to_string()).collect(),
+        ..Default::default()
+    };
+    if plan.mode == HardeningMode::Off {
+        report.status = "off".into();
+        return Ok(report);
+    }
+    let level = if plan.mode == HardeningMode::Enforce { CompatLevel::HardRequirement } else { CompatLevel::BestEffort };
+    let err = |e: landlock::RulesetError| HardenError::Landlock(e.to_string());
+    let mut ruleset = Ruleset::default()
+        .set_compatibility(level)
+        .handle_access(AccessFs::from_all(TARGET_ABI))
+        .map_err(err)?
+        .handle_access(AccessNet::from_all(TARGET_ABI))
+        .map_err(err)?
+        .scope(Scope::from_all(TARGET_ABI))
+        .map_err(err)?
+        .create()
+        .map_err(err)?;
+    let removable = |_: &Path| AccessFs::ReadDir | AccessFs::RemoveDir;
+    for (paths, rights) in
+        [(&plan.read_only, read_rights as fn(&Path) -> _), (&plan.read_write, write_rights), (&plan.removable, removable)]
+    {
+        for p in paths {
+            let fd = PathFd::new(p).map_err(|e| HardenError::Landlock(format!("{}: {e}", p.display())))?;
+            ruleset = ruleset.add_rule(PathBeneath::new(fd, rights(p))).map_err(err)?;
+        }
+    }
+    let status = ruleset.restrict_self().map_err(err)?;
+    report.status = match (&status.landlock, status.ruleset) {
+        (LandlockStatus::NotEnabled | LandlockStatus::NotImplemented, _) => "unavailable",
+        (_, RulesetStatus::FullyEnforced) => "full",
+        (_, RulesetStatus::PartiallyEnforced) => "partial",
+        (_, RulesetStatus::NotEnforced) => "not_enforced",
+    }
+    .into();
+    if kernel < 4 {
+        report.gaps.push("TCP bind/connect rules need Landlock ABI 4 (Linux 6.7)".into());
+    }
+    if kernel < 3 {
+        report.gaps.push("truncate rules need Landlock ABI 3 (Linux 6.2)".into());
+    }
+    if kernel < 6 {
+        report.gaps.push("abstract UNIX socket and signal scoping need Landlock ABI 6 (Linux 6.12)".into());
+    }
+    if kernel == 0 {
+        report.gaps = vec!["the kernel has no Landlock (not built in, or not enabled at boot)".into()];
+    }
+    Ok(report)
+}
