@@ -5,6 +5,7 @@
 //! do), 2 for bad usage.
 
 mod audit;
+mod doctor;
 mod exec;
 mod policy;
 mod runtimes;
@@ -45,6 +46,12 @@ pub enum Command {
         #[command(subcommand)]
         command: tools::ToolsCommand,
     },
+    /// Report what the kernel offers for host hardening, and self-test it.
+    Doctor(doctor::DoctorArgs),
+    /// (internal) Confine the process like `serve` and probe the confinement; used by `doctor`
+    /// and the tests.
+    #[command(name = "__harden-probe", hide = true)]
+    HardenProbe(doctor::ProbeArgs),
     /// Check the audit trail.
     Audit {
         #[command(subcommand)]
@@ -84,6 +91,8 @@ pub fn main() -> ExitCode {
         Command::Audit { command } => audit::run(&home, command),
         Command::Policy { command } => policy::run(command),
         Command::Tools { command } => tools::run(&home, command),
+        Command::Doctor(args) => doctor::run(&home, args),
+        Command::HardenProbe(args) => doctor::probe(&home, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -241,7 +241,7 @@ fn hardening_plan(
     auth: Option<&AuthConfig>,
 ) -> Plan {
     use std::os::fd::AsRawFd;
-    let mut read_only = vec![home.runtimes(), home.cache()];
+    let mut read_only = vec![home.runtimes(), home.cache(), crate::harden::own_tasks_dir()];
     read_only.extend(args.tools.iter().filter_map(|t| t.canonicalize().ok()));
     // Profiles, the auth file and what it names are re-read on SIGHUP.
     let mut reread = vec![PathBuf::from(&args.policy)];

@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, LandlockStatus, PathBeneath, PathFd, Ruleset,
-    RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
+    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, LandlockStatus, PathBeneath, PathFd,
+    RestrictSelfAttr, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
 };
 use serde::Serialize;
 
@@ -27,6 +27,8 @@ pub struct LandlockReport {
     pub gaps: Vec<String>,
     pub read_only: Vec<String>,
     pub read_write: Vec<String>,
+    /// The ruleset also binds threads that existed before (Landlock ABI 8).
+    pub all_threads: bool,
 }
 
 /// The kernel's Landlock ABI version, or 0 (asks the kernel directly).
@@ -95,14 +97,21 @@ pub fn restrict(plan: &Plan) -> Result<LandlockReport, HardenError> {
             ruleset = ruleset.add_rule(PathBeneath::new(fd, rights(p))).map_err(err)?;
         }
     }
-    let status = ruleset.restrict_self().map_err(err)?;
+    // On kernels with Landlock ABI 8 the ruleset also binds threads that already exist; older
+    // kernels ignore the request (warden asserts it is single-threaded anyway).
+    let status = ruleset.set_compatibility(CompatLevel::BestEffort).all_threads(true).map_err(err)?.restrict_self().map_err(err)?;
+    // Partial only for want of all-threads enforcement (ABI < 8) still means every right warden
+    // asked for is enforced: the process is single-threaded when it restricts itself.
+    let only_tsync_missing = status.ruleset == RulesetStatus::PartiallyEnforced && kernel >= TARGET_ABI as i32 && !status.all_threads;
     report.status = match (&status.landlock, status.ruleset) {
         (LandlockStatus::NotEnabled | LandlockStatus::NotImplemented, _) => "unavailable",
         (_, RulesetStatus::FullyEnforced) => "full",
+        (_, RulesetStatus::PartiallyEnforced) if only_tsync_missing => "full",
         (_, RulesetStatus::PartiallyEnforced) => "partial",
         (_, RulesetStatus::NotEnforced) => "not_enforced",
     }
     .into();
+    report.all_threads = status.all_threads;
     if kernel < 4 {
         report.gaps.push("TCP bind/connect rules need Landlock ABI 4 (Linux 6.7)".into());
     }

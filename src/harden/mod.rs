@@ -93,6 +93,19 @@ pub fn thread_states() -> Vec<(u32, u32, u32)> {
         .collect()
 }
 
+/// Whether every thread shows `Seccomp: 2` and `NoNewPrivs: 1` (false if they cannot be read:
+/// the plan must keep `/proc/self/task` readable).
+pub fn all_threads_filtered() -> bool {
+    let states = thread_states();
+    !states.is_empty() && states.iter().all(|&(_, mode, nnp)| mode == 2 && nnp == 1)
+}
+
+/// This process's task directory, which the confined process keeps readable so it can verify
+/// its own threads.
+pub fn own_tasks_dir() -> PathBuf {
+    std::fs::canonicalize("/proc/self/task").unwrap_or_else(|_| PathBuf::from("/proc/self/task"))
+}
+
 /// The running kernel's release (uname -r).
 pub fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())

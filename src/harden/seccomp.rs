@@ -178,7 +178,7 @@ pub fn install(plan: &Plan) -> Result<SeccompReport, HardenError> {
     match applied {
         Ok(()) => {
             report.status = "enforced".into();
-            report.all_threads_filtered = super::thread_states().iter().all(|&(_, mode, nnp)| mode == 2 && nnp == 1);
+            report.all_threads_filtered = super::all_threads_filtered();
         }
         Err(e) => {
             report.status = "failed".into();

@@ -85,3 +85,10 @@ pub fn js(code: &str) -> RunReport {
 pub fn assert_outcome(r: &RunReport, outcome: &str) {
     assert_eq!(r.outcome.as_str(), outcome, "unexpected outcome; report: {r:#?}");
 }
+
+/// Reports a test (or part of one) that cannot run here, on the real stderr so it shows even
+/// when the test harness captures output.
+pub fn skipped(reason: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {reason}");
+}
