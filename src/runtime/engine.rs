@@ -52,6 +52,9 @@ pub fn build_engine(settings: EngineSettings) -> wasmtime::Result<Engine> {
         .async_stack_size(MAX_WASM_STACK + (2 << 20))
         .cranelift_opt_level(OptLevel::Speed)
         .memory_init_cow(true)
+        // Wizer snapshots have sparse data segments; without this Wasmtime may judge the image too
+        // sparse for copy-on-write and copy it into every new instance instead.
+        .memory_guaranteed_dense_image_size(MAX_GUEST_MEMORY)
         .parallel_compilation(settings.parallel_compilation);
 
     let n = settings.max_instances.max(1);

@@ -1,0 +1,70 @@
+//! Where a fresh call's time goes: each phase of `Sandbox::run_fresh`, timed separately over
+//! many runs, median reported. Run with `cargo bench --bench phases` after `scripts/setup`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use warden::home::Home;
+use warden::policy::Policy;
+use warden::runtime::engine::{EngineSettings, build_engine, spawn_epoch_ticker};
+use warden::runtime::{Language, Runtimes};
+use warden::sandbox::{CancelHandle, ExecSpec, Sandbox, Workspace, on_guest_thread};
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() {
+    let root = std::env::var_os("WARDEN_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/warden"));
+    let home = Home::at(root);
+    let engine = build_engine(EngineSettings::default()).expect("engine");
+    std::mem::forget(spawn_epoch_ticker(&engine).expect("ticker"));
+    let runtimes = Runtimes::load(&home, &engine, &Language::ALL).expect("runtimes");
+    let sandbox = Sandbox::new(Arc::new(runtimes));
+    let wsroot = home.workspaces();
+    std::fs::create_dir_all(&wsroot).unwrap();
+    let policy = Policy::load("default").unwrap();
+    for (lang, code) in [(Language::Python, "print('hello')"), (Language::Javascript, "console.log('hello')")] {
+        let spec = ExecSpec { language: lang, code: code.into(), stdin: Vec::new(), limits: policy.limits(), env: policy.guest_env(), mounts: Vec::new() };
+        let (mut thread, mut create, mut start, mut run, mut collect, mut drop_ws, mut total) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        for _ in 0..300 {
+            let t0 = Instant::now();
+            let (sb, spec2, root) = (sandbox.clone(), spec.clone(), wsroot.clone());
+            let phases = on_guest_thread(move || {
+                let t1 = Instant::now();
+                let ws = Workspace::create(&root, "p-").unwrap();
+                let t2 = Instant::now();
+                let cancel = CancelHandle::new();
+                let mut g = sb.start_guest(&spec2, &ws, &cancel).unwrap().unwrap();
+                let t3 = Instant::now();
+                g.arm(&spec2.limits, &cancel, Vec::new()).unwrap();
+                let r = g.run(&spec2.code);
+                drop(g);
+                let t4 = Instant::now();
+                let _ = ws.collect_changes(256);
+                let t5 = Instant::now();
+                drop(ws);
+                let t6 = Instant::now();
+                assert_eq!(r.outcome.as_str(), "ok");
+                (t1, t2, t3, t4, t5, t6)
+            })
+            .unwrap();
+            let t7 = Instant::now();
+            thread.push(phases.0 - t0);
+            create.push(phases.1 - phases.0);
+            start.push(phases.2 - phases.1);
+            run.push(phases.3 - phases.2);
+            collect.push(phases.4 - phases.3);
+            drop_ws.push(phases.5 - phases.4);
+            total.push(t7 - t0);
+        }
+        println!(
+            "{lang:<10} total {:>8.3?}  thread {:>8.3?}  workspace {:>8.3?}  start(instantiate+setup) {:>8.3?}  run {:>8.3?}  collect {:>8.3?}  remove {:>8.3?}",
+            median(total), median(thread), median(create), median(start), median(run), median(collect), median(drop_ws)
+        );
+    }
+}
