@@ -29,6 +29,9 @@ fn main() {
     std::fs::create_dir_all(&wsroot).unwrap();
     let policy = Policy::load("default").unwrap();
     for (lang, code) in [(Language::Python, "print('hello')"), (Language::Javascript, "console.log('hello')")] {
+        if std::env::var("WARDEN_BENCH_LANG").is_ok_and(|l| l != lang.as_str()) {
+            continue;
+        }
         let spec = ExecSpec { language: lang, code: code.into(), stdin: Vec::new(), limits: policy.limits(), env: policy.guest_env(), mounts: Vec::new() };
         let (mut thread, mut create, mut start, mut run, mut collect, mut drop_ws, mut total) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
         for _ in 0..300 {
