@@ -39,6 +39,8 @@ pub enum Stop {
     Deadline,
     #[error("the guest exceeded its workspace quota")]
     WorkspaceQuota,
+    #[error("the guest kept writing long after its output was truncated")]
+    OutputFlood,
 }
 
 /// The stop conditions of the turn in progress.

@@ -102,6 +102,7 @@ impl Guest {
             }),
             clock_origin: origin,
             door: None,
+            outputs: [stdout.clone(), stderr.clone()],
         };
         let mut store = Store::new(spec.pre.module().engine(), state);
         store.limiter(|s| &mut s.limiter);

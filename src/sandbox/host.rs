@@ -14,6 +14,7 @@ use wasmtime::{Caller, Engine, Extern, Linker, Memory};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 
 use super::control::{Deadline, Stop, TICK};
+use super::io::CappedPipe;
 use super::limits::TrackingLimiter;
 use super::workspace::Usage;
 
@@ -66,12 +67,17 @@ pub struct GuestState {
     /// resolve absolute monotonic timeouts.
     pub clock_origin: Instant,
     pub door: Option<Box<dyn Door>>,
+    /// The guest's stdout and stderr, watched for floods.
+    pub outputs: [CappedPipe; 2],
 }
 
 impl GuestState {
     /// Runs from the epoch callback every tick while wasm executes.
     pub fn on_tick(&mut self) -> Result<(), Stop> {
         self.deadline.check()?;
+        if self.outputs.iter().any(CappedPipe::flooded) {
+            return Err(Stop::OutputFlood);
+        }
         match &mut self.quota {
             Some(q) => q.tick(),
             None => Ok(()),

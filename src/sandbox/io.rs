@@ -2,8 +2,9 @@
 //!
 //! Output is capped on the way in, never buffered unbounded. Bytes past the cap are dropped but
 //! reported to the guest as written: a full pipe that errors makes some guests (Rust's `println!`,
-//! QuickJS) abort, and that would turn an output flood into a misleading crash. The excess is
-//! still paid for in fuel and wall-clock time, so floods stay bounded by the other limits.
+//! QuickJS) abort, and that would turn an output flood into a misleading crash. A guest that keeps
+//! writing long after its output was cut ([`CappedPipe::flooded`]) is stopped by the epoch
+//! callback, so a flood cannot burn a whole fuel budget producing bytes nobody will see.
 
 use std::io;
 use std::pin::Pin;
@@ -26,7 +27,14 @@ struct PipeInner {
     buf: Mutex<BytesMut>,
     cap: AtomicUsize,
     truncated: AtomicBool,
+    /// Bytes dropped past the cap since the last [`CappedPipe::take`].
+    dropped: AtomicUsize,
 }
+
+/// Dropped output that marks a flood: generous, so a program that prints a large result once
+/// and then goes on with its work is not stopped.
+const FLOOD_MIN_BYTES: usize = 64 << 20;
+const FLOOD_CAP_MULTIPLE: usize = 16;
 
 impl CappedPipe {
     /// A pipe that keeps at most `cap` bytes.
@@ -36,6 +44,7 @@ impl CappedPipe {
                 buf: Mutex::new(BytesMut::new()),
                 cap: AtomicUsize::new(cap),
                 truncated: AtomicBool::new(false),
+                dropped: AtomicUsize::new(0),
             }),
         }
     }
@@ -48,7 +57,14 @@ impl CappedPipe {
         buf.extend_from_slice(&bytes[..n]);
         if n < bytes.len() {
             self.inner.truncated.store(true, Ordering::Relaxed);
+            self.inner.dropped.fetch_add(bytes.len() - n, Ordering::Relaxed);
         }
+    }
+
+    /// Whether the guest has gone on writing far past the cap (see [`FLOOD_MIN_BYTES`]).
+    pub fn flooded(&self) -> bool {
+        let cap = self.inner.cap.load(Ordering::Relaxed);
+        self.inner.dropped.load(Ordering::Relaxed) > FLOOD_MIN_BYTES.max(cap.saturating_mul(FLOOD_CAP_MULTIPLE))
     }
 
     /// Takes what was captured so far and whether anything was dropped, and resets the pipe
@@ -57,6 +73,7 @@ impl CappedPipe {
         let mut buf = self.inner.buf.lock().unwrap_or_else(|e| e.into_inner());
         let bytes = std::mem::take(&mut *buf).freeze();
         let truncated = self.inner.truncated.swap(false, Ordering::Relaxed);
+        self.inner.dropped.store(0, Ordering::Relaxed);
         self.inner.cap.store(next_cap, Ordering::Relaxed);
         (bytes, truncated)
     }

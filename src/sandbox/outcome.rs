@@ -144,6 +144,14 @@ pub fn classify(exit: &Exit, facts: &RunFacts) -> (Outcome, Option<i32>, Option<
                     l.workspace_files, l.workspace_bytes
                 )),
             ),
+            Stop::OutputFlood => (
+                Outcome::OutputLimit,
+                None,
+                Some(format!(
+                    "stopped: the program kept writing long after its output passed the cap ({} bytes of stdout, {} of stderr)",
+                    l.stdout_bytes, l.stderr_bytes
+                )),
+            ),
         };
     }
     if let Some(trap) = e.downcast_ref::<Trap>() {
