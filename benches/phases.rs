@@ -48,7 +48,7 @@ fn main() {
                 let r = g.run(&spec2.code);
                 drop(g);
                 let t4 = Instant::now();
-                let _ = ws.collect_changes(256);
+                let _ = ws.collect_changes(256, u64::MAX);
                 let t5 = Instant::now();
                 drop(ws);
                 let t6 = Instant::now();

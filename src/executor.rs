@@ -242,7 +242,6 @@ impl Executor {
 
     /// Checks a request against the policy and decodes its inputs.
     fn prepare(&self, caller: &Caller, p: &Policy, args: &ExecuteCodeArgs) -> Result<(ExecSpec, Vec<InputFile>), ExecError> {
-        let l = &p.file.limits;
         if !p.allows(args.language) {
             let msg = format!("language {} is not allowed by policy {:?}", args.language, p.name());
             self.deny(caller, "runtime_not_allowed", &msg);
@@ -251,42 +250,7 @@ impl Executor {
         if self.sandbox.runtimes().get(args.language).is_none() {
             return Err(Self::invalid(format!("the {} runtime is not loaded on this server", args.language)));
         }
-        if args.code.len() as u64 > l.code_bytes {
-            return Err(Self::invalid(format!("code is {} bytes; this server accepts at most {}", args.code.len(), l.code_bytes)));
-        }
-        let limits = p.limits().lowered(&args.limits.clone().unwrap_or_default()).map_err(|e| Self::invalid(e.to_string()))?;
-        if args.files.len() as u64 > limits.workspace_files {
-            return Err(Self::invalid(format!("{} files given; at most {} are allowed", args.files.len(), limits.workspace_files)));
-        }
-        let mut files = Vec::with_capacity(args.files.len());
-        let mut total = 0u64;
-        for (i, f) in args.files.iter().enumerate() {
-            crate::sandbox::workspace::validate_rel_path(&f.path).map_err(|e| Self::invalid(format!("files[{i}]: {e}")))?;
-            let content = match f.encoding {
-                Encoding::Utf8 => f.content.clone().into_bytes(),
-                Encoding::Base64 => base64::engine::general_purpose::STANDARD
-                    .decode(f.content.trim())
-                    .map_err(|e| Self::invalid(format!("files[{i}] ({}): content is not valid base64: {e}", f.path)))?,
-            };
-            total += content.len() as u64;
-            if total > limits.workspace_bytes {
-                return Err(Self::invalid(format!("files add up to more than the {} byte workspace limit", limits.workspace_bytes)));
-            }
-            files.push(InputFile { path: f.path.clone(), content });
-        }
-        let stdin = args.stdin.clone().unwrap_or_default().into_bytes();
-        if stdin.len() as u64 > limits.workspace_bytes {
-            return Err(Self::invalid(format!("stdin is larger than the {} byte limit", limits.workspace_bytes)));
-        }
-        let spec = ExecSpec {
-            language: args.language,
-            code: args.code.clone(),
-            stdin,
-            limits,
-            env: p.guest_env(),
-            mounts: p.mounts.clone(),
-        };
-        Ok((spec, files))
+        check_request(p, args)
     }
 
     /// Runs `execute_code`.
@@ -435,7 +399,7 @@ impl Executor {
                     guest.set_door(door);
                     let mut report = guest.run(&spec2.code);
                     guest.set_door(None);
-                    report.artifacts = ws.collect_changes(MAX_ARTIFACTS);
+                    report.artifacts = ws.collect_changes(MAX_ARTIFACTS, spec2.limits.workspace_bytes);
                     let keep = !report.ended_session;
                     (Ok(report), keep.then_some(guest))
                 })
@@ -646,6 +610,49 @@ impl Executor {
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
     }
+}
+
+/// The part of request validation that needs nothing but the policy: code size, limits, input
+/// files (paths, encodings, sizes) and stdin. Pure, so the fuzz targets can run it on any input.
+pub(crate) fn check_request(p: &Policy, args: &ExecuteCodeArgs) -> Result<(ExecSpec, Vec<InputFile>), ExecError> {
+    let invalid = Executor::invalid;
+    let l = &p.file.limits;
+    if args.code.len() as u64 > l.code_bytes {
+        return Err(invalid(format!("code is {} bytes; this server accepts at most {}", args.code.len(), l.code_bytes)));
+    }
+    let limits = p.limits().lowered(&args.limits.clone().unwrap_or_default()).map_err(|e| invalid(e.to_string()))?;
+    if args.files.len() as u64 > limits.workspace_files {
+        return Err(invalid(format!("{} files given; at most {} are allowed", args.files.len(), limits.workspace_files)));
+    }
+    let mut files = Vec::with_capacity(args.files.len());
+    let mut total = 0u64;
+    for (i, f) in args.files.iter().enumerate() {
+        crate::sandbox::workspace::validate_rel_path(&f.path).map_err(|e| invalid(format!("files[{i}]: {e}")))?;
+        let content = match f.encoding {
+            Encoding::Utf8 => f.content.clone().into_bytes(),
+            Encoding::Base64 => base64::engine::general_purpose::STANDARD
+                .decode(f.content.trim())
+                .map_err(|e| invalid(format!("files[{i}] ({}): content is not valid base64: {e}", f.path)))?,
+        };
+        total += content.len() as u64;
+        if total > limits.workspace_bytes {
+            return Err(invalid(format!("files add up to more than the {} byte workspace limit", limits.workspace_bytes)));
+        }
+        files.push(InputFile { path: f.path.clone(), content });
+    }
+    let stdin = args.stdin.clone().unwrap_or_default().into_bytes();
+    if stdin.len() as u64 > limits.workspace_bytes {
+        return Err(invalid(format!("stdin is larger than the {} byte limit", limits.workspace_bytes)));
+    }
+    let spec = ExecSpec {
+        language: args.language,
+        code: args.code.clone(),
+        stdin,
+        limits,
+        env: p.guest_env(),
+        mounts: p.mounts.clone(),
+    };
+    Ok((spec, files))
 }
 
 fn to_result(r: RunReport, audit: Recorded, session_id: Option<String>) -> ExecResult {

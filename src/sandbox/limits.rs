@@ -35,25 +35,30 @@ fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error
 impl Limits {
     /// Lowers each limit to the requested value where one is given. Returns which requested
     /// values were above the current limit, so the caller can refuse them.
-    pub fn lowered(&self, req: &RequestedLimits) -> Result<Limits, LimitAboveCeiling> {
+    pub fn lowered(&self, req: &RequestedLimits) -> Result<Limits, BadLimit> {
         let mut out = self.clone();
+        for (name, v) in [("timeout_ms", req.timeout_ms), ("memory_mb", req.memory_mb), ("fuel", req.fuel)] {
+            if v == Some(0) {
+                return Err(BadLimit::Zero { name });
+            }
+        }
         if let Some(ms) = req.timeout_ms {
             let ceiling = self.timeout.as_millis() as u64;
             if ms > ceiling {
-                return Err(LimitAboveCeiling { name: "timeout_ms", requested: ms, ceiling });
+                return Err(BadLimit::AboveCeiling { name: "timeout_ms", requested: ms, ceiling });
             }
             out.timeout = Duration::from_millis(ms);
         }
         if let Some(mb) = req.memory_mb {
             let ceiling = self.memory_bytes >> 20;
             if mb > ceiling {
-                return Err(LimitAboveCeiling { name: "memory_mb", requested: mb, ceiling });
+                return Err(BadLimit::AboveCeiling { name: "memory_mb", requested: mb, ceiling });
             }
             out.memory_bytes = mb << 20;
         }
         if let Some(fuel) = req.fuel {
             if fuel > self.fuel {
-                return Err(LimitAboveCeiling { name: "fuel", requested: fuel, ceiling: self.fuel });
+                return Err(BadLimit::AboveCeiling { name: "fuel", requested: fuel, ceiling: self.fuel });
             }
             out.fuel = fuel;
         }
@@ -77,13 +82,13 @@ pub struct RequestedLimits {
     pub fuel: Option<u64>,
 }
 
-/// A requested limit above what the policy allows.
+/// A requested limit the server refuses.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("limits.{name} = {requested} is above this server's limit of {ceiling}; ask for {ceiling} or less")]
-pub struct LimitAboveCeiling {
-    pub name: &'static str,
-    pub requested: u64,
-    pub ceiling: u64,
+pub enum BadLimit {
+    #[error("limits.{name} = {requested} is above this server's limit of {ceiling}; ask for {ceiling} or less")]
+    AboveCeiling { name: &'static str, requested: u64, ceiling: u64 },
+    #[error("limits.{name} = 0 would stop the program before it starts; ask for at least 1, or leave it out")]
+    Zero { name: &'static str },
 }
 
 /// Wraps [`StoreLimits`] to remember that the guest was refused memory, so an allocation failure
@@ -171,8 +176,14 @@ mod tests {
     fn requests_above_the_policy_are_refused_with_the_ceiling() {
         let err = base().lowered(&RequestedLimits { memory_mb: Some(4096), ..Default::default() });
         let err = err.unwrap_err();
-        assert_eq!(err.name, "memory_mb");
-        assert_eq!(err.ceiling, 512);
+        assert_eq!(err, BadLimit::AboveCeiling { name: "memory_mb", requested: 4096, ceiling: 512 });
         assert!(err.to_string().contains("512 or less"));
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        let err = base().lowered(&RequestedLimits { timeout_ms: Some(0), ..Default::default() }).unwrap_err();
+        assert_eq!(err, BadLimit::Zero { name: "timeout_ms" });
+        assert!(err.to_string().contains("at least 1"));
     }
 }

@@ -185,7 +185,7 @@ fn finish_run(
     let mut report = guest.run(code);
     drop(guest);
     report.duration_ms = started.elapsed().as_millis() as u64;
-    report.artifacts = ws.collect_changes(MAX_ARTIFACTS);
+    report.artifacts = ws.collect_changes(MAX_ARTIFACTS, limits.workspace_bytes);
     Ok(report)
 }
 

@@ -159,9 +159,14 @@ impl Workspace {
     }
 
     /// Lists regular files under `/workspace` that are new or changed since the last call (or
-    /// since the inputs were written), hashing at most `max_bytes_each` bytes per file. Updates
-    /// the record so the next call reports only its own changes.
-    pub fn collect_changes(&self, max_files: usize) -> Vec<Artifact> {
+    /// since the inputs were written). Updates the record so the next call reports only its own
+    /// changes.
+    ///
+    /// At most `max_bytes` are read in all: a guest stopped for exceeding its quota may leave a
+    /// file far larger than the quota (a sparse file of a terabyte costs it one write), and
+    /// hashing that would tie up the host. Files past the budget are not reported.
+    pub fn collect_changes(&self, max_files: usize, max_bytes: u64) -> Vec<Artifact> {
+        let mut budget = max_bytes;
         let mut known_map = self.known.lock().unwrap_or_else(|e| e.into_inner());
         let mut found = Vec::new();
         walk_files(&self.workspace, PathBuf::new(), 0, &mut found, max_files.saturating_mul(4).max(64));
@@ -177,7 +182,11 @@ impl Workspace {
                 next.insert(key.clone(), known.cloned().expect("checked above"));
                 continue;
             }
-            let Some((sha256, size)) = hash_beneath(&self.workspace, &rel) else { continue };
+            if meta.len() > budget {
+                continue;
+            }
+            let Some((sha256, size)) = hash_beneath(&self.workspace, &rel, budget) else { continue };
+            budget -= size;
             let stamp = Stamp { size, mtime_ns: mtime_ns(&meta), ino: ino(&meta), sha256: sha256.clone() };
             let same_content = known.is_some_and(|k| k.sha256 == sha256 && k.size == size);
             next.insert(key.clone(), stamp);
@@ -308,13 +317,16 @@ fn walk_files(dir: &Dir, prefix: PathBuf, depth: usize, out: &mut Vec<(PathBuf, 
     }
 }
 
-fn hash_beneath(root: &Dir, rel: &Path) -> Option<(String, u64)> {
+/// Hashes a regular file without following symlinks; None if it is not one or holds more than
+/// `max_bytes`.
+fn hash_beneath(root: &Dir, rel: &Path, max_bytes: u64) -> Option<(String, u64)> {
     let mut opts = OpenOptions::new();
     opts.read(true).custom_flags(libc::O_NOFOLLOW);
-    let mut file = root.open_with(rel, &opts).ok()?;
+    let file = root.open_with(rel, &opts).ok()?;
     if !file.metadata().ok()?.is_file() {
         return None;
     }
+    let mut file = file.take(max_bytes.saturating_add(1));
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 64 << 10];
     let mut total = 0u64;
@@ -324,6 +336,9 @@ fn hash_beneath(root: &Dir, rel: &Path) -> Option<(String, u64)> {
             break;
         }
         total += n as u64;
+        if total > max_bytes {
+            return None;
+        }
         h.update(&buf[..n]);
     }
     Some((hex::encode(h.finalize()), total))
@@ -366,16 +381,30 @@ mod tests {
         let parent = tempfile::tempdir().unwrap();
         let ws = Workspace::create(parent.path(), "t-").unwrap();
         ws.write_inputs(&[InputFile { path: "in.txt".into(), content: b"x".to_vec() }], 100, 10).unwrap();
-        assert!(ws.collect_changes(10).is_empty(), "inputs are not artifacts");
+        assert!(ws.collect_changes(10, 1 << 20).is_empty(), "inputs are not artifacts");
         std::fs::write(ws.workspace_path().join("out.png"), b"png").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", ws.workspace_path().join("leak")).unwrap();
-        let arts = ws.collect_changes(10);
+        let arts = ws.collect_changes(10, 1 << 20);
         assert_eq!(arts.len(), 1);
         assert_eq!(arts[0].path, "out.png");
         assert_eq!(arts[0].mime, "image/png");
         assert_eq!(arts[0].size, 3);
-        assert!(ws.collect_changes(10).is_empty(), "unchanged files are not reported again");
+        assert!(ws.collect_changes(10, 1 << 20).is_empty(), "unchanged files are not reported again");
         assert!(ws.read_file("leak", 100).is_err(), "symlinks are not followed");
+    }
+
+    #[test]
+    fn collecting_reads_no_more_than_the_byte_budget() {
+        let parent = tempfile::tempdir().unwrap();
+        let ws = Workspace::create(parent.path(), "t-").unwrap();
+        // A terabyte-long sparse file costs the guest one write; hashing it would take hours.
+        let sparse = std::fs::File::create(ws.workspace_path().join("sparse")).unwrap();
+        sparse.set_len(1 << 40).unwrap();
+        std::fs::write(ws.workspace_path().join("small.txt"), b"ok").unwrap();
+        let t = std::time::Instant::now();
+        let arts = ws.collect_changes(10, 1 << 20);
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(arts.iter().map(|a| a.path.as_str()).collect::<Vec<_>>(), ["small.txt"]);
     }
 
     #[test]
