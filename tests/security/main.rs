@@ -1,0 +1,95 @@
+//! The adversarial suite: escape and abuse attempts made through the real `warden serve` over
+//! MCP. Every case names the layer expected to stop it, asserts containment (what the attempt
+//! saw and what the host still holds), and then proves the server still answers.
+//!
+//! The inventory, with the layer of each case, is in SECURITY.md.
+
+#[path = "../common/mod.rs"]
+mod common;
+#[path = "../common/harness.rs"]
+mod harness;
+
+mod exhaustion;
+mod faults;
+mod filesystem;
+mod host;
+mod isolation;
+mod requests;
+mod soak;
+mod tools;
+#[path = "../common/packages.rs"]
+mod packages;
+
+use std::io::Write;
+
+use serde_json::{Value, json};
+
+use harness::{Client, exec};
+
+/// The layer a case expects to stop the attempt.
+#[derive(Clone, Copy, Debug)]
+pub enum Layer {
+    /// Wasmtime and WASI preview1: the guest has no capability for it.
+    Wasi,
+    /// The server's request validation and the isolation profile, before anything runs.
+    Policy,
+    /// Fuel, deadline, memory, output and workspace limits.
+    Limits,
+    /// Host confinement: landlock.
+    Landlock,
+    /// Host confinement: seccomp.
+    Seccomp,
+}
+
+/// Announces a case (visible with `--nocapture`, and in the CI log on failure).
+pub fn case(name: &str, layer: Layer) {
+    let _ = writeln!(std::io::stderr(), "case {name}: expected to be stopped by {layer:?}");
+}
+
+/// Proves the server still answers with a correct result.
+pub async fn alive(client: &Client) {
+    let (_, s) = exec(client, json!({"language": "python", "code": "print(6 * 7)"})).await;
+    assert_eq!(s["stdout"], "42\n", "the server no longer answers correctly: {s}");
+}
+
+/// Runs one attempt through `execute_code` and returns its structured result; then checks the
+/// server still answers.
+pub async fn attempt(client: &Client, name: &str, layer: Layer, args: Value) -> Value {
+    case(name, layer);
+    let (_, s) = exec(client, args).await;
+    alive(client).await;
+    s
+}
+
+/// Python that runs each named probe and prints `NAME BLOCKED <exception>` or `NAME LEAK <value>`.
+pub fn py_probes(probes: &[(&str, &str)]) -> Value {
+    let mut code = String::from(
+        "def _t(name, f):\n    try:\n        r = f()\n        print(name, 'LEAK', repr(r)[:200])\n    except BaseException as e:\n        print(name, 'BLOCKED', type(e).__name__)\n",
+    );
+    for (name, expr) in probes {
+        code.push_str(&format!("_t({name:?}, lambda: {expr})\n"));
+    }
+    json!({"language": "python", "code": code})
+}
+
+/// JavaScript that runs each named probe; `null`, `undefined` or `false` count as refused (the
+/// QuickJS `std`/`os` calls report failure that way).
+pub fn js_probes(probes: &[(&str, &str)]) -> Value {
+    let mut code = String::from(
+        "function _t(n, f) { try { const r = f(); print(n, (r === null || r === undefined || r === false) ? 'BLOCKED null' : 'LEAK ' + String(r).slice(0, 200)); } catch (e) { print(n, 'BLOCKED ' + e.name); } }\n",
+    );
+    for (name, expr) in probes {
+        code.push_str(&format!("_t({name:?}, () => {expr});\n"));
+    }
+    json!({"language": "javascript", "code": code})
+}
+
+/// Runs probes as one call per probe set and asserts every probe was refused.
+pub async fn all_blocked(client: &Client, name: &str, layer: Layer, args: Value, probes: &[(&str, &str)]) {
+    let s = attempt(client, name, layer, args).await;
+    let out = s["stdout"].as_str().unwrap_or_default();
+    for (probe, _) in probes {
+        let line = out.lines().find(|l| l.starts_with(&format!("{probe} "))).unwrap_or_else(|| panic!("{name}/{probe}: no result line in {s}"));
+        assert!(line.contains(" BLOCKED"), "{name}/{probe} was not contained: {line}\n{s}");
+    }
+}
