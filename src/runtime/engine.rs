@@ -59,8 +59,11 @@ pub fn build_engine(settings: EngineSettings) -> wasmtime::Result<Engine> {
 
     let n = settings.max_instances.max(1);
     let mut pool = PoolingAllocationConfig::default();
+    // A guest that has thrown a wasm exception (CPython does, for every `longjmp`) also holds a
+    // GC heap, and GC heaps are carved from the same memory pool as linear memories: each live
+    // guest may need two memory slots.
     pool.total_core_instances(n)
-        .total_memories(n)
+        .total_memories(n.saturating_mul(2))
         .total_tables(n)
         .total_gc_heaps(n)
         .total_stacks(1)

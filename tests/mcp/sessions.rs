@@ -110,3 +110,23 @@ async fn session_count_is_capped_and_idle_sessions_expire() {
     assert!(closes.iter().all(|c| c["reason"] == "expired"), "{closes:?}");
     create(&client, "python").await;
 }
+
+#[tokio::test]
+async fn every_session_the_profile_allows_can_hold_a_live_interpreter() {
+    // A live CPython guest holds two pool memory slots (its memory and, once it has thrown a
+    // wasm exception, a GC heap); the pool must be sized for that.
+    let files = ServerFiles::new();
+    let policy = files.policy(&[("max = 16", "max = 12")]);
+    let client = stdio(&files, Some(&policy)).await;
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let id = create(&client, "python").await;
+        let (_, s) = exec(&client, in_session(&format!("v = {i}"), "python", &id)).await;
+        assert_eq!(s["outcome"], "ok", "session {i}: {s}");
+        ids.push(id);
+    }
+    let (_, s) = exec(&client, in_session("print(v)", "python", &ids[11])).await;
+    assert_eq!(s["stdout"], "11\n");
+    let (_, s) = exec(&client, py("print('one-shot')")).await;
+    assert_eq!(s["stdout"], "one-shot\n");
+}
