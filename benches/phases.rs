@@ -1,15 +1,13 @@
 //! Where a fresh call's time goes: each phase of `Sandbox::run_fresh`, timed separately over
 //! many runs, median reported. Run with `cargo bench --bench phases` after `scripts/setup`.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::time::{Duration, Instant};
 
-use warden::home::Home;
-use warden::policy::Policy;
-use warden::runtime::engine::{EngineSettings, build_engine, spawn_epoch_ticker};
-use warden::runtime::{Language, Runtimes};
-use warden::sandbox::{CancelHandle, ExecSpec, Sandbox, Workspace, on_guest_thread};
+use warden::runtime::Language;
+use warden::sandbox::{CancelHandle, Workspace, on_guest_thread};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -17,22 +15,14 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() {
-    let root = std::env::var_os("WARDEN_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/warden"));
-    let home = Home::at(root);
-    let engine = build_engine(EngineSettings::default()).expect("engine");
-    std::mem::forget(spawn_epoch_ticker(&engine).expect("ticker"));
-    let runtimes = Runtimes::load(&home, &engine, &Language::ALL).expect("runtimes");
-    let sandbox = Sandbox::new(Arc::new(runtimes));
-    let wsroot = home.workspaces();
+    let sandbox = common::sandbox();
+    let wsroot = common::home().workspaces();
     std::fs::create_dir_all(&wsroot).unwrap();
-    let policy = Policy::load("default").unwrap();
     for (lang, code) in [(Language::Python, "print('hello')"), (Language::Javascript, "console.log('hello')")] {
         if std::env::var("WARDEN_BENCH_LANG").is_ok_and(|l| l != lang.as_str()) {
             continue;
         }
-        let spec = ExecSpec { language: lang, code: code.into(), stdin: Vec::new(), limits: policy.limits(), env: policy.guest_env(), mounts: Vec::new() };
+        let spec = common::spec(lang, code);
         let (mut thread, mut create, mut start, mut run, mut collect, mut drop_ws, mut total) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
         for _ in 0..300 {
             let t0 = Instant::now();
