@@ -24,6 +24,8 @@ pub mod auth;
 pub mod cli;
 pub mod digest;
 pub mod executor;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod harden;
 pub mod home;
 pub mod limiter;

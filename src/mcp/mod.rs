@@ -80,7 +80,7 @@ impl WardenMcp {
     }
 }
 
-fn parse_args<T: DeserializeOwned>(req: &CallToolRequestParams) -> Result<T, McpError> {
+pub(crate) fn parse_args<T: DeserializeOwned>(req: &CallToolRequestParams) -> Result<T, McpError> {
     let value = serde_json::Value::Object(req.arguments.clone().unwrap_or_default());
     serde_json::from_value(value).map_err(|e| McpError::invalid_params(format!("invalid arguments for {}: {e}", req.name), None))
 }

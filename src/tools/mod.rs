@@ -93,11 +93,16 @@ pub struct Grant {
 
 /// The grant `policy` gives `tool`, or why it gives none.
 pub fn grant(tool: &ToolPackage, policy: &Policy) -> Result<Grant, String> {
-    let name = tool.name();
+    grant_for(&tool.manifest, policy)
+}
+
+/// [`grant`] from the manifest alone (what the fuzz targets can build without a module).
+pub(crate) fn grant_for(manifest: &Manifest, policy: &Policy) -> Result<Grant, String> {
+    let name = manifest.name.as_str();
     if !policy.file.tools.allowed.iter().any(|t| t == name) {
         return Err(format!("profile {:?} does not list {name} in [tools] allowed", policy.name()));
     }
-    let caps = &tool.manifest.capabilities;
+    let caps = &manifest.capabilities;
     let env_all = policy.guest_env();
     let mut env = Vec::new();
     for want in &caps.env {
