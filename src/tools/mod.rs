@@ -130,7 +130,8 @@ pub(crate) fn grant_for(manifest: &Manifest, policy: &Policy) -> Result<Grant, S
         limits.timeout = limits.timeout.min(std::time::Duration::from_millis(ms));
     }
     if let Some(mb) = ask.memory_mb {
-        limits.memory_bytes = limits.memory_bytes.min(mb << 20);
+        // Saturate: `mb << 20` silently drops high bits, so an absurd ask (2^44 MiB) became 0.
+        limits.memory_bytes = limits.memory_bytes.min(mb.saturating_mul(1 << 20));
     }
     if let Some(fuel) = ask.fuel {
         limits.fuel = limits.fuel.min(fuel);
