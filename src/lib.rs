@@ -11,7 +11,7 @@
 //! * [`policy`]: isolation profiles (what guests may do).
 //! * [`runtime`]: the upstream language runtimes: install, verify, precompile, load.
 //! * [`sandbox`]: one guest run under limits, its workspace and its outcome.
-//!//! * [`executor`]: the request path, independent of transport; [`session`] and [`artifacts`]
+//! * [`executor`]: the request path, independent of transport; [`session`] and [`artifacts`]
 //!   keep state between calls; [`audit`] records every decision.
 //! * [`mcp`] and [`transport`]: the MCP tools over stdio and streamable HTTP.
 //! * [`home`]: the data directory.
