@@ -199,12 +199,6 @@ fn cpu_seconds(stat: &str) -> f64 {
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 async fn memory() {
     let files = ServerFiles::new();
     let policy = load_policy(&files, 128);
@@ -212,7 +206,7 @@ async fn memory() {
     let pid = server.child.id().expect("pid");
     let client = harness::connect_http(&server.url, None).await;
     exec_ok(&client, Language::Python, "print('warm')").await;
-    let base = rss_kib(pid);
+    let base = harness::rss_kib(pid);
     let mut ids = Vec::new();
     for _ in 0..100 {
         let r = harness::call(&client, "create_session", json!({"language": "python"})).await.expect("create_session");
@@ -221,11 +215,11 @@ async fn memory() {
         assert_eq!(s["outcome"], "ok");
         ids.push(id);
     }
-    let with_sessions = rss_kib(pid);
+    let with_sessions = harness::rss_kib(pid);
     for id in &ids {
         harness::call(&client, "close_session", json!({"session_id": id})).await.expect("close_session");
     }
-    let closed = rss_kib(pid);
+    let closed = harness::rss_kib(pid);
     println!("memory  RSS after start {} MiB; with 100 idle python sessions {} MiB ({:.2} MiB each); after closing them {} MiB",
         base / 1024, with_sessions / 1024, (with_sessions - base) as f64 / 1024.0 / 100.0, closed / 1024);
     emit(json!({"system": "warden", "layer": "memory", "workload": "idle_sessions", "rss_start_kib": base,
@@ -238,7 +232,7 @@ async fn memory() {
         let (n, errors, _, _) = hammer(&server.url, 16, chunk, Duration::from_secs(300), "print('hello')").await;
         assert_eq!(errors, 0, "errors during the memory run");
         done += n;
-        marks.push((done, rss_kib(pid)));
+        marks.push((done, harness::rss_kib(pid)));
     }
     let line: Vec<String> = marks.iter().map(|(n, kib)| format!("{} MiB after {n} calls", kib / 1024)).collect();
     println!("memory  RSS {}", line.join(", "));

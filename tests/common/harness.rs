@@ -186,3 +186,19 @@ pub async fn connect_http(url: &str, token: Option<&str>) -> Client {
     }
     Recorder::default().serve(StreamableHttpClientTransport::from_config(config)).await.expect("connect")
 }
+
+/// Resident memory of a process, in KiB, from `/proc/PID/status`.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).expect("VmRSS");
+    line.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// The directory holding the workspaces of server process `pid`, if it exists.
+pub fn process_workspaces(pid: u32) -> Option<PathBuf> {
+    std::fs::read_dir(home().workspaces())
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(&format!("pid-{pid}-")))
+}

@@ -1,7 +1,7 @@
 //! Faults: the server killed with SIGKILL mid-execution and mid-audit-write, a torn audit line,
 //! an audit log that cannot be opened, and a disk that fills up under the audit log.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -14,14 +14,6 @@ use crate::{Layer, case};
 fn verify(log: &Path) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_warden")).args(["audit", "verify"]).arg(log).output().unwrap();
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
-}
-
-fn process_dir(pid: u32) -> Option<PathBuf> {
-    std::fs::read_dir(common::home().workspaces())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(&format!("pid-{pid}-")))
 }
 
 fn kill9(server: &HttpServer) {
@@ -45,7 +37,7 @@ async fn kill_9_during_executions_then_restart() {
         let _ = call(&c, "execute_code", json!({"language": "python", "code": "open('partial.txt', 'w').write('y')\nimport time\ntime.sleep(60)"})).await;
     });
     audit_events(&files, "execution.start", 2, Duration::from_secs(10)).await;
-    let dir = process_dir(pid).expect("the server's workspace directory");
+    let dir = process_workspaces(pid).expect("the server's workspace directory");
     assert!(std::fs::read_dir(&dir).unwrap().count() >= 2, "a session and a running call have workspaces");
     kill9(&server);
     server.child.wait().await.unwrap();

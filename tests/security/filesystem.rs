@@ -45,7 +45,6 @@ async fn symlink_and_hardlink_escapes() {
         ("chain", format!("({os}.symlink('hop2', 'hop1'), {os}.symlink('../..', 'hop2'), open('hop1/etc/passwd').read())")),
         ("via_tmp", format!("{os}.symlink('/tmp/../../etc', '/tmp/e') or {os}.listdir('/tmp/e')")),
     ];
-    let probes: Vec<(&str, &str)> = probes.iter().map(|(n, c)| (*n, c.as_str())).collect();
     all_blocked(&client, "python_symlink_escapes", Layer::Wasi, py_probes(&probes), &probes).await;
 
     let probes = [
@@ -54,7 +53,6 @@ async fn symlink_and_hardlink_escapes() {
         ("trailing_slash", format!("({os}.symlink('..', 'up'), {os}.listdir('up/'))")),
         ("trailing_slash_dot", format!("({os}.symlink('.', 'here'), open('here/../../etc/passwd').read())")),
     ];
-    let probes: Vec<(&str, &str)> = probes.iter().map(|(n, c)| (*n, c.as_str())).collect();
     all_blocked(&client, "python_symlink_loops_dangling_trailing_slash", Layer::Wasi, py_probes(&probes), &probes).await;
 
     let probes = [
@@ -62,7 +60,6 @@ async fn symlink_and_hardlink_escapes() {
         ("stdlib_into_workspace", format!("{os}.link('/usr/local/lib/python315.zip', 'h2')")),
         ("tmp_to_parent", format!("(open('/tmp/a', 'w').close(), {os}.link('/tmp/a', '/tmp/../a'))")),
     ];
-    let probes: Vec<(&str, &str)> = probes.iter().map(|(n, c)| (*n, c.as_str())).collect();
     all_blocked(&client, "python_hardlink_escapes", Layer::Wasi, py_probes(&probes), &probes).await;
 
     let probes = [
@@ -120,7 +117,6 @@ async fn read_only_mounts_cannot_be_bypassed() {
         ("os_truncate", format!("{os}.truncate('/data/f.txt', 0)")),
         ("utime", format!("{os}.utime('/data/f.txt', (0, 0))")),
     ];
-    let probes: Vec<(&str, &str)> = probes.iter().map(|(n, c)| (*n, c.as_str())).collect();
     all_blocked(&client, "read_only_mount_write_and_truncate", Layer::Wasi, py_probes(&probes), &probes).await;
 
     let probes = [
@@ -130,7 +126,6 @@ async fn read_only_mounts_cannot_be_bypassed() {
         ("unlink", format!("{os}.remove('/data/f.txt')")),
         ("symlink_in", format!("{os}.symlink('f.txt', '/data/l')")),
     ];
-    let probes: Vec<(&str, &str)> = probes.iter().map(|(n, c)| (*n, c.as_str())).collect();
     all_blocked(&client, "read_only_mount_create_and_delete", Layer::Wasi, py_probes(&probes), &probes).await;
 
     let probes = [
@@ -140,7 +135,6 @@ async fn read_only_mounts_cannot_be_bypassed() {
         ("hardlink_into_rw", format!("{os}.link('/data/f.txt', '/out/f-link')")),
         ("rw_symlink_to_ro_then_write", format!("({os}.symlink('../data/f.txt', '/out/s'), open('/out/s', 'w').write('x'))")),
     ];
-    let probes: Vec<(&str, &str)> = probes.iter().map(|(n, c)| (*n, c.as_str())).collect();
     all_blocked(&client, "read_only_mount_rename_and_link_into_writable", Layer::Wasi, py_probes(&probes), &probes).await;
 
     let probes = [

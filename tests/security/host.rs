@@ -68,7 +68,6 @@ async fn there_is_no_network() {
         ("http_client", format!("__import__('http.client').client.HTTPConnection('127.0.0.1', {port}, timeout=1).request('GET', '/')")),
         ("socketpair", format!("{socket}.socketpair()")),
     ];
-    let probes: Vec<(&str, &str)> = probes.iter().map(|(n, c)| (*n, c.as_str())).collect();
     all_blocked(&client, "python_sockets_dns_urllib", Layer::Wasi, py_probes(&probes), &probes).await;
 
     let url = format!("http://127.0.0.1:{port}/");
@@ -78,7 +77,6 @@ async fn there_is_no_network() {
         ("websocket", format!("new WebSocket('ws://127.0.0.1:{port}/')")),
         ("std_urlGet", format!("std.urlGet('{url}')")),
     ];
-    let probes: Vec<(&str, &str)> = probes.iter().map(|(n, c)| (*n, c.as_str())).collect();
     all_blocked(&client, "javascript_fetch_and_sockets", Layer::Wasi, js_probes(&probes), &probes).await;
 
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -102,7 +100,6 @@ async fn processes_and_threads_cannot_be_started() {
         ("raw_thread", "__import__('_thread').start_new_thread(print, ())".to_string()),
         ("ctypes_libc", "__import__('ctypes').CDLL('libc.so.6')".to_string()),
     ];
-    let probes: Vec<(&str, &str)> = probes.iter().map(|(n, c)| (*n, c.as_str())).collect();
     all_blocked(&client, "python_processes_and_threads", Layer::Wasi, py_probes(&probes), &probes).await;
 
     let probes = [

@@ -62,30 +62,30 @@ pub async fn attempt(client: &Client, name: &str, layer: Layer, args: Value) -> 
 }
 
 /// Python that runs each named probe and prints `NAME BLOCKED <exception>` or `NAME LEAK <value>`.
-pub fn py_probes(probes: &[(&str, &str)]) -> Value {
+pub fn py_probes<S: AsRef<str>>(probes: &[(&str, S)]) -> Value {
     let mut code = String::from(
         "def _t(name, f):\n    try:\n        r = f()\n        print(name, 'LEAK', repr(r)[:200])\n    except BaseException as e:\n        print(name, 'BLOCKED', type(e).__name__)\n",
     );
     for (name, expr) in probes {
-        code.push_str(&format!("_t({name:?}, lambda: {expr})\n"));
+        code.push_str(&format!("_t({name:?}, lambda: {})\n", expr.as_ref()));
     }
     json!({"language": "python", "code": code})
 }
 
 /// JavaScript that runs each named probe; `null`, `undefined` or `false` count as refused (the
 /// QuickJS `std`/`os` calls report failure that way).
-pub fn js_probes(probes: &[(&str, &str)]) -> Value {
+pub fn js_probes<S: AsRef<str>>(probes: &[(&str, S)]) -> Value {
     let mut code = String::from(
         "function _t(n, f) { try { const r = f(); print(n, (r === null || r === undefined || r === false) ? 'BLOCKED null' : 'LEAK ' + String(r).slice(0, 200)); } catch (e) { print(n, 'BLOCKED ' + e.name); } }\n",
     );
     for (name, expr) in probes {
-        code.push_str(&format!("_t({name:?}, () => {expr});\n"));
+        code.push_str(&format!("_t({name:?}, () => {});\n", expr.as_ref()));
     }
     json!({"language": "javascript", "code": code})
 }
 
 /// Runs probes as one call per probe set and asserts every probe was refused.
-pub async fn all_blocked(client: &Client, name: &str, layer: Layer, args: Value, probes: &[(&str, &str)]) {
+pub async fn all_blocked<S>(client: &Client, name: &str, layer: Layer, args: Value, probes: &[(&str, S)]) {
     let s = attempt(client, name, layer, args).await;
     let out = s["stdout"].as_str().unwrap_or_default();
     for (probe, _) in probes {

@@ -30,11 +30,6 @@ fn nth_call(i: usize) -> (Value, &'static str) {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().split_whitespace().next().unwrap().parse().unwrap()
-}
-
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
 }
@@ -93,12 +88,7 @@ async fn two_thousand_mixed_calls_from_sixteen_clients_leak_nothing() {
     ]);
     let server = start_http(&files, Some(&policy), &[]).await;
     let pid = server.child.id().unwrap();
-    let workspaces = std::fs::read_dir(crate::common::home().workspaces())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(&format!("pid-{pid}-")))
-        .unwrap();
+    let workspaces = process_workspaces(pid).expect("the server's workspace directory");
 
     // Warm up (pool slots, allocator, every kind of call), then take the baseline.
     let (_, errors) = run_calls(&server.url, 0, 100).await;
