@@ -2,7 +2,8 @@
 //! the engine and through MCP stdio, HTTP throughput with 16 clients, startup to ready, and RSS
 //! with idle sessions and over many calls.
 //!
-//! `cargo bench --bench compare -- [engine|stdio|throughput|startup|memory]...` (all by default).
+//! `cargo bench --bench compare -- [engine|stdio|keepalive|throughput|startup|memory]...` (all by
+//! default).
 //! Every number is also printed as a `BENCH {json}` line, which `benches/peers/run` collects.
 //! Everything runs on loopback and is bounded in count and time. Counts can be scaled with
 //! `WARDEN_BENCH_RUNS` (latency samples per workload, default 50).
@@ -168,6 +169,44 @@ async fn throughput() {
         "calls_per_s": rate, "server_cpu_ms_per_call": server_cpu * 1e3 / done as f64, "client_cpu_ms_per_call": own_cpu * 1e3 / done as f64, "median_ms": ms(percentile(&lat, 0.5)), "p95_ms": ms(percentile(&lat, 0.95))}));
 }
 
+/// Sequential calls over one keep-alive HTTP connection (rmcp's streamable HTTP client, which
+/// pools connections as every real client does), against the same calls over stdio in the same
+/// run. Guards the 40 ms stall that Nagle's algorithm plus the client's delayed ACK put on every
+/// HTTP response when accepted sockets lack `TCP_NODELAY`: with it, the ratio is close to 1; a
+/// p50 or p90 near 40 ms means it is back.
+async fn keepalive() {
+    let files = ServerFiles::new();
+    let n = runs() * 4;
+    let mut series = Vec::new();
+    for layer in ["stdio", "http"] {
+        let (client, server) = match layer {
+            "stdio" => (harness::stdio(&files, None).await, None),
+            _ => {
+                let server = harness::start_http(&files, None, &[]).await;
+                (harness::connect_http(&server.url, None).await, Some(server))
+            }
+        };
+        let mut samples = Vec::with_capacity(n);
+        for i in 0..n + 5 {
+            let t = Instant::now();
+            exec_ok(&client, Language::Python, "print('hello')").await;
+            if i >= 5 {
+                samples.push(t.elapsed());
+            }
+        }
+        client.cancel().await.ok();
+        drop(server);
+        samples.sort();
+        let [p50, p90, p99] = [0.5, 0.9, 0.99].map(|p| percentile(&samples, p));
+        println!("{layer:<7} python_hello sequential  p50 {:>7.2} ms   p90 {:>7.2} ms   p99 {:>7.2} ms   (n={n})", ms(p50), ms(p90), ms(p99));
+        emit(json!({"system": "warden", "layer": layer, "workload": "python_hello_sequential", "median_ms": ms(p50),
+            "p90_ms": ms(p90), "p99_ms": ms(p99), "n": n}));
+        series.push((p50, p90));
+    }
+    let (stdio, http) = (series[0], series[1]);
+    println!("keepalive: HTTP/stdio ratio p50 {:.2}x, p90 {:.2}x", ms(http.0) / ms(stdio.0), ms(http.1) / ms(stdio.1));
+}
+
 async fn startup() {
     let files = ServerFiles::new();
     let http = reqwest::Client::new();
@@ -242,13 +281,14 @@ async fn memory() {
 
 fn main() {
     let modes: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    let all = ["engine", "stdio", "throughput", "startup", "memory"];
+    let all = ["engine", "stdio", "keepalive", "throughput", "startup", "memory"];
     let modes: Vec<&str> = if modes.is_empty() { all.to_vec() } else { modes.iter().map(String::as_str).collect() };
     let rt = tokio::runtime::Runtime::new().expect("tokio");
     for m in modes {
         match m {
             "engine" => engine(),
             "stdio" => rt.block_on(stdio()),
+            "keepalive" => rt.block_on(keepalive()),
             "throughput" => rt.block_on(throughput()),
             "startup" => rt.block_on(startup()),
             "memory" => rt.block_on(memory()),
