@@ -104,6 +104,7 @@ fn load_policy(files: &ServerFiles, sessions: usize) -> std::path::PathBuf {
         ("concurrent_per_principal = 4", "concurrent_per_principal = 64"),
         ("queue_timeout_ms = 10_000", "queue_timeout_ms = 60_000"),
         ("max = 16", &format!("max = {sessions}")),
+        ("max_per_principal = 4", &format!("max_per_principal = {sessions}")),
     ])
 }
 

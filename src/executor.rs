@@ -24,7 +24,7 @@ use crate::runtime::Language;
 use crate::sandbox::{
     CancelHandle, ExecSpec, InputFile, MAX_ARTIFACTS, RunReport, Sandbox, SandboxError, Workspace, on_guest_thread_async,
 };
-use crate::limiter::{Limited, PrincipalLimiter};
+use crate::limiter::{Limited, PrincipalLimiter, Shares, Slot};
 use crate::metrics::Metrics;
 use crate::session::{Owner, SessionError, SessionLimits, Sessions};
 use crate::tools::{Grant, ToolPackage, ToolRegistry, door::CodeModeDoor, grant};
@@ -109,7 +109,17 @@ pub struct Executor {
     workspaces: PathBuf,
     pub sessions: Sessions,
     pub artifacts: ArtifactStore,
-    limiter: PrincipalLimiter,
+    limiter: Arc<PrincipalLimiter>,
+    /// Artifact reads in flight, per principal (see [`MAX_READS_PER_PRINCIPAL`]).
+    reads: Shares,
+    /// Artifact reads in flight, server-wide.
+    read_slots: Arc<Semaphore>,
+    /// Whether callers other than the one operator or anonymous user can exist (HTTP with
+    /// authentication): then every principal leaves one execution slot of each profile free
+    /// for the others.
+    multi_tenant: AtomicBool,
+    /// Refusal records per principal and reason: a burst in full, the rest counted.
+    denials: crate::throttle::Throttle<(String, String)>,
     pub metrics: Metrics,
     pub tools: Arc<ToolRegistry>,
     audit: Arc<AuditLog>,
@@ -120,6 +130,26 @@ pub struct Executor {
 
 /// Most images returned inline per call; the rest are resource links.
 const MAX_INLINE_IMAGES: usize = 4;
+/// Largest artifact `resources/read` returns. MCP cannot stream a resource: the whole file, its
+/// base64 text and the JSON response around it sit in memory at once.
+pub const MAX_READ_BYTES: u64 = 8 << 20;
+/// Artifact reads in flight at once, server-wide, and per principal. With the size cap this
+/// bounds what reads hold in memory (about 30 MiB each at most) and keeps one principal from
+/// taking every read slot.
+const MAX_READS: usize = 8;
+const MAX_READS_PER_PRINCIPAL: u32 = 2;
+/// Longest text of a refusal kept in an audit record.
+const MAX_AUDIT_REASON: usize = 512;
+/// Refusals of one principal for one reason written in full per minute; the rest are counted in
+/// an `authz.deny.suppressed` summary.
+const DENIALS_PER_MINUTE: u32 = 10;
+
+/// What holds a call's place while it runs: the principal's running slot and one of the
+/// profile's execution slots.
+struct Admitted {
+    _slot: Slot,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
 
 /// Reads the small PNG/JPEG artifacts of a run while its workspace certainly exists.
 fn inline_images(ws: &Workspace, report: &RunReport, cap: u64) -> Vec<InlineImage> {
@@ -153,7 +183,11 @@ impl Executor {
             tools,
             sessions: Sessions::new(),
             artifacts: ArtifactStore::new(),
-            limiter: PrincipalLimiter::new(),
+            limiter: Arc::new(PrincipalLimiter::new()),
+            reads: Shares::default(),
+            read_slots: Arc::new(Semaphore::new(MAX_READS)),
+            multi_tenant: AtomicBool::new(false),
+            denials: crate::throttle::Throttle::new(Duration::from_secs(60), DENIALS_PER_MINUTE),
             metrics: Metrics::new(),
             profiles: RwLock::new(Arc::new(profiles)),
             sandbox,
@@ -186,8 +220,50 @@ impl Executor {
     }
 
     /// Replaces the served profiles (SIGHUP). Calls already running keep their old limits.
+    /// Sessions whose profile was removed or changed in any way end (audited with reason
+    /// `profile_changed`): a live interpreter keeps the mounts and environment it started with,
+    /// so re-confining it in place is not possible.
     pub fn replace_profiles(&self, profiles: Profiles) {
-        *self.profiles.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(profiles);
+        let profiles = Arc::new(profiles);
+        *self.profiles.write().unwrap_or_else(|e| e.into_inner()) = profiles.clone();
+        let stale = self.sessions.remove_if(|s| profiles.by_name.get(&s.profile).is_none_or(|p| p.policy.sha256 != s.profile_sha256));
+        for s in stale {
+            self.audit_close(&s, "profile_changed");
+        }
+        self.metrics.active_sessions.set(self.sessions.len() as i64);
+    }
+
+    /// Declares that callers are authenticated principals who must not starve one another (see
+    /// [`Executor::admit`]).
+    pub fn set_multi_tenant(&self, on: bool) {
+        self.multi_tenant.store(on, Ordering::SeqCst);
+    }
+
+    /// Admits one call: the principal's rate and running-call limits, then one of the profile's
+    /// execution slots, waiting up to the queue timeout. When several principals can exist, a
+    /// principal may hold at most all but one of a profile's slots, so a principal at its limits
+    /// always leaves a slot for the next one (guests cannot be preempted, so only a free slot
+    /// bounds another principal's wait).
+    async fn admit(&self, caller: &Caller, profile: &Profile) -> Result<Admitted, ExecError> {
+        let l = &profile.policy.file.limits;
+        let slots = l.concurrent_executions;
+        let share = if self.multi_tenant.load(Ordering::SeqCst) && slots > 1 { l.concurrent_per_principal.min(slots - 1) } else { l.concurrent_per_principal };
+        let slot = self.limiter.admit(&caller.principal, l.calls_per_minute, share).map_err(|e| self.limited(caller, e))?;
+        let queue = Duration::from_millis(l.queue_timeout_ms);
+        match tokio::time::timeout(queue, profile.admission.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(Admitted { _slot: slot, _permit: permit }),
+            _ => {
+                self.metrics.busy.inc();
+                Err(ExecError::Busy { slots: slots as usize, waited_ms: queue.as_millis() as u64 })
+            }
+        }
+    }
+
+    /// Counts and audits a rate-limit refusal.
+    fn limited(&self, caller: &Caller, e: Limited) -> ExecError {
+        self.metrics.rate_limited.inc();
+        self.deny(caller, "rate_limited", &e.to_string());
+        e.into()
     }
 
     /// The tools `policy` serves, with what it grants each. Tools it lists but cannot grant what
@@ -206,6 +282,7 @@ impl Executor {
         Some(Box::new(CodeModeDoor::new(
             tools,
             self.audit.clone(),
+            crate::tools::door::Rate { limiter: self.limiter.clone(), per_minute: policy.file.limits.calls_per_minute },
             &caller.principal,
             policy.name(),
             call_id,
@@ -215,13 +292,16 @@ impl Executor {
         )))
     }
 
-    /// Records a refusal in the audit log and the metrics.
+    /// Records a refusal in the metrics, and in the audit log within the principal's budget of
+    /// refusal records (the rest are counted and summarised by [`Executor::sweep`]).
     fn deny(&self, caller: &Caller, reason: &str, detail: &str) {
         self.metrics.deny(reason);
-        let _ = self.audit.record(
-            "authz.deny",
-            json!({"principal": caller.principal, "profile": caller.profile, "reason": reason, "detail": detail}),
-        );
+        if self.denials.allow(&(caller.principal.clone(), reason.to_string())) {
+            let _ = self.audit.record(
+                "authz.deny",
+                json!({"principal": caller.principal, "profile": caller.profile, "reason": reason, "detail": crate::text::clip(detail, MAX_AUDIT_REASON)}),
+            );
+        }
     }
 
     pub fn sandbox(&self) -> &Sandbox {
@@ -253,6 +333,38 @@ impl Executor {
         check_request(p, args)
     }
 
+    /// The session `id` for a call by `caller` under `policy` in `language`: owned by the
+    /// caller, and created under this very profile (same name and sha256).
+    fn session_for(&self, caller: &Caller, policy: &Policy, id: &str, language: Language) -> Result<Arc<crate::session::Session>, ExecError> {
+        let s = self.sessions.get(id, &caller.owner)?;
+        if s.profile != policy.name() || s.profile_sha256 != policy.sha256 {
+            let msg = format!(
+                "session {id} was created under profile {:?}, and this call runs under {:?}; a session keeps the profile it was made under. Create a new session",
+                s.profile,
+                policy.name()
+            );
+            self.deny(caller, "session_profile_mismatch", &msg);
+            return Err(Self::invalid(msg));
+        }
+        if s.language != language {
+            return Err(Self::invalid(format!("session {id} runs {}, not {language}", s.language)));
+        }
+        Ok(s)
+    }
+
+    /// Records that a call whose start was recorded ended without running (its inputs could not
+    /// be written, say), so every `execution.start` has an end. Returns the error to give the
+    /// caller, or the audit failure if even that record cannot be written.
+    fn audit_unfinished(&self, start: &Recorded, base: &serde_json::Value, e: ExecError) -> ExecError {
+        let mut event = base.clone();
+        event["started"] = start.get("id").cloned().unwrap_or_default();
+        event["reason"] = json!(crate::text::clip(&e.to_string(), MAX_AUDIT_REASON));
+        match self.audit.record("execution.denied", &event) {
+            Ok(_) => e,
+            Err(audit) => audit.into(),
+        }
+    }
+
     /// Runs `execute_code`.
     pub async fn execute(&self, caller: &Caller, args: ExecuteCodeArgs, cancel: CancelHandle) -> Result<ExecResult, ExecError> {
         if self.shutting_down.load(Ordering::SeqCst) {
@@ -262,35 +374,14 @@ impl Executor {
         let policy = &profile.policy;
         let (spec, files) = self.prepare(caller, policy, &args)?;
         let session = match &args.session_id {
-            Some(id) => {
-                let s = self.sessions.get(id, &caller.owner)?;
-                if s.language != spec.language {
-                    return Err(Self::invalid(format!("session {id} runs {}, not {}", s.language, spec.language)));
-                }
-                Some(s)
-            }
+            Some(id) => Some(self.session_for(caller, policy, id, spec.language)?),
             None => None,
         };
-
-        let l = &policy.file.limits;
-        let _slot = self.limiter.admit(&caller.principal, l.calls_per_minute, l.concurrent_per_principal).map_err(|e| {
-            self.metrics.rate_limited.inc();
-            self.deny(caller, "rate_limited", &e.to_string());
-            e
-        })?;
-        let slots = l.concurrent_executions as usize;
-        let queue = Duration::from_millis(l.queue_timeout_ms);
-        let _permit = match tokio::time::timeout(queue, profile.admission.clone().acquire_owned()).await {
-            Ok(Ok(p)) => p,
-            _ => {
-                self.metrics.busy.inc();
-                return Err(ExecError::Busy { slots, waited_ms: queue.as_millis() as u64 });
-            }
-        };
+        let _admitted = self.admit(caller, &profile).await?;
 
         let call_id = uuid::Uuid::new_v4().to_string();
         let inputs_sha256 = inputs_digest(&files, &spec.stdin);
-        let base = json!({
+        let mut base = json!({
             "call_id": call_id,
             "principal": caller.principal,
             "connection": caller.owner.connection,
@@ -303,66 +394,93 @@ impl Executor {
             "profile_sha256": policy.sha256,
             "limits": spec.limits,
         });
-        let mut base = base;
         if policy.file.audit.record_code {
             base["code"] = json!(spec.code);
         }
         // Fail closed: if the start cannot be recorded, nothing runs.
         let start = self.audit.record("execution.start", &base)?;
-
-        let id = self.next_call.fetch_add(1, Ordering::Relaxed);
-        self.inflight.lock().unwrap_or_else(|e| e.into_inner()).insert(id, cancel.clone());
-        let _inflight = InflightGuard { table: &self.inflight, id };
-        self.metrics.active_executions.inc();
-        let _active = scopeguard(|| {
-            self.metrics.active_executions.dec();
-        });
+        let _inflight = self.track(&cancel);
 
         let image_cap = policy.file.artifacts.inline_image_bytes;
         let retention = Duration::from_secs(policy.file.artifacts.retention_seconds);
-        let (report, images, workspace, uri_for): (RunReport, Vec<InlineImage>, Arc<Workspace>, Box<dyn Fn(&str) -> String + Send>) = match &session {
-            None => {
-                let ws = Arc::new(Workspace::create(&self.workspaces, "call-").map_err(|e| ExecError::Internal(e.to_string()))?);
-                ws.write_inputs(&files, spec.limits.workspace_bytes, spec.limits.workspace_files)
-                    .map_err(|e| Self::invalid(e.to_string()))?;
-                let (sandbox, ws2, spec2, cancel2) = (self.sandbox.clone(), ws.clone(), spec.clone(), cancel.clone());
-                let door = if spec.language == Language::Python { self.door(caller, policy, &call_id, &cancel) } else { None };
-                let report = on_guest_thread_async(move || sandbox.run_fresh(&spec2, &ws2, &cancel2, door)).await??;
-                let images = inline_images(&ws, &report, image_cap);
-                self.artifacts.retain(&call_id, &caller.owner, ws.clone(), &report.artifacts, retention);
-                let cid = call_id.clone();
-                (report, images, ws, Box::new(move |p| call_uri(&cid, p)))
-            }
+        let run = match &session {
+            None => self.run_once(caller, policy, &spec, &files, &call_id, &cancel, retention).await,
             Some(s) => {
                 let door = self.door(caller, policy, &call_id, &cancel);
-                let (report, ws) = self.session_turn(s, &spec, &files, &cancel, door).await?;
-                let images = inline_images(&ws, &report, image_cap);
-                let sid = s.id.clone();
-                (report, images, ws, Box::new(move |p| session_uri(&sid, p)))
+                self.session_turn(s, &spec, &files, &cancel, door).await.map(|(report, ws)| {
+                    let sid = s.id.clone();
+                    (report, ws, Box::new(move |p: &str| session_uri(&sid, p)) as Box<dyn Fn(&str) -> String + Send>)
+                })
             }
         };
-
-        let mut report = report;
+        let (mut report, workspace, uri_for) = run.map_err(|e| self.audit_unfinished(&start, &base, e))?;
+        let images = inline_images(&workspace, &report, image_cap);
         for a in &mut report.artifacts {
             a.uri = uri_for(&a.path);
         }
-        let mut end = base.clone();
-        let obj = end.as_object_mut().expect("json object");
-        obj.insert("started".into(), start.get("id").cloned().unwrap_or_default());
-        obj.insert("outcome".into(), json!(report.outcome));
-        obj.insert("exit_code".into(), json!(report.exit_code));
-        obj.insert("fuel_used".into(), json!(report.fuel_used));
-        obj.insert("duration_ms".into(), json!(report.duration_ms));
-        obj.insert(
-            "artifacts".into(),
-            json!(report.artifacts.iter().map(|a| json!({"path": a.path, "size": a.size, "sha256": a.sha256})).collect::<Vec<_>>()),
-        );
-        let recorded = self.audit.record("execution", &end)?;
+        let recorded = self.audit_end(&start, base, &report)?;
         self.metrics.record_execution(spec.language.as_str(), report.outcome.as_str(), report.duration_ms, report.fuel_used);
         let mut result = to_result(report, recorded, args.session_id);
         result.inline_images = images;
         result.workspace = Some(workspace);
         Ok(result)
+    }
+
+    /// A one-shot call: a fresh workspace with the inputs, a fresh guest, and the artifacts
+    /// retained for the caller.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    async fn run_once(
+        &self,
+        caller: &Caller,
+        policy: &Policy,
+        spec: &ExecSpec,
+        files: &[InputFile],
+        call_id: &str,
+        cancel: &CancelHandle,
+        retention: Duration,
+    ) -> Result<(RunReport, Arc<Workspace>, Box<dyn Fn(&str) -> String + Send>), ExecError> {
+        let ws = Arc::new(Workspace::create(&self.workspaces, "call-").map_err(|e| ExecError::Internal(e.to_string()))?);
+        ws.write_inputs(files, spec.limits.workspace_bytes, spec.limits.workspace_files).map_err(|e| Self::invalid(e.to_string()))?;
+        let (sandbox, ws2, spec2, cancel2) = (self.sandbox.clone(), ws.clone(), spec.clone(), cancel.clone());
+        let door = if spec.language == Language::Python { self.door(caller, policy, call_id, cancel) } else { None };
+        let mut report = on_guest_thread_async(move || sandbox.run_fresh(&spec2, &ws2, &cancel2, door)).await??;
+        self.retain(call_id, caller, &ws, &mut report, retention);
+        let cid = call_id.to_string();
+        Ok((report, ws, Box::new(move |p| call_uri(&cid, p))))
+    }
+
+    /// Keeps a one-shot call's artifacts readable, or says in the report why they are not.
+    fn retain(&self, call_id: &str, caller: &Caller, ws: &Arc<Workspace>, report: &mut RunReport, retention: Duration) {
+        if !self.artifacts.retain(call_id, &caller.owner, ws.clone(), &report.artifacts, retention) {
+            let note = "the artifacts were not kept for resources/read: the server's artifact store is full; read them from this result or retry later";
+            report.message = Some(match report.message.take() {
+                Some(m) => format!("{m}; {note}"),
+                None => note.to_string(),
+            });
+        }
+    }
+
+    /// Registers a running call so shutdown can cancel it; unregistered when the guard drops.
+    fn track(&self, cancel: &CancelHandle) -> (InflightGuard<'_>, impl Drop + '_) {
+        let id = self.next_call.fetch_add(1, Ordering::Relaxed);
+        self.inflight.lock().unwrap_or_else(|e| e.into_inner()).insert(id, cancel.clone());
+        self.metrics.active_executions.inc();
+        (InflightGuard { table: &self.inflight, id }, scopeguard(|| {
+            self.metrics.active_executions.dec();
+        }))
+    }
+
+    /// Records how a call ended, with its artifacts.
+    fn audit_end(&self, start: &Recorded, base: serde_json::Value, report: &RunReport) -> Result<Recorded, ExecError> {
+        let mut end = base;
+        end["started"] = start.get("id").cloned().unwrap_or_default();
+        end["outcome"] = json!(report.outcome);
+        end["exit_code"] = json!(report.exit_code);
+        end["fuel_used"] = json!(report.fuel_used);
+        end["duration_ms"] = json!(report.duration_ms);
+        end["artifacts"] =
+            json!(report.artifacts.iter().map(|a| json!({"path": a.path, "size": a.size, "sha256": a.sha256})).collect::<Vec<_>>());
+        Ok(self.audit.record("execution", &end)?)
     }
 
     async fn session_turn(
@@ -435,14 +553,15 @@ impl Executor {
         }
         let profile = self.profile(caller)?;
         let policy = &profile.policy;
+        let unknown = || Self::invalid(format!("unknown tool {:?}; tools/list shows the tools you may call", crate::text::clip(name, 80)));
         let Some(tool) = self.tools.get(name).cloned() else {
-            return Err(Self::invalid(format!("unknown tool {name:?}; tools/list shows the tools you may call")));
+            return Err(unknown());
         };
         let grant = match grant(&tool, policy) {
             Ok(g) => g,
             Err(why) => {
                 self.deny(caller, "tool_not_allowed", &why);
-                return Err(Self::invalid(format!("unknown tool {name:?}; tools/list shows the tools you may call")));
+                return Err(unknown());
             }
         };
         let l = &policy.file.limits;
@@ -451,19 +570,7 @@ impl Executor {
             return Err(Self::invalid(format!("the arguments are {size} bytes of JSON; this server accepts at most {}", l.code_bytes)));
         }
         tool.check_args(&args).map_err(Self::invalid)?;
-        let _slot = self.limiter.admit(&caller.principal, l.calls_per_minute, l.concurrent_per_principal).map_err(|e| {
-            self.metrics.rate_limited.inc();
-            self.deny(caller, "rate_limited", &e.to_string());
-            e
-        })?;
-        let queue = Duration::from_millis(l.queue_timeout_ms);
-        let _permit = match tokio::time::timeout(queue, profile.admission.clone().acquire_owned()).await {
-            Ok(Ok(p)) => p,
-            _ => {
-                self.metrics.busy.inc();
-                return Err(ExecError::Busy { slots: l.concurrent_executions as usize, waited_ms: queue.as_millis() as u64 });
-            }
-        };
+        let _admitted = self.admit(caller, &profile).await?;
         let call_id = uuid::Uuid::new_v4().to_string();
         let base = json!({
             "call_id": call_id,
@@ -478,31 +585,21 @@ impl Executor {
             "limits": grant.limits,
         });
         let start = self.audit.record("execution.start", &base)?;
-        let id = self.next_call.fetch_add(1, Ordering::Relaxed);
-        self.inflight.lock().unwrap_or_else(|e| e.into_inner()).insert(id, cancel.clone());
-        let _inflight = InflightGuard { table: &self.inflight, id };
-        self.metrics.active_executions.inc();
-        let _active = scopeguard(|| {
-            self.metrics.active_executions.dec();
-        });
+        let _inflight = self.track(&cancel);
         let (workspaces, cancel2, tool2, grant2) = (self.workspaces.clone(), cancel.clone(), tool.clone(), grant.clone());
-        let run = on_guest_thread_async(move || crate::tools::run_tool(&tool2, &grant2, &args, &workspaces, &cancel2)).await??;
+        let run = match on_guest_thread_async(move || crate::tools::run_tool(&tool2, &grant2, &args, &workspaces, &cancel2)).await {
+            Ok(Ok(run)) => run,
+            Ok(Err(e)) => return Err(self.audit_unfinished(&start, &base, e.into())),
+            Err(e) => return Err(self.audit_unfinished(&start, &base, e.into())),
+        };
         let mut report = run.report;
         for a in &mut report.artifacts {
             a.uri = call_uri(&call_id, &a.path);
         }
         let retention = Duration::from_secs(policy.file.artifacts.retention_seconds);
         let images = inline_images(&run.workspace, &report, policy.file.artifacts.inline_image_bytes);
-        self.artifacts.retain(&call_id, &caller.owner, run.workspace.clone(), &report.artifacts, retention);
-        let mut end = base;
-        end["started"] = start.get("id").cloned().unwrap_or_default();
-        end["outcome"] = json!(report.outcome);
-        end["exit_code"] = json!(report.exit_code);
-        end["fuel_used"] = json!(report.fuel_used);
-        end["duration_ms"] = json!(report.duration_ms);
-        end["artifacts"] =
-            json!(report.artifacts.iter().map(|a| json!({"path": a.path, "size": a.size, "sha256": a.sha256})).collect::<Vec<_>>());
-        let recorded = self.audit.record("execution", &end)?;
+        self.retain(&call_id, caller, &run.workspace, &mut report, retention);
+        let recorded = self.audit_end(&start, base, &report)?;
         self.metrics.record_execution(&format!("tool:{name}"), report.outcome.as_str(), report.duration_ms, report.fuel_used);
         let mut result = to_result(report, recorded, None);
         result.inline_images = images;
@@ -521,13 +618,17 @@ impl Executor {
             self.deny(caller, "runtime_not_allowed", &msg);
             return Err(Self::invalid(msg));
         }
+        // Opening a session spends one of the principal's calls: creating and closing sessions in
+        // a loop is work the server does, so it is rate-limited like any call.
+        self.limiter.admit_rate(&caller.principal, p.file.limits.calls_per_minute).map_err(|e| self.limited(caller, e))?;
         let limits = SessionLimits {
             max: p.file.sessions.max as usize,
+            per_principal: p.file.sessions.max_per_principal as usize,
             idle: Duration::from_secs(p.file.sessions.idle_seconds),
             lifetime: Duration::from_secs(p.file.sessions.lifetime_seconds),
         };
         let ws = Workspace::create(&self.workspaces, "session-").map_err(|e| ExecError::Internal(e.to_string()))?;
-        let s = self.sessions.create(caller.owner.clone(), language, ws, p.name(), limits)?;
+        let s = self.sessions.create(caller.owner.clone(), language, ws, (p.name(), &p.sha256), limits)?;
         if let Err(e) = self.audit.record(
             "session.open",
             json!({"session_id": s.id, "principal": caller.principal, "connection": caller.owner.connection, "language": language, "profile": p.name()}),
@@ -555,24 +656,47 @@ impl Executor {
         }
     }
 
-    /// Reads an artifact for its owner: `(bytes, mime)`.
-    pub fn read_artifact(&self, caller: &Caller, uri: &str) -> Result<(Vec<u8>, String), ExecError> {
-        let not_found = || Self::invalid(format!("no artifact {uri:?} is readable by you (it may have expired)"));
-        let max = self.profile(caller)?.policy.file.limits.workspace_bytes;
-        match parse_uri(uri).ok_or_else(not_found)? {
+    /// Reads an artifact for its owner: `(bytes, mime)`. Files over [`MAX_READ_BYTES`] are
+    /// refused with what to do instead; reads hold one of the principal's read shares and one of
+    /// the server's read slots, and run off the async runtime.
+    pub async fn read_artifact(&self, caller: &Caller, uri: &str) -> Result<(Vec<u8>, String), ExecError> {
+        let shown = crate::text::clip(uri, 200);
+        let not_found = || Self::invalid(format!("no artifact {shown:?} is readable by you (it may have expired)"));
+        let _share = self
+            .reads
+            .take(&caller.principal, MAX_READS_PER_PRINCIPAL)
+            .map_err(|running| ExecError::Limited(Limited::Share { what: "artifact reads", running }))?;
+        let (ws, path, mime) = match parse_uri(uri).ok_or_else(not_found)? {
             ArtifactRef::Call { call_id, path } => {
                 let (ws, a) = self.artifacts.find(call_id, path, &caller.owner).ok_or_else(not_found)?;
-                let bytes = ws.read_file(path, max).map_err(|_| not_found())?;
-                Ok((bytes, a.mime))
+                (ws, path.to_string(), a.mime)
             }
             ArtifactRef::Session { session_id, path } => {
                 let s = self.sessions.get(session_id, &caller.owner).map_err(|_| not_found())?;
                 let ws = s.state.try_lock().map(|st| st.workspace.clone()).map_err(|_| {
                     Self::invalid("the session is running a call; read its files when the call returns")
                 })?;
-                let bytes = ws.read_file(path, max).map_err(|_| not_found())?;
-                Ok((bytes, crate::sandbox::workspace::mime_for(path)))
+                (ws, path.to_string(), crate::sandbox::workspace::mime_for(path))
             }
+        };
+        let queue = Duration::from_secs(10);
+        let Ok(Ok(_permit)) = tokio::time::timeout(queue, self.read_slots.clone().acquire_owned()).await else {
+            self.metrics.busy.inc();
+            return Err(ExecError::Busy { slots: MAX_READS, waited_ms: queue.as_millis() as u64 });
+        };
+        let read = tokio::task::spawn_blocking(move || ws.read_file(&path, MAX_READ_BYTES))
+            .await
+            .map_err(|e| ExecError::Internal(format!("artifact read task: {e}")))?;
+        match read {
+            Ok(bytes) => Ok((bytes, mime)),
+            Err(e) if e.kind() == std::io::ErrorKind::FileTooLarge => Err(Self::invalid(format!(
+                "artifact {shown:?} is larger than the {} MiB resources/read returns (MCP cannot stream a resource). \
+                 Have your code write what you need to see in smaller files (a summary, a sample, a compressed copy, \
+                 or parts under {} MiB) and read those",
+                MAX_READ_BYTES >> 20,
+                MAX_READ_BYTES >> 20
+            ))),
+            Err(_) => Err(not_found()),
         }
     }
 
@@ -580,6 +704,13 @@ impl Executor {
     pub fn sweep(&self) {
         for s in self.sessions.expire() {
             self.audit_close(&s, "expired");
+        }
+        for s in self.denials.sweep() {
+            let (principal, reason) = s.key.unwrap_or_else(|| ("(other principals)".into(), "(any)".into()));
+            let _ = self.audit.record(
+                "authz.deny.suppressed",
+                json!({"principal": principal, "reason": reason, "count": s.count, "window_s": s.window_s}),
+            );
         }
         self.metrics.active_sessions.set(self.sessions.len() as i64);
         self.artifacts.expire();

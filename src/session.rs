@@ -1,9 +1,12 @@
 //! Sessions: a workspace kept across `execute_code` calls, and for Python a live interpreter.
 //!
 //! A session belongs to the caller that created it ([`Owner`]); any other caller gets the same
-//! "unknown session" answer as for an id that never existed, so ids cannot be probed. Sessions
-//! end on `close_session`, after `idle` without use, after `lifetime`, or at shutdown, and their
-//! workspace is removed with them.
+//! "unknown session" answer as for an id that never existed, so ids cannot be probed. It is bound
+//! as well to the profile it was created under, by name and by the profile's sha256: a call under
+//! another profile is refused, and a reload that changes the profile ends it (the executor does
+//! that, with [`Sessions::remove_if`]). Each profile's session slots are shared fairly: one
+//! principal may hold at most `per_principal` of them. Sessions end on `close_session`, after
+//! `idle` without use, after `lifetime`, or at shutdown, and their workspace is removed with them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +29,8 @@ pub enum SessionError {
     Unknown(String),
     #[error("{0} sessions are open under this profile, its limit; close one with close_session or retry later")]
     Full(usize),
+    #[error("you have {0} sessions open under this profile, your share of its sessions; close one with close_session")]
+    PrincipalFull(usize),
     #[error("sessions are disabled by this server's policy (sessions.max = 0)")]
     Disabled,
 }
@@ -36,6 +41,8 @@ pub struct Session {
     pub language: Language,
     /// The profile it was created under; its limits apply to every turn.
     pub profile: String,
+    /// That profile's sha256 when the session was created.
+    pub profile_sha256: String,
     pub created: SystemTime,
     idle: Duration,
     lifetime: Duration,
@@ -80,6 +87,8 @@ impl Session {
 #[derive(Clone, Copy, Debug)]
 pub struct SessionLimits {
     pub max: usize,
+    /// Most sessions one principal may hold under the profile.
+    pub per_principal: usize,
     pub idle: Duration,
     pub lifetime: Duration,
 }
@@ -103,13 +112,18 @@ impl Sessions {
         owner: Owner,
         language: Language,
         workspace: Workspace,
-        profile: &str,
+        profile: (&str, &str),
         limits: SessionLimits,
     ) -> Result<Arc<Session>, SessionError> {
+        let (profile, profile_sha256) = profile;
         if limits.max == 0 {
             return Err(SessionError::Disabled);
         }
         let mut map = self.map();
+        let mine = map.values().filter(|s| s.profile == profile && s.owner.principal == owner.principal).count();
+        if mine >= limits.per_principal {
+            return Err(SessionError::PrincipalFull(limits.per_principal));
+        }
         if map.values().filter(|s| s.profile == profile).count() >= limits.max {
             return Err(SessionError::Full(limits.max));
         }
@@ -120,6 +134,7 @@ impl Sessions {
             owner,
             language,
             profile: profile.to_string(),
+            profile_sha256: profile_sha256.to_string(),
             created: SystemTime::now(),
             idle: limits.idle,
             lifetime: limits.lifetime,
@@ -157,6 +172,14 @@ impl Sessions {
         dead.iter().filter_map(|k| map.remove(k)).collect()
     }
 
+    /// Removes and returns the sessions `gone` picks (a reload ending sessions whose profile
+    /// changed).
+    pub fn remove_if(&self, gone: impl Fn(&Session) -> bool) -> Vec<Arc<Session>> {
+        let mut map = self.map();
+        let dead: Vec<String> = map.iter().filter(|(_, s)| gone(s)).map(|(k, _)| k.clone()).collect();
+        dead.iter().filter_map(|k| map.remove(k)).collect()
+    }
+
     /// Removes and returns every session (shutdown).
     pub fn drain(&self) -> Vec<Arc<Session>> {
         self.map().drain().map(|(_, s)| s).collect()
@@ -185,27 +208,41 @@ mod tests {
     }
 
     fn limits(max: usize, idle: Duration) -> SessionLimits {
-        SessionLimits { max, idle, lifetime: Duration::from_secs(60) }
+        SessionLimits { max, per_principal: max, idle, lifetime: Duration::from_secs(60) }
     }
 
     #[test]
     fn sessions_are_bound_to_their_owner_and_capped_per_profile() {
         let s = Sessions::new();
         let l = limits(1, Duration::from_secs(60));
-        let a = s.create(owner("alice"), Language::Python, ws(), "p", l).unwrap();
+        let a = s.create(owner("alice"), Language::Python, ws(), ("p", "h"), l).unwrap();
         assert!(s.get(&a.id, &owner("alice")).is_ok());
         assert_eq!(s.get(&a.id, &owner("bob")).unwrap_err(), SessionError::Unknown(a.id.clone()));
         assert_eq!(s.close(&a.id, &owner("bob")).unwrap_err(), SessionError::Unknown(a.id.clone()));
-        assert_eq!(s.create(owner("bob"), Language::Python, ws(), "p", l).unwrap_err(), SessionError::Full(1));
-        assert!(s.create(owner("bob"), Language::Python, ws(), "other", l).is_ok(), "the cap is per profile");
+        assert_eq!(s.create(owner("bob"), Language::Python, ws(), ("p", "h"), l).unwrap_err(), SessionError::Full(1));
+        assert!(s.create(owner("bob"), Language::Python, ws(), ("other", "h"), l).is_ok(), "the cap is per profile");
         s.close(&a.id, &owner("alice")).unwrap();
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn one_principal_cannot_take_every_session_slot() {
+        let s = Sessions::new();
+        let l = SessionLimits { max: 4, per_principal: 2, idle: Duration::from_secs(60), lifetime: Duration::from_secs(60) };
+        for _ in 0..2 {
+            s.create(owner("attacker"), Language::Python, ws(), ("p", "h"), l).unwrap();
+        }
+        assert_eq!(s.create(owner("attacker"), Language::Python, ws(), ("p", "h"), l).unwrap_err(), SessionError::PrincipalFull(2));
+        assert!(s.create(owner("victim"), Language::Python, ws(), ("p", "h"), l).is_ok());
+        let gone = s.remove_if(|x| x.owner.principal == "attacker");
+        assert_eq!(gone.len(), 2);
         assert_eq!(s.len(), 1);
     }
 
     #[test]
     fn idle_sessions_expire() {
         let s = Sessions::new();
-        let a = s.create(owner("a"), Language::Javascript, ws(), "p", limits(4, Duration::from_millis(1))).unwrap();
+        let a = s.create(owner("a"), Language::Javascript, ws(), ("p", "h"), limits(4, Duration::from_millis(1))).unwrap();
         std::thread::sleep(Duration::from_millis(5));
         assert!(s.get(&a.id, &owner("a")).is_err());
         assert_eq!(s.expire().len(), 1);

@@ -126,8 +126,10 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
         }
     }
     let langs = languages(&profiles);
+    // Each running execution may hold a nested code-mode tool guest besides its own (the nested
+    // one runs under the parent's slot), and each session a live interpreter.
     let instances: u32 =
-        profiles.by_name.values().map(|p| p.policy.file.limits.concurrent_executions + p.policy.file.sessions.max).sum();
+        profiles.by_name.values().map(|p| 2 * p.policy.file.limits.concurrent_executions + p.policy.file.sessions.max).sum();
     let engine = build_engine(EngineSettings { max_instances: instances + 4, parallel_compilation: false })
         .map_err(|e| format!("building the engine: {e:#}"))?;
     let runtimes = Runtimes::load(home, &engine, &langs)?;
@@ -171,6 +173,8 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
         "tools_refused": tools.refusals.iter().map(|r| json!({"path": r.path, "reason": r.reason})).collect::<Vec<_>>(),
     });
     let exec = Arc::new(Executor::new(Sandbox::new(Arc::new(runtimes)), profiles, workspaces, audit, tools));
+    // With authentication, callers are principals that must not starve one another.
+    exec.set_multi_tenant(auth.is_some());
     let shared_auth: Option<SharedAuth> = auth.map(|a| Arc::new(RwLock::new(Arc::new(a))));
     let grace = Duration::from_millis(args.shutdown_grace_ms);
 

@@ -234,7 +234,11 @@ impl ServerHandler for WardenMcp {
         let (bytes, mime) = self
             .exec
             .read_artifact(&caller, &req.uri)
-            .map_err(|e| McpError::resource_not_found(e.to_string(), None))?;
+            .await
+            .map_err(|e| match e {
+                e @ (ExecError::Limited(_) | ExecError::Busy { .. }) => McpError::internal_error(e.to_string(), None),
+                e => McpError::resource_not_found(e.to_string(), None),
+            })?;
         let contents = if content::is_text(&mime) && std::str::from_utf8(&bytes).is_ok() {
             ResourceContents::text(String::from_utf8(bytes).expect("checked"), req.uri.clone()).with_mime_type(mime)
         } else {

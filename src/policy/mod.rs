@@ -119,6 +119,10 @@ pub struct RuntimesSection {
 pub struct SessionsSection {
     #[serde(default)]
     pub max: u32,
+    /// Most of those one principal may hold: its share, so one principal cannot take every
+    /// session slot. Required (1..=max) when sessions are enabled.
+    #[serde(default)]
+    pub max_per_principal: u32,
     #[serde(default)]
     pub idle_seconds: u64,
     #[serde(default)]
@@ -345,6 +349,12 @@ fn validate(f: &PolicyFile, invalid: &dyn Fn(&str, String) -> PolicyError) -> Re
     }
     if s.max > 1024 {
         return Err(invalid("sessions.max", "at most 1024".into()));
+    }
+    if s.max > 0 && (s.max_per_principal == 0 || s.max_per_principal > s.max) {
+        return Err(invalid(
+            "sessions.max_per_principal",
+            format!("must be between 1 and sessions.max ({}) when sessions are enabled: it is each principal's share of the session slots", s.max),
+        ));
     }
     for (name, value) in &f.env.set {
         check_env_name(name).map_err(|m| invalid("env.set", m))?;

@@ -10,7 +10,8 @@ use wasmtime::{Instance, InstancePre, Memory, Store, TypedFunc, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use super::control::{CancelHandle, Deadline};
-use super::host::{GuestClock, GuestState, QuotaWatch};
+use super::fsgate::FsGate;
+use super::host::{GuestClock, GuestState};
 use super::io::{CappedPipe, SharedInput};
 use super::limits::{Limits, TrackingLimiter};
 use super::outcome::{Exit, RunFacts, classify};
@@ -89,17 +90,14 @@ impl Guest {
             b.preopened_dir(&m.host, &m.guest, perms)?;
         }
 
-        let probe = spec.workspace.usage_probe()?;
+        let mut wasi = b.build_p1();
+        let fsgate = FsGate::new(spec.workspace.quota(), &mut wasi);
+        fsgate.set_limits(limits.workspace_bytes, limits.workspace_files);
         let state = GuestState {
-            wasi: b.build_p1(),
+            wasi,
             limiter: TrackingLimiter::new(limits.memory_bytes),
             deadline: Deadline::new(cancel.clone(), limits.timeout),
-            quota: Some(QuotaWatch {
-                probe: Box::new(move |stop| probe.usage(stop)),
-                max_bytes: limits.workspace_bytes,
-                max_files: limits.workspace_files,
-                countdown: super::host::QUOTA_EVERY_TICKS,
-            }),
+            fsgate: Some(fsgate),
             clock_origin: origin,
             door: None,
             outputs: [stdout.clone(), stderr.clone()],
@@ -146,10 +144,8 @@ impl Guest {
         let st = self.store.data_mut();
         st.deadline = Deadline::new(cancel.clone(), limits.timeout);
         st.limiter = TrackingLimiter::new(limits.memory_bytes);
-        if let Some(q) = &mut st.quota {
-            q.max_bytes = limits.workspace_bytes;
-            q.max_files = limits.workspace_files;
-            q.countdown = super::host::QUOTA_EVERY_TICKS;
+        if let Some(gate) = &st.fsgate {
+            gate.set_limits(limits.workspace_bytes, limits.workspace_files);
         }
         self.stdout.take(limits.stdout_bytes);
         self.stderr.take(limits.stderr_bytes);
@@ -214,18 +210,14 @@ impl Guest {
         let armed = self.armed.take().expect("run() on an armed guest");
         let fuel_left = self.store.get_fuel().unwrap_or(0);
         let fuel_used = armed.limits.fuel.saturating_sub(fuel_left);
-        // The last quota walk may be up to a few ticks old: check once more at the end.
-        let quota = self.store.data_mut().quota.as_mut().map(|q| q.check_now());
-        let exit = match (exit, quota) {
-            (Exit::Status(_), Some(Err(stop))) => Exit::Failed(wasmtime::Error::new(stop)),
-            (exit, _) => exit,
-        };
+        let quota_refused = self.store.data().fsgate.as_ref().is_some_and(|g| g.refused() > 0);
         let (out, out_cut) = self.stdout.take(armed.limits.stdout_bytes);
         let (err, err_cut) = self.stderr.take(armed.limits.stderr_bytes);
         let facts = RunFacts {
             language: self.language,
             memory_refused: self.store.data().limiter.memory_refused,
             truncated: out_cut || err_cut,
+            quota_refused,
             limits: armed.limits.clone(),
         };
         let (outcome, exit_code, message) = classify(&exit, &facts);

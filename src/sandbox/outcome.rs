@@ -104,7 +104,18 @@ pub struct RunFacts {
     pub language: Option<crate::runtime::Language>,
     pub memory_refused: bool,
     pub truncated: bool,
+    /// A change to `/workspace` or `/tmp` was refused for the quota during the run.
+    pub quota_refused: bool,
     pub limits: super::limits::Limits,
+}
+
+/// What a guest that ran into the workspace quota is told.
+fn quota_message(l: &super::limits::Limits) -> String {
+    format!(
+        "a write was refused (EDQUOT, disk quota exceeded): /workspace and /tmp may hold at most {} files and {} bytes \
+         together (each file and directory counts one 4 KiB block plus its size in 4 KiB blocks)",
+        l.workspace_files, l.workspace_bytes
+    )
 }
 
 /// Maps how the guest ended to (outcome, exit code, message).
@@ -122,8 +133,14 @@ pub fn classify(exit: &Exit, facts: &RunFacts) -> (Outcome, Option<i32>, Option<
                 Some(format!("the program needed more than the {} MiB memory limit", l.memory_bytes >> 20)),
             );
         }
+        if code != 0 && facts.quota_refused {
+            return (Outcome::OutputLimit, Some(code), Some(quota_message(l)));
+        }
         if facts.truncated {
             return (Outcome::OutputLimit, Some(code), Some(output_message(l)));
+        }
+        if facts.quota_refused {
+            return (Outcome::Ok, Some(code), Some(quota_message(l)));
         }
         return (if code == 0 { Outcome::Ok } else { Outcome::Error }, Some(code), None);
     }
@@ -139,10 +156,7 @@ pub fn classify(exit: &Exit, facts: &RunFacts) -> (Outcome, Option<i32>, Option<
             Stop::WorkspaceQuota => (
                 Outcome::OutputLimit,
                 None,
-                Some(format!(
-                    "stopped: /workspace and /tmp may hold at most {} files and {} bytes",
-                    l.workspace_files, l.workspace_bytes
-                )),
+                Some(format!("stopped after {} refused writes: {}", crate::sandbox::fsgate::MAX_REFUSALS, quota_message(l))),
             ),
             Stop::OutputFlood => (
                 Outcome::OutputLimit,

@@ -1,6 +1,6 @@
 //! The guest's writable filesystem: a private `/workspace` (its cwd) and `/tmp` per call or
-//! session, input files written before a run, usage accounting for the workspace quota, and
-//! artifact collection afterwards.
+//! session, input files written before a run (charged to the workspace quota's ledger, like the
+//! guest's own writes), and artifact collection afterwards.
 //!
 //! All host-side access goes through `cap-std` handles rooted at the call directory, never
 //! through ambient paths: a guest can plant symlinks such as `up -> ../../..`, and host code that
@@ -10,12 +10,14 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+
+use super::quota::{BLOCK, Charged, Quota, Seen, charge_of};
 
 /// Deepest directory nesting the host walks or creates.
 const MAX_DEPTH: usize = 64;
@@ -55,13 +57,6 @@ pub struct Artifact {
     pub uri: String,
 }
 
-/// Files, directories and bytes in use.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub files: u64,
-    pub bytes: u64,
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Stamp {
     size: u64,
@@ -74,9 +69,10 @@ struct Stamp {
 pub struct Workspace {
     root: PathBuf,
     workspace: Dir,
-    tmp: Dir,
     /// What `/workspace` held after the last collection, to tell which files changed.
     known: Mutex<BTreeMap<String, Stamp>>,
+    /// What `/workspace` and `/tmp` hold, charged against the quota (shared with the guests).
+    quota: Arc<Mutex<Quota>>,
     /// Removed when dropped.
     _guard: tempfile::TempDir,
 }
@@ -95,11 +91,16 @@ impl Workspace {
         std::fs::create_dir(root.join("workspace")).map_err(WorkspaceError::Create)?;
         std::fs::create_dir(root.join("tmp")).map_err(WorkspaceError::Create)?;
         let open = |p: &Path| Dir::open_ambient_dir(p, ambient_authority()).map_err(WorkspaceError::Create);
+        let roots = [root.join("workspace"), root.join("tmp")]
+            .iter()
+            .map(|p| std::fs::symlink_metadata(p).map(|m| Seen::of_host(&m)))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(WorkspaceError::Create)?;
         Ok(Workspace {
             workspace: open(&root.join("workspace"))?,
-            tmp: open(&root.join("tmp"))?,
             root,
             known: Mutex::new(BTreeMap::new()),
+            quota: Arc::new(Mutex::new(Quota::new(&roots))),
             _guard: guard,
         })
     }
@@ -118,18 +119,28 @@ impl Workspace {
         &self.root
     }
 
-    /// Writes input files, refusing paths that leave `/workspace` and totals over the quota.
-    /// Input files are not reported as artifacts unless the guest changes them.
+    /// Writes input files, refusing paths that leave `/workspace` and anything that would take
+    /// the workspace past its quota: what the files cost, plus the directories they need, on top
+    /// of what the workspace already holds (a session's earlier inputs and the guest's own files).
+    /// Nothing is written unless all of it fits. Input files are not reported as artifacts unless
+    /// the guest changes them.
     pub fn write_inputs(&self, files: &[InputFile], max_bytes: u64, max_files: u64) -> Result<(), WorkspaceError> {
-        let bytes: u64 = files.iter().map(|f| f.content.len() as u64).sum();
-        if bytes > max_bytes {
-            return Err(WorkspaceError::TooLarge { what: "bytes", needed: bytes, limit: max_bytes });
+        let rels = files.iter().map(|f| validate_rel_path(&f.path)).collect::<Result<Vec<_>, _>>()?;
+        let (bytes, inodes) = self.input_cost(files, &rels);
+        {
+            let mut q = self.ledger();
+            q.set_limits(max_bytes, max_files);
+            if q.admit(bytes, inodes).is_err() {
+                let have = q.charged();
+                let (what, needed, limit) = if have.files.saturating_add(inodes) > max_files {
+                    ("files and directories", have.files.saturating_add(inodes), max_files)
+                } else {
+                    ("bytes of workspace (4 KiB per file and directory, plus contents in 4 KiB blocks)", have.bytes.saturating_add(bytes), max_bytes)
+                };
+                return Err(WorkspaceError::TooLarge { what, needed, limit });
+            }
         }
-        if files.len() as u64 > max_files {
-            return Err(WorkspaceError::TooLarge { what: "files", needed: files.len() as u64, limit: max_files });
-        }
-        for f in files {
-            let rel = validate_rel_path(&f.path)?;
+        for (f, rel) in files.iter().zip(&rels) {
             let write_err = |source| WorkspaceError::Write { path: f.path.clone(), source };
             if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
                 self.workspace.create_dir_all(parent).map_err(write_err)?;
@@ -138,24 +149,61 @@ impl Workspace {
             // workspace cannot redirect this write outside it; O_NOFOLLOW refuses a final symlink.
             let mut opts = OpenOptions::new();
             opts.write(true).create(true).truncate(true).custom_flags(libc::O_NOFOLLOW);
-            let mut file = self.workspace.open_with(&rel, &opts).map_err(write_err)?;
+            let mut file = self.workspace.open_with(rel, &opts).map_err(write_err)?;
             io::Write::write_all(&mut file, &f.content).map_err(write_err)?;
             let key = rel.to_string_lossy().into_owned();
             let meta = file.metadata().map_err(write_err)?;
             self.known.lock().unwrap_or_else(|e| e.into_inner()).insert(key, stamp_of(&meta, hex::encode(Sha256::digest(&f.content))));
+            // Charge what the kernel now says: the file, and every directory down to it.
+            let mut q = self.ledger();
+            q.observe(seen_of(&meta));
+            for dir in std::iter::once(Path::new("")).chain(rel.ancestors().skip(1).filter(|p| !p.as_os_str().is_empty())) {
+                let meta = if dir.as_os_str().is_empty() { self.workspace.dir_metadata() } else { self.workspace.symlink_metadata(dir) };
+                if let Ok(meta) = meta {
+                    q.observe(seen_of(&meta));
+                }
+            }
         }
         Ok(())
     }
 
-    /// Counts files, directories and bytes in `/workspace` and `/tmp`, stopping early once
-    /// `stop_after_files` entries were seen (the caller only needs to know the quota is blown).
-    pub fn usage(&self, stop_after_files: u64) -> Usage {
-        usage_of(&[&self.workspace, &self.tmp], stop_after_files)
+    /// What writing `files` would add to the ledger, at most: `(bytes, inodes)`.
+    fn input_cost(&self, files: &[InputFile], rels: &[PathBuf]) -> (u64, u64) {
+        let q = self.ledger();
+        let mut new_dirs = std::collections::BTreeSet::new();
+        let (mut bytes, mut inodes) = (0u64, 0u64);
+        for (f, rel) in files.iter().zip(rels) {
+            let size = f.content.len() as u64;
+            match self.workspace.symlink_metadata(rel) {
+                Ok(meta) => bytes = bytes.saturating_add(charge_of(size).saturating_sub(q.charge_for(seen_of(&meta).key))),
+                // A new name: its inode, and perhaps one more block of names in its directory.
+                Err(_) => {
+                    bytes = bytes.saturating_add(charge_of(size) + BLOCK);
+                    inodes += 1;
+                }
+            }
+            for dir in rel.ancestors().skip(1).filter(|p| !p.as_os_str().is_empty()) {
+                if self.workspace.symlink_metadata(dir).is_err() && new_dirs.insert(dir.to_path_buf()) {
+                    bytes = bytes.saturating_add(charge_of(BLOCK) + BLOCK);
+                    inodes += 1;
+                }
+            }
+        }
+        (bytes, inodes)
     }
 
-    /// A handle the running guest's quota check can own.
-    pub fn usage_probe(&self) -> io::Result<UsageProbe> {
-        Ok(UsageProbe { workspace: self.workspace.try_clone()?, tmp: self.tmp.try_clone()? })
+    /// The workspace quota's ledger, shared with every guest that runs in this workspace.
+    pub fn quota(&self) -> Arc<Mutex<Quota>> {
+        self.quota.clone()
+    }
+
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Quota> {
+        self.quota.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes and inodes `/workspace` and `/tmp` are charged for now.
+    pub fn usage(&self) -> Charged {
+        self.ledger().charged()
     }
 
     /// Lists regular files under `/workspace` that are new or changed since the last call (or
@@ -198,39 +246,28 @@ impl Workspace {
         artifacts
     }
 
-    /// Reads one file under `/workspace` without following symlinks, up to `max_bytes`.
+    /// Reads one file under `/workspace` without following symlinks. A file holding more than
+    /// `max_bytes` is refused with [`io::ErrorKind::FileTooLarge`], never read in part.
     pub fn read_file(&self, rel: &str, max_bytes: u64) -> io::Result<Vec<u8>> {
         let rel = validate_rel_path(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let mut opts = OpenOptions::new();
         opts.read(true).custom_flags(libc::O_NOFOLLOW);
         let file = self.workspace.open_with(&rel, &opts)?;
-        if !file.metadata()?.is_file() {
+        let meta = file.metadata()?;
+        if !meta.is_file() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
         }
-        let mut buf = Vec::new();
-        file.take(max_bytes).read_to_end(&mut buf)?;
+        if meta.len() > max_bytes {
+            return Err(io::Error::new(io::ErrorKind::FileTooLarge, format!("{} bytes", meta.len())));
+        }
+        let mut buf = Vec::with_capacity(meta.len() as usize);
+        // The file may grow after the check (a session's guest is not running now, but be sure).
+        file.take(max_bytes.saturating_add(1)).read_to_end(&mut buf)?;
+        if buf.len() as u64 > max_bytes {
+            return Err(io::Error::new(io::ErrorKind::FileTooLarge, "grew while read"));
+        }
         Ok(buf)
     }
-}
-
-/// Measures a workspace from the guest's thread while it runs.
-pub struct UsageProbe {
-    workspace: Dir,
-    tmp: Dir,
-}
-
-impl UsageProbe {
-    pub fn usage(&self, stop_after_files: u64) -> Usage {
-        usage_of(&[&self.workspace, &self.tmp], stop_after_files)
-    }
-}
-
-fn usage_of(dirs: &[&Dir], stop_after_files: u64) -> Usage {
-    let mut usage = Usage::default();
-    for dir in dirs {
-        walk_usage(dir, 0, &mut usage, stop_after_files);
-    }
-    usage
 }
 
 /// Checks an input path: relative, inside `/workspace`, no `..`, no empty or odd components.
@@ -272,27 +309,6 @@ pub fn validate_rel_path(raw: &str) -> Result<PathBuf, WorkspaceError> {
         return Err(bad("it is nested too deeply"));
     }
     Ok(out)
-}
-
-fn walk_usage(dir: &Dir, depth: usize, usage: &mut Usage, stop_after: u64) {
-    let Ok(entries) = dir.entries() else { return };
-    for entry in entries.flatten() {
-        if usage.files > stop_after {
-            return;
-        }
-        usage.files += 1;
-        let Ok(ft) = entry.file_type() else { continue };
-        if let Ok(meta) = entry.metadata() {
-            use cap_std::fs::MetadataExt;
-            // A sparse file costs little disk but its size is what a reader of it pays for.
-            usage.bytes += meta.len().max(meta.blocks().saturating_mul(512));
-        }
-        if ft.is_dir() && depth < MAX_DEPTH {
-            if let Ok(sub) = dir.open_dir(entry.file_name()) {
-                walk_usage(&sub, depth + 1, usage, stop_after);
-            }
-        }
-    }
 }
 
 fn walk_files(dir: &Dir, prefix: PathBuf, depth: usize, out: &mut Vec<(PathBuf, cap_std::fs::Metadata)>, max: usize) {
@@ -344,6 +360,12 @@ fn hash_beneath(root: &Dir, rel: &Path, max_bytes: u64) -> Option<(String, u64)>
     Some((hex::encode(h.finalize()), total))
 }
 
+/// The ledger's view of a host-side file (see [`Seen::of_host`]).
+fn seen_of(meta: &cap_std::fs::Metadata) -> Seen {
+    use cap_std::fs::MetadataExt;
+    Seen::host(meta.dev(), meta.ino(), meta.len(), meta.nlink(), meta.is_dir())
+}
+
 fn stamp_of(meta: &cap_std::fs::Metadata, sha256: String) -> Stamp {
     Stamp { size: meta.len(), mtime_ns: mtime_ns(meta), ino: ino(meta), sha256 }
 }
@@ -380,7 +402,7 @@ mod tests {
     fn changes_are_reported_once_and_symlinks_never() {
         let parent = tempfile::tempdir().unwrap();
         let ws = Workspace::create(parent.path(), "t-").unwrap();
-        ws.write_inputs(&[InputFile { path: "in.txt".into(), content: b"x".to_vec() }], 100, 10).unwrap();
+        ws.write_inputs(&[InputFile { path: "in.txt".into(), content: b"x".to_vec() }], 1 << 20, 10).unwrap();
         assert!(ws.collect_changes(10, 1 << 20).is_empty(), "inputs are not artifacts");
         std::fs::write(ws.workspace_path().join("out.png"), b"png").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", ws.workspace_path().join("leak")).unwrap();
@@ -413,19 +435,30 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         let ws = Workspace::create(parent.path(), "t-").unwrap();
         std::os::unix::fs::symlink(outside.path(), ws.workspace_path().join("d")).unwrap();
-        let r = ws.write_inputs(&[InputFile { path: "d/x".into(), content: b"x".to_vec() }], 100, 10);
+        let r = ws.write_inputs(&[InputFile { path: "d/x".into(), content: b"x".to_vec() }], 1 << 20, 10);
         assert!(r.is_err());
         assert!(!outside.path().join("x").exists());
     }
 
     #[test]
-    fn usage_counts_both_directories() {
+    fn inputs_are_charged_with_their_directories_and_refused_past_the_quota() {
         let parent = tempfile::tempdir().unwrap();
         let ws = Workspace::create(parent.path(), "t-").unwrap();
-        std::fs::write(ws.workspace_path().join("a"), vec![0u8; 100]).unwrap();
-        std::fs::create_dir(ws.tmp_path().join("d")).unwrap();
-        let u = ws.usage(1000);
-        assert_eq!(u.files, 2);
-        assert!(u.bytes >= 100);
+        let file = |path: &str, n: usize| InputFile { path: path.into(), content: vec![b'x'; n] };
+        ws.write_inputs(&[file("a/b/c.txt", 100)], 1 << 20, 10).unwrap();
+        let u = ws.usage();
+        assert_eq!(u.files, 3, "two directories and a file");
+        assert!(u.bytes >= charge_of(100) + 2 * charge_of(4096), "{u:?}");
+        // Rewriting the same file costs only the difference.
+        ws.write_inputs(&[file("a/b/c.txt", 10)], 1 << 20, 10).unwrap();
+        assert_eq!(ws.usage().files, 3);
+        // Turn after turn, inputs pile up against one quota, and nothing is written on refusal.
+        let before = ws.usage();
+        let r = ws.write_inputs(&[file("d1", 300_000), file("d2", 300_000), file("d3", 600_000)], 1 << 20, 10);
+        assert!(matches!(r, Err(WorkspaceError::TooLarge { .. })), "{r:?}");
+        assert_eq!(ws.usage(), before);
+        assert!(!ws.workspace_path().join("d1").exists());
+        let r = ws.write_inputs(&(0..8).map(|i| file(&format!("n{i}"), 1)).collect::<Vec<_>>(), 1 << 20, 10);
+        assert!(matches!(r, Err(WorkspaceError::TooLarge { what: "files and directories", .. })), "{r:?}");
     }
 }

@@ -3,9 +3,15 @@
 //! tool protocol v1.
 //!
 //! Each nested call gets the same treatment as an MCP `tools/call`: the tool must be granted to
-//! the caller's profile, the arguments must match its schema, it runs in a fresh guest with its
-//! own workspace under the tool's limits (and never past the outer call's deadline), and it is
-//! audited. A budget caps how many calls and how many request bytes one execution may make.
+//! the caller's profile, the arguments must match its schema, it spends one of the principal's
+//! calls per minute, it runs in a fresh guest with its own workspace under the tool's limits (and
+//! never past the outer call's deadline), and it is audited. A budget caps how many calls and how
+//! many request bytes one execution may make.
+//!
+//! A nested call runs under its parent's execution slot rather than taking one of its own: the
+//! parent's guest is blocked in `host.call` while the tool runs, so the pair never uses more than
+//! one core, and waiting for a second slot while holding the first could deadlock a full server.
+//! The engine's instance pool has room for one nested guest per execution slot.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,6 +21,7 @@ use serde_json::{Value, json};
 
 use super::{Grant, ToolPackage, descriptor, run_tool};
 use crate::audit::AuditLog;
+use crate::limiter::PrincipalLimiter;
 use crate::sandbox::control::Deadline;
 use crate::sandbox::{CancelHandle, Door, on_guest_thread};
 
@@ -25,9 +32,16 @@ pub const MAX_REQUEST_BYTES: u64 = 16 << 20;
 /// Time kept back from the outer deadline so the caller's code can still handle the answer.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 
+/// The principal's calls-per-minute bucket, which nested calls spend like any other call.
+pub struct Rate {
+    pub limiter: Arc<PrincipalLimiter>,
+    pub per_minute: u32,
+}
+
 pub struct CodeModeDoor {
     tools: Vec<(Arc<ToolPackage>, Grant)>,
     audit: Arc<AuditLog>,
+    rate: Rate,
     principal: String,
     profile: String,
     parent_call: String,
@@ -43,6 +57,7 @@ impl CodeModeDoor {
     pub fn new(
         tools: Vec<(Arc<ToolPackage>, Grant)>,
         audit: Arc<AuditLog>,
+        rate: Rate,
         principal: &str,
         profile: &str,
         parent_call: &str,
@@ -53,6 +68,7 @@ impl CodeModeDoor {
         CodeModeDoor {
             tools,
             audit,
+            rate,
             principal: principal.into(),
             profile: profile.into(),
             parent_call: parent_call.into(),
@@ -103,12 +119,15 @@ impl CodeModeDoor {
             let offered: Vec<&str> = self.tools.iter().map(|(t, _)| t.name()).collect();
             let _ = self.audit.record(
                 "authz.deny",
-                json!({"principal": self.principal, "profile": self.profile, "reason": "tool_not_allowed", "detail": name, "via": "code", "parent_call_id": self.parent_call}),
+                json!({"principal": self.principal, "profile": self.profile, "reason": "tool_not_allowed", "detail": crate::text::clip(name, 128), "via": "code", "parent_call_id": self.parent_call}),
             );
-            return err("unknown_tool", format!("no tool named {name:?} is available to you; available: {}", if offered.is_empty() { "none".into() } else { offered.join(", ") }));
+            return err("unknown_tool", format!("no tool named {:?} is available to you; available: {}", crate::text::clip(name, 128), if offered.is_empty() { "none".into() } else { offered.join(", ") }));
         };
         if self.calls >= self.max_calls {
             return err("budget_exceeded", format!("this execution may call tools at most {} times", self.max_calls));
+        }
+        if let Err(e) = self.rate.limiter.admit_rate(&self.principal, self.rate.per_minute) {
+            return err("rate_limited", e.to_string());
         }
         self.calls += 1;
         let args = request.get("args").cloned().unwrap_or_else(|| json!({}));
@@ -144,6 +163,12 @@ impl CodeModeDoor {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, tool = name, "nested tool call failed in the host");
+                // Every start has an end record, even when the tool never ran.
+                let mut denied = base;
+                denied["reason"] = json!(crate::text::clip(&e.to_string(), 512));
+                if let Err(e) = self.audit.record("tool.call.denied", &denied) {
+                    return err("denied", format!("the audit log cannot be written: {e}"));
+                }
                 return err("tool_error", format!("{name} failed (internal error)"));
             }
         };

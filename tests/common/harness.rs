@@ -202,3 +202,56 @@ pub fn process_workspaces(pid: u32) -> Option<PathBuf> {
         .map(|e| e.path())
         .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(&format!("pid-{pid}-")))
 }
+
+/// Starts `warden serve --http` with bearer-token authentication, one token per principal
+/// (`token-NAME`), every principal with the role `tenant`, whose profile is `policy` (a file in
+/// `files.dir`). Callers are then distinct principals sharing the server, as tenants do.
+pub async fn start_tenants(files: &ServerFiles, policy: &Path, principals: &[&str]) -> HttpServer {
+    let sha = |t: &str| warden::digest::sha256_hex(t.as_bytes());
+    let mut auth = format!("[[roles]]\nname = \"tenant\"\nprofile = {:?}\n", policy.file_name().unwrap().to_str().unwrap());
+    for p in principals {
+        auth.push_str(&format!("\n[[tokens]]\nprincipal = {p:?}\nsha256 = {:?}\nroles = [\"tenant\"]\n", sha(&format!("token-{p}"))));
+    }
+    let auth_file = files.dir.path().join("tenants.toml");
+    std::fs::write(&auth_file, auth).expect("write auth file");
+    start_http(files, Some(policy), &["--auth", auth_file.to_str().unwrap()]).await
+}
+
+/// What a directory tree and the files a process holds open beneath it occupy on the host:
+/// `(bytes, inodes)`. Bytes are each inode's length or allocated blocks, whichever is larger;
+/// the walk has no depth limit; files unlinked while still open are found through
+/// `/proc/PID/fd`.
+pub fn host_usage(dir: &Path, pid: u32) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    fn walk(dir: &Path, seen: &mut std::collections::HashSet<(u64, u64)>, total: &mut (u64, u64)) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for e in entries.flatten() {
+            let Ok(meta) = std::fs::symlink_metadata(e.path()) else { continue };
+            if seen.insert((meta.dev(), meta.ino())) {
+                total.0 += meta.len().max(meta.blocks() * 512);
+                total.1 += 1;
+            }
+            if meta.is_dir() {
+                walk(&e.path(), seen, total);
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut total = (0, 0);
+    walk(dir, &mut seen, &mut total);
+    if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else { continue };
+            let t = target.to_string_lossy();
+            if t.starts_with(&*dir.to_string_lossy()) && t.ends_with(" (deleted)") {
+                if let Ok(meta) = std::fs::metadata(fd.path()) {
+                    if seen.insert((meta.dev(), meta.ino())) {
+                        total.0 += meta.len().max(meta.blocks() * 512);
+                        total.1 += 1;
+                    }
+                }
+            }
+        }
+    }
+    total
+}

@@ -9,11 +9,14 @@ mod common;
 #[path = "../common/harness.rs"]
 mod harness;
 
+mod binding;
 mod exhaustion;
+mod fairness;
 mod faults;
 mod filesystem;
 mod host;
 mod isolation;
+mod quota;
 mod requests;
 mod soak;
 mod tools;
