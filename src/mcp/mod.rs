@@ -239,12 +239,18 @@ impl ServerHandler for WardenMcp {
                 e @ (ExecError::Limited(_) | ExecError::Busy { .. }) => McpError::internal_error(e.to_string(), None),
                 e => McpError::resource_not_found(e.to_string(), None),
             })?;
-        let contents = if content::is_text(&mime) && std::str::from_utf8(&bytes).is_ok() {
-            ResourceContents::text(String::from_utf8(bytes).expect("checked"), req.uri.clone()).with_mime_type(mime)
-        } else {
-            use base64::Engine as _;
-            ResourceContents::blob(base64::engine::general_purpose::STANDARD.encode(&bytes), req.uri.clone()).with_mime_type(mime)
-        };
+        // Encoding up to MAX_READ_BYTES is work proportional to guest data: off the async runtime.
+        let uri = req.uri.clone();
+        let contents = tokio::task::spawn_blocking(move || {
+            if content::is_text(&mime) && std::str::from_utf8(&bytes).is_ok() {
+                ResourceContents::text(String::from_utf8(bytes).expect("checked"), uri).with_mime_type(mime)
+            } else {
+                use base64::Engine as _;
+                ResourceContents::blob(base64::engine::general_purpose::STANDARD.encode(&bytes), uri).with_mime_type(mime)
+            }
+        })
+        .await
+        .map_err(|e| McpError::internal_error(format!("encoding the resource: {e}"), None))?;
         Ok(ReadResourceResult::new(vec![contents]).into())
     }
 }

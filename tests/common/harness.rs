@@ -255,3 +255,28 @@ pub fn host_usage(dir: &Path, pid: u32) -> (u64, u64) {
     }
     total
 }
+
+/// One stateless MCP 2026-07-28 `tools/call` over HTTP (no `initialize`, no MCP session: the
+/// caller is the token's principal alone). Returns the JSON-RPC response.
+pub async fn stateless_call(url: &str, token: &str, tool: &str, arguments: Value) -> Value {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": arguments,
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}}});
+    let text = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", tool)
+        .header("authorization", format!("Bearer {token}"))
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("POST /mcp")
+        .text()
+        .await
+        .expect("response body");
+    // An SSE stream of one event, or a plain JSON body.
+    let json = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap_or(&text);
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("not a JSON-RPC response ({e}): {text}"))
+}

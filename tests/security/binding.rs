@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{ServerFiles, audit_events, call, connect_http, error_code, exec, start_http};
+use crate::harness::{ServerFiles, audit_events, call, connect_http, exec, start_http, stateless_call};
 use crate::{Layer, case};
 
 #[tokio::test]
@@ -30,20 +30,22 @@ async fn sessions_are_bound_to_their_profile() {
     let auth_file = files.dir.path().join("auth.toml");
     std::fs::write(&auth_file, auth).unwrap();
     let server = start_http(&files, None, &["--auth", auth_file.to_str().unwrap()]).await;
-    let wide = connect_http(&server.url, Some("alice-wide")).await;
-    let narrow = connect_http(&server.url, Some("alice-narrow")).await;
     let bob = connect_http(&server.url, Some("bob")).await;
 
+    // Stateless requests bind sessions to the principal alone, so alice reaches her session
+    // with either token; the profile binding is what must refuse the second.
     case("session_used_under_another_profile", Layer::Policy);
-    let r = call(&wide, "create_session", json!({"language": "python"})).await.unwrap();
-    let id = r.structured_content.unwrap()["session_id"].as_str().unwrap().to_string();
-    let (_, s) = exec(&wide, json!({"language": "python", "code": "x = 41", "session_id": id})).await;
-    assert_eq!(s["outcome"], "ok", "{s}");
-    let e = call(&narrow, "execute_code", json!({"language": "python", "code": "print(x)", "session_id": id})).await.unwrap_err();
-    assert_eq!(error_code(&e), -32602, "{e}");
-    assert!(e.to_string().contains("created under profile \\\"wide\\\""), "{e}");
-    let (_, s) = exec(&wide, json!({"language": "python", "code": "print(x + 1)", "session_id": id})).await;
-    assert_eq!(s["stdout"], "42\n", "the owner's session is intact: {s}");
+    let url = server.url.clone();
+    let r = stateless_call(&url, "alice-wide", "create_session", json!({"language": "python"})).await;
+    let id = r["result"]["structuredContent"]["session_id"].as_str().unwrap_or_else(|| panic!("{r}")).to_string();
+    let r = stateless_call(&url, "alice-wide", "execute_code", json!({"language": "python", "code": "x = 41", "session_id": id})).await;
+    assert_eq!(r["result"]["structuredContent"]["outcome"], "ok", "{r}");
+    let r = stateless_call(&url, "alice-narrow", "execute_code", json!({"language": "python", "code": "print(x)", "session_id": id})).await;
+    let refusal = r.to_string();
+    assert!(refusal.contains("created under profile") && refusal.contains("wide"), "{r}");
+    assert!(r["result"]["structuredContent"]["stdout"].is_null(), "nothing ran: {r}");
+    let r = stateless_call(&url, "alice-wide", "execute_code", json!({"language": "python", "code": "print(x + 1)", "session_id": id})).await;
+    assert_eq!(r["result"]["structuredContent"]["stdout"], "42\n", "the owner's session is intact: {r}");
 
     case("reload_changes_a_sessions_profile", Layer::Policy);
     let r = call(&bob, "create_session", json!({"language": "python"})).await.unwrap();
@@ -60,8 +62,8 @@ async fn sessions_are_bound_to_their_profile() {
     let e = call(&bob, "execute_code", json!({"language": "python", "code": "1", "session_id": bobs})).await.unwrap_err();
     assert!(e.to_string().contains("unknown session_id"), "{e}");
     // The session under the unchanged profile lives on; everyone is still served.
-    let (_, s) = exec(&wide, json!({"language": "python", "code": "print(x)", "session_id": id})).await;
-    assert_eq!(s["stdout"], "41\n", "{s}");
+    let r = stateless_call(&url, "alice-wide", "execute_code", json!({"language": "python", "code": "print(x)", "session_id": id})).await;
+    assert_eq!(r["result"]["structuredContent"]["stdout"], "41\n", "{r}");
     let (_, s) = exec(&bob, json!({"language": "python", "code": "print(6 * 7)"})).await;
     assert_eq!(s["stdout"], "42\n", "{s}");
     assert_eq!(s["audit"]["limits"]["timeout_ms"], 20_000);
