@@ -29,13 +29,13 @@ pub struct VerifyReport {
 /// Checks one version-2 line's framing and hash; returns its hash.
 fn check_v2(bytes: &[u8], line: &serde_json::Map<String, Value>, prev_hash: &str) -> Result<String, String> {
     if bytes.len() < TRAILER_LEN + 2 || !bytes.ends_with(b"\"}") {
-        return Err("the line does not end in its hash field".into());
+        return Err("contents were edited (the line does not end in its hash field)".into());
     }
     let split = bytes.len() - TRAILER_LEN;
     let (body_part, trailer) = bytes.split_at(split);
     let hex = &trailer[HASH_PREFIX.len()..HASH_PREFIX.len() + 64];
     if !trailer.starts_with(HASH_PREFIX) || !hex.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)) {
-        return Err("the line does not end in a well-formed hash field".into());
+        return Err("contents were edited (the line does not end in a well-formed hash field)".into());
     }
     let recorded = std::str::from_utf8(hex).expect("checked ASCII");
     let prev = line.get("prev").and_then(Value::as_str).unwrap_or("");

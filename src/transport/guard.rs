@@ -93,6 +93,14 @@ pub struct Guard {
     pub exec: Arc<Executor>,
 }
 
+/// When the router is dropped (the server stopped serving), the interval's counts are written,
+/// so a summary is never lost at shutdown.
+impl Drop for Guard {
+    fn drop(&mut self) {
+        flush_refusals(&self.exec, &self.refusals, true);
+    }
+}
+
 /// The client address of a request: see the module doc.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
     let peer = canonical(peer);
@@ -101,14 +109,14 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr 
     }
     // Walk X-Forwarded-For from the right (nearest hop first), skipping trusted proxies. The
     // header may be split over several lines; hyper keeps them in order.
-    let hops: Vec<&str> = headers
+    let hops = headers
         .get_all("x-forwarded-for")
         .iter()
+        .rev()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
-    for hop in hops.iter().rev().take(32) {
+        .flat_map(|v| v.rsplit(','))
+        .map(str::trim);
+    for hop in hops.take(32) {
         match hop.parse::<IpAddr>() {
             Ok(ip) if trusted.iter().any(|c| c.contains(ip)) => continue,
             Ok(ip) => return canonical(ip),

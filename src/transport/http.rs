@@ -102,7 +102,7 @@ pub fn router(
             .with_state(state);
         app = app.merge(metadata);
     }
-    let guard = Arc::new(Guard {
+    let edge = Arc::new(Guard {
         allowed_hosts: opts.allowed_hosts.clone(),
         allowed_origins: opts.allowed_origins.clone(),
         trusted_proxies: opts.trusted_proxies.clone(),
@@ -110,7 +110,7 @@ pub fn router(
         exec,
     });
     // The guard wraps every route, so it runs before authentication and before rmcp.
-    app.merge(mcp_routes).layer(axum::middleware::from_fn_with_state(guard, guard::check))
+    app.merge(mcp_routes).layer(axum::middleware::from_fn_with_state(edge, guard::check))
 }
 
 /// Writes each interval's summary of refused requests when it ends (even if no further refusal
