@@ -4,7 +4,29 @@
 //!
 //! A line is written (and reaches the kernel) before the result it describes is returned. If the
 //! log cannot be written, the call fails closed: nothing runs unaudited.
+//!
+//! ## Line format (version 2)
+//!
+//! ```text
+//! {"id":…,"kind":…,<event fields>,"prev":"<hex>","time":…,"v":2,"hash":"<64 hex>"}\n
+//! ```
+//!
+//! The `hash` field is always last. With `body` the exact bytes of the line up to (not
+//! including) `,"hash":"`, followed by `}` — that is, the line as it would be without its hash
+//! field — the hash is `sha256(prev || body)`, where `prev` is the previous line's hash as 32
+//! raw bytes (all zero for the first line). Verification splits the file's raw bytes and never
+//! re-serializes, so any byte changed, added or removed breaks the line it is in.
+//!
+//! Lines without `"v"` are the old format (version 1), whose hash covered parsed and
+//! re-serialized JSON; they still verify (and are reported as the old format) when they come
+//! before every version-2 line, so a log written by an older warden keeps verifying and grows
+//! in the new format.
+//!
+//! Every event is bounded in size ([`bound`]); refused HTTP traffic is sampled and counted rather
+//! than logged line by line ([`refusals`]).
 
+pub mod bound;
+pub mod refusals;
 pub mod verify;
 
 use std::fs::{File, OpenOptions};
@@ -75,6 +97,11 @@ impl AuditLog {
             Ok(Value::Object(m)) => m,
             _ => Map::new(),
         };
+        // The envelope's own keys always win over an event field of the same name.
+        for k in RESERVED {
+            fields.remove(*k);
+        }
+        bound::bound_event(&mut fields);
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if inner.poisoned {
             return Err(AuditError::Write {
@@ -82,30 +109,65 @@ impl AuditLog {
                 source: io::Error::other("an earlier write failed; the log needs repair"),
             });
         }
-        let mut line = Map::new();
+        let mut line = fields;
         line.insert("id".into(), uuid::Uuid::new_v4().to_string().into());
         line.insert("time".into(), chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true).into());
-        line.insert("kind".into(), kind.into());
-        line.append(&mut fields);
+        line.insert("kind".into(), bound::bound_str(kind, 64).into_owned().into());
         line.insert("prev".into(), inner.last_hash.clone().into());
-        let hash = line_hash(&line);
+        line.insert("v".into(), FORMAT_VERSION.into());
+        let body = serde_json::to_vec(&line).expect("a JSON map serializes");
+        let hash = chain_hash(&inner.last_hash, &body);
+        let bytes = with_hash(&body, &hash);
         line.insert("hash".into(), hash.clone().into());
-        let mut bytes = serde_json::to_vec(&line).expect("a JSON map serializes");
-        bytes.push(b'\n');
         if let Err(source) = inner.file.write_all(&bytes) {
             inner.poisoned = true;
             return Err(AuditError::Write { path: self.path.clone(), source });
         }
         inner.last_hash = hash;
         drop(inner);
-        tracing::info!(target: "warden::audit", kind, event = %serde_json::Value::Object(line.clone()), "audit");
+        // The tracing copy is for operators' log pipelines; it is cut shorter than the line.
+        let text = String::from_utf8_lossy(&bytes[..bytes.len() - 1]);
+        tracing::info!(target: "warden::audit", kind = %bound::bound_str(kind, 64), event = %bound::bound_str(&text, 2048), "audit");
         Ok(line)
     }
 }
 
-/// The chain hash of a line: sha256 over its canonical JSON without the `hash` field. serde_json
-/// maps are sorted by key, so the encoding is canonical.
-pub fn line_hash(line: &Map<String, Value>) -> String {
+/// The format version written now (see the module doc).
+pub const FORMAT_VERSION: u64 = 2;
+
+/// Keys the envelope sets; an event cannot supply them.
+const RESERVED: &[&str] = &["id", "time", "kind", "prev", "v", "hash"];
+
+/// The bytes between a version-2 line's body and its hash hex.
+pub(crate) const HASH_PREFIX: &[u8] = b",\"hash\":\"";
+/// Length of the trailer `,"hash":"<64 hex>"}` that ends every version-2 line.
+pub(crate) const TRAILER_LEN: usize = HASH_PREFIX.len() + 64 + 2;
+
+/// The version-2 chain hash: sha256 over the previous hash (32 raw bytes) and the exact body
+/// bytes (the line without its hash field).
+pub fn chain_hash(prev_hex: &str, body: &[u8]) -> String {
+    let prev = hex::decode(prev_hex).ok().filter(|p| p.len() == 32).unwrap_or_else(|| vec![0; 32]);
+    let mut h = Sha256::new();
+    h.update(&prev);
+    h.update(body);
+    hex::encode(h.finalize())
+}
+
+/// The line written for `body` (a serialized JSON object) and its hash, newline included.
+fn with_hash(body: &[u8], hash: &str) -> Vec<u8> {
+    debug_assert_eq!(body.last(), Some(&b'}'));
+    let mut out = Vec::with_capacity(body.len() + TRAILER_LEN + 1);
+    out.extend_from_slice(&body[..body.len() - 1]);
+    out.extend_from_slice(HASH_PREFIX);
+    out.extend_from_slice(hash.as_bytes());
+    out.extend_from_slice(b"\"}\n");
+    out
+}
+
+/// The old (version 1) chain hash of a line: sha256 over its re-serialized JSON without the
+/// `hash` field. Kept only to verify logs written before version 2; it does not cover the bytes
+/// actually written (a duplicate key or other spacing would not change it).
+pub fn legacy_line_hash(line: &Map<String, Value>) -> String {
     let mut m = line.clone();
     m.remove("hash");
     let bytes = serde_json::to_vec(&m).expect("a JSON map serializes");

@@ -1,5 +1,9 @@
 //! The axum layer that authenticates every `/mcp` request, audits the decision, and attaches
 //! the principal and profile for the MCP handler.
+//!
+//! Refusals (401, 403) are not logged one line each: anyone who can reach the port can send
+//! them. They are counted per client source and interval, with a few bounded sample lines
+//! ([`crate::audit::refusals`]); every value in them is length-bounded.
 
 use std::sync::{Arc, RwLock};
 
@@ -10,18 +14,30 @@ use axum::response::{IntoResponse, Json, Response};
 use serde_json::json;
 
 use super::{AuthConfig, AuthContext, Decision};
+use crate::audit::bound::bound_str;
+use crate::audit::refusals::{Class, Refusals};
 use crate::executor::Executor;
+use crate::transport::guard::{Cidr, record_refusal, request_client};
+
+/// Longest refusal reason written to the audit log or returned to the caller. Reasons can quote
+/// the request (a JWT key id, a decoding error).
+pub const MAX_REASON_BYTES: usize = 256;
 
 #[derive(Clone)]
 pub struct AuthState {
     pub config: Arc<RwLock<Arc<AuthConfig>>>,
     pub exec: Arc<Executor>,
+    pub refusals: Arc<Refusals>,
+    pub trusted_proxies: Arc<Vec<Cidr>>,
 }
 
 /// `http://HOST` of the request, for URLs in auth responses.
+///
+/// The `Host` has already passed the allowed-host check (`transport::guard`), so it is one of
+/// the operator's names.
 pub fn base_url(headers: &HeaderMap) -> String {
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-    format!("http://{host}")
+    format!("http://{}", bound_str(host, 256))
 }
 
 pub async fn require_auth(State(state): State<AuthState>, mut req: Request, next: Next) -> Response {
@@ -41,7 +57,10 @@ pub async fn require_auth(State(state): State<AuthState>, mut req: Request, next
         }
         Decision::Unauthenticated { reason } => {
             state.exec.metrics.deny("unauthenticated");
-            let _ = audit.record("auth", json!({"result": "deny", "reason": reason}));
+            let reason = bound_str(&reason, MAX_REASON_BYTES).into_owned();
+            let source = request_client(&req, &state.trusted_proxies);
+            let event = json!({"result": "deny", "reason": reason, "source": source.to_string()});
+            record_refusal(&state.exec, &state.refusals, source, Class::Unauthenticated, "auth", event);
             let metadata = format!("{}/.well-known/oauth-protected-resource", base_url(req.headers()));
             let challenge = format!(r#"Bearer error="invalid_token", resource_metadata="{metadata}""#);
             (
@@ -53,7 +72,10 @@ pub async fn require_auth(State(state): State<AuthState>, mut req: Request, next
         }
         Decision::Forbidden { principal, method, reason } => {
             state.exec.metrics.deny("no_role");
-            let _ = audit.record("authz.deny", json!({"principal": principal, "method": method.as_str(), "reason": reason}));
+            let reason = bound_str(&reason, MAX_REASON_BYTES).into_owned();
+            let source = request_client(&req, &state.trusted_proxies);
+            let event = json!({"principal": principal, "method": method.as_str(), "reason": reason, "source": source.to_string()});
+            record_refusal(&state.exec, &state.refusals, source, Class::Forbidden, "authz.deny", event);
             (
                 StatusCode::FORBIDDEN,
                 Json(json!({"error": "forbidden", "message": format!("{principal} may not use this server: {reason}")})),
@@ -61,6 +83,14 @@ pub async fn require_auth(State(state): State<AuthState>, mut req: Request, next
                 .into_response()
         }
     }
+}
+
+/// Whether a request carries credentials that authenticate to a principal with a role, checked
+/// without writing anything (for `/healthz` details, which must not become a way to grow the
+/// log).
+pub fn is_authenticated(config: &AuthConfig, headers: &HeaderMap) -> bool {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    matches!(config.authenticate(authorization), Decision::Allow { .. })
 }
 
 /// RFC 9728 protected-resource metadata.

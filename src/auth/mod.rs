@@ -19,6 +19,11 @@ use sha2::{Digest, Sha256};
 /// Largest clock skew accepted for `exp` and `nbf`.
 pub const MAX_LEEWAY_SECONDS: u64 = 300;
 
+/// Longest principal (JWT subject) accepted. A principal names its owner in every audit line,
+/// session and artifact; an IdP that issues longer subjects is refused rather than logged in
+/// part, so two principals can never look alike in the log.
+pub const MAX_PRINCIPAL_BYTES: usize = 256;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("reading auth file {path:?}: {source}")]
@@ -272,7 +277,7 @@ impl AuthConfig {
             None => Decision::Forbidden {
                 principal,
                 method,
-                reason: format!("no configured role among {held:?}"),
+                reason: format!("no configured role among {:?}", crate::audit::bound::bound_list(held, 8, 64)),
             },
         }
     }
@@ -315,7 +320,7 @@ impl AuthConfig {
             return Err(format!("algorithm {:?} is not accepted", header.alg));
         }
         let jwk = match &header.kid {
-            Some(kid) => jwt.keys.find(kid).ok_or_else(|| format!("unknown key id {kid:?}"))?,
+            Some(kid) => jwt.keys.find(kid).ok_or_else(|| format!("unknown key id {:?}", crate::audit::bound::bound_str(kid, 64)))?,
             None if jwt.keys.keys.len() == 1 => &jwt.keys.keys[0],
             None => return Err("the token has no key id and the JWKS has several keys".into()),
         };
@@ -332,6 +337,9 @@ impl AuthConfig {
             .and_then(|v| v.as_str())
             .filter(|s| !s.is_empty())
             .ok_or_else(|| format!("no {:?} claim", jwt.principal_claim))?;
+        if principal.len() > MAX_PRINCIPAL_BYTES {
+            return Err(format!("the {:?} claim is longer than {MAX_PRINCIPAL_BYTES} bytes", jwt.principal_claim));
+        }
         let roles = match claims.get(&jwt.roles_claim) {
             Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(String::from)).collect(),
             Some(serde_json::Value::String(s)) => s.split_whitespace().map(String::from).collect(),

@@ -10,7 +10,9 @@ use crate::home::Home;
 
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
-    /// Verify a log's hash chain: detects edits, deletions, reordering and a torn last line.
+    /// Verify a log's hash chain over the exact bytes written: any byte changed, added or removed,
+    /// deleted or reordered lines and a torn last line fail, with the line number. Lines from
+    /// before warden wrote byte-exact hashes are reported as the old format.
     Verify {
         /// The log (default: $WARDEN_AUDIT_LOG, else the data directory's audit/audit.jsonl).
         file: Option<PathBuf>,
@@ -28,6 +30,12 @@ pub fn run(home: &Home, cmd: AuditCommand) -> Result<(), Failure> {
             match report.problem {
                 None => {
                     println!("{}: OK, {} events, chain head {}", path.display(), report.lines, report.last_hash);
+                    if report.legacy_lines > 0 {
+                        println!(
+                            "note: the first {} events are in the old format, whose hashes cover re-serialized JSON rather than the bytes written (an edit that keeps the parsed JSON the same, such as other spacing or a duplicate key, is not detected in them); later events are byte-exact",
+                            report.legacy_lines
+                        );
+                    }
                     Ok(())
                 }
                 Some(problem) => Err(Failure {

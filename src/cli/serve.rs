@@ -46,6 +46,14 @@ pub struct ServeArgs {
     /// Extra `Host` header values to accept over HTTP (loopback names are always accepted).
     #[arg(long = "allowed-host", value_name = "HOST")]
     pub allowed_hosts: Vec<String>,
+    /// Extra browser `Origin` values to accept over HTTP, as scheme://host[:port] or
+    /// scheme://host:* (loopback origins are always accepted; requests without Origin pass).
+    #[arg(long = "allowed-origin", value_name = "ORIGIN", value_parser = crate::transport::guard::origin_entry)]
+    pub allowed_origins: Vec<String>,
+    /// A load balancer or proxy (IP or CIDR) whose X-Forwarded-For names the client when refused
+    /// requests are counted per source. Default: none, the TCP peer is the source.
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    pub trusted_proxies: Vec<crate::transport::guard::Cidr>,
     /// Directories of tool packages to serve (each package: tool.toml + tool.wasm). Which of them
     /// a caller may use is up to its profile's `[tools] allowed`.
     #[arg(long = "tools", value_name = "DIR")]
@@ -211,6 +219,8 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
                 let addr = l.local_addr()?;
                 let mut opts = HttpOptions::default();
                 opts.allowed_hosts.extend(args.allowed_hosts.clone());
+                opts.allowed_origins.extend(args.allowed_origins.clone());
+                opts.trusted_proxies = args.trusted_proxies.clone();
                 let mut health = Health::default();
                 health.details.insert("hardening".into(), json!(hardening));
                 let app = crate::transport::http::router(exec.clone(), &opts, health, &shutdown, shared_auth);

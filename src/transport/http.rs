@@ -1,4 +1,9 @@
-//! MCP over streamable HTTP at `/mcp`, plus `/healthz` and `/readyz`.
+//! MCP over streamable HTTP at `/mcp`, plus `/healthz`, `/readyz` and `/metrics`.
+//!
+//! Every route sits behind the Host and Origin checks of [`super::guard`]. `/healthz` tells a
+//! caller without credentials only `{"status": …}`; the details (profiles, runtimes, the
+//! hardening report with its Landlock paths) need credentials that authenticate when `--auth`
+//! is configured, and are otherwise only in `warden doctor` and the `server.start` audit line.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +18,10 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::refusals::Refusals;
 use crate::auth::AuthConfig;
-use crate::auth::middleware::{AuthState, protected_resource_metadata, require_auth};
+use crate::auth::middleware::{AuthState, is_authenticated, protected_resource_metadata, require_auth};
+use crate::transport::guard::{self, Cidr, Guard};
 use crate::executor::Executor;
 use crate::mcp::WardenMcp;
 
@@ -22,13 +29,23 @@ use crate::mcp::WardenMcp;
 pub struct HttpOptions {
     /// `Host` header values accepted (DNS-rebinding defence). Loopback names by default.
     pub allowed_hosts: Vec<String>,
+    /// Browser `Origin` values accepted (requests without `Origin` always pass). Loopback
+    /// origins on any port by default.
+    pub allowed_origins: Vec<String>,
+    /// Proxies whose `X-Forwarded-For` names the client (for counting refusals per source).
+    pub trusted_proxies: Vec<Cidr>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
 }
 
 impl Default for HttpOptions {
     fn default() -> Self {
-        HttpOptions { allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()], max_body_bytes: 32 << 20 }
+        HttpOptions {
+            allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            allowed_origins: guard::default_origins(),
+            trusted_proxies: Vec::new(),
+            max_body_bytes: 32 << 20,
+        }
     }
 }
 
@@ -42,6 +59,7 @@ pub struct Health {
 struct AppState {
     exec: Arc<Executor>,
     health: Arc<Health>,
+    auth: Option<SharedAuth>,
 }
 
 /// The auth configuration in force, swapped on reload.
@@ -56,6 +74,7 @@ pub fn router(
 ) -> Router {
     let config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(opts.allowed_hosts.clone())
+        .with_allowed_origins(opts.allowed_origins.clone())
         .with_sse_keep_alive(Some(Duration::from_secs(15)))
         .with_max_request_body_bytes(opts.max_body_bytes)
         .with_cancellation_token(shutdown.child_token());
@@ -65,14 +84,17 @@ pub fn router(
         LocalSessionManager::default().into(),
         config,
     );
+    let refusals = Arc::new(Refusals::default());
+    spawn_refusal_flusher(exec.clone(), refusals.clone(), shutdown.clone());
+    let trusted_proxies = Arc::new(opts.trusted_proxies.clone());
     let mut mcp_routes = Router::new().nest_service("/mcp", mcp);
     let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(AppState { exec: exec.clone(), health: Arc::new(health) });
+        .with_state(AppState { exec: exec.clone(), health: Arc::new(health), auth: auth.clone() });
     if let Some(config) = auth {
-        let state = AuthState { config, exec };
+        let state = AuthState { config, exec: exec.clone(), refusals: refusals.clone(), trusted_proxies: trusted_proxies.clone() };
         mcp_routes = mcp_routes.layer(axum::middleware::from_fn_with_state(state.clone(), require_auth));
         let metadata = Router::new()
             .route("/.well-known/oauth-protected-resource", get(protected_resource_metadata))
@@ -80,16 +102,48 @@ pub fn router(
             .with_state(state);
         app = app.merge(metadata);
     }
-    app.merge(mcp_routes)
+    let edge = Arc::new(Guard {
+        allowed_hosts: opts.allowed_hosts.clone(),
+        allowed_origins: opts.allowed_origins.clone(),
+        trusted_proxies: opts.trusted_proxies.clone(),
+        refusals,
+        exec,
+    });
+    // The guard wraps every route, so it runs before authentication and before rmcp.
+    app.merge(mcp_routes).layer(axum::middleware::from_fn_with_state(edge, guard::check))
+}
+
+/// Writes each interval's summary of refused requests when it ends (even if no further refusal
+/// arrives to trigger it), and the last one at shutdown.
+fn spawn_refusal_flusher(exec: Arc<Executor>, refusals: Arc<Refusals>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => guard::flush_refusals(&exec, &refusals, false),
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        guard::flush_refusals(&exec, &refusals, true);
+    });
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], s.exec.metrics.render())
 }
 
-async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
+/// Status for anyone who passes the Host check; details only for a caller whose credentials
+/// authenticate (when auth is configured). Checking them writes nothing to the audit log.
+async fn healthz(State(s): State<AppState>, headers: axum::http::HeaderMap) -> impl IntoResponse {
     let mut body = serde_json::Map::new();
     body.insert("status".into(), json!("ok"));
+    let authenticated = match &s.auth {
+        Some(auth) => is_authenticated(&auth.read().unwrap_or_else(|e| e.into_inner()), &headers),
+        None => false,
+    };
+    if !authenticated {
+        return Json(serde_json::Value::Object(body));
+    }
     body.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
     let profiles = s.exec.profiles();
     body.insert("policy".into(), json!(profiles.default));
@@ -125,5 +179,8 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router, shutdown: Can
             tracing::debug!(error = %e, "could not set TCP_NODELAY on an accepted connection");
         }
     });
-    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    // The peer address is what refusals are counted by (see `guard::client_ip`).
+    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
 }

@@ -3,6 +3,7 @@
 //! Both serve the same [`WardenMcp`] handler over one shared [`Executor`]; shutting down is the
 //! executor's job (drain, cancel, remove workspaces), the transports only stop listening.
 
+pub mod guard;
 pub mod http;
 
 use std::sync::Arc;

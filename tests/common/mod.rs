@@ -1,6 +1,8 @@
 //! Shared helpers for integration tests: where the installed runtimes are, and a loaded sandbox.
 #![allow(dead_code)]
 
+pub mod summary;
+
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
@@ -87,8 +89,7 @@ pub fn assert_outcome(r: &RunReport, outcome: &str) {
 }
 
 /// Reports a test (or part of one) that cannot run here, on the real stderr so it shows even
-/// when the test harness captures output.
+/// when the test harness captures output, and counts it in the suite's summary line.
 pub fn skipped(reason: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {reason}");
+    summary::skip(reason);
 }
