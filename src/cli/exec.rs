@@ -73,7 +73,7 @@ fn usage(message: impl Into<String>) -> Failure {
 
 pub fn run(home: &Home, args: ExecArgs) -> Result<(), Failure> {
     let policy = Policy::load(&args.policy)?;
-    let audit_path = args.audit_log.clone().unwrap_or_else(|| home.audit_log());
+    let audit_path = args.audit_log.clone().filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| home.audit_log());
     // No mount may reach warden's own files: the data directory (with the native code the next
     // start maps), the audit log, the profile itself, the tool packages.
     let mut own = OwnFiles::of_home(home);

@@ -178,7 +178,7 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
             });
         }
     }
-    let audit_path = args.audit_log.clone().unwrap_or_else(|| home.audit_log());
+    let audit_path = args.audit_log.clone().filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| home.audit_log());
     let mut own = OwnFiles::of_home(home);
     own.add("the audit log", &audit_path);
     for t in &args.tools {

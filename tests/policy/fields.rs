@@ -79,9 +79,9 @@ fn candidates(base: &Value, path: &[Seg]) -> Vec<Value> {
         }
         Value::Bool(b) => out.push(with(Value::Bool(!b))),
         Value::String(s) => {
-            if Path::new(s).is_dir() {
-                let other = format!("{s}-other");
-                std::fs::create_dir_all(&other).unwrap();
+            // A directory (a mount's host path) is changed to a sibling directory.
+            let other = format!("{s}-other");
+            if Path::new(s).is_absolute() && Path::new(s).is_dir() && std::fs::create_dir_all(&other).is_ok() {
                 out.push(with(Value::String(other)));
             }
             let extended = with(Value::String(format!("{s}x")));
