@@ -73,9 +73,12 @@ fn open_root(dir: &Path) -> Result<Dir, String> {
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(dir)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => format!("--artifacts-dir {} is a symbolic link; pass the directory it points to", dir.display()),
-            _ => format!("opening --artifacts-dir {}: {e}", dir.display()),
+        .map_err(|e| {
+            if std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
+                format!("--artifacts-dir {} is a symbolic link; pass the directory it points to", dir.display())
+            } else {
+                format!("opening --artifacts-dir {}: {e}", dir.display())
+            }
         })?;
     Ok(Dir::from_std_file(file))
 }

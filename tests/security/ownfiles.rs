@@ -81,7 +81,7 @@ fn mounts_reaching_the_data_directory_audit_log_or_credentials_are_refused() {
     let auth = secrets.join("auth.toml");
     std::fs::write(
         &auth,
-        format!("[[roles]]\nname = \"user\"\nprofile = \"default\"\n\n[[tokens]]\nprincipal = \"p\"\nsha256 = \"{}\"\nroles = [\"user\"]\n", "ab".repeat(32)),
+        format!("[[roles]]\nname = \"user\"\nprofile = \"data-science\"\n\n[[tokens]]\nprincipal = \"p\"\nsha256 = \"{}\"\nroles = [\"user\"]\n", "ab".repeat(32)),
     )
     .unwrap();
     let p = mount_profile(&profiles, "secrets", &secrets, "ro");
