@@ -270,8 +270,11 @@ async fn hardening_is_a_server_setting_that_profiles_can_only_require() {
     assert_eq!(status, 2, "{err}");
 
     // The mode in force is recorded; a reload that asks for more is refused and audited.
-    let policy = files.policy(&[]);
-    let mut server = start_http(&files, Some(&policy), &["--hardening", "off"]).await;
+    let (status, _, err) = warden(&["serve", "--hardening", "off"], &[("WARDEN_AUDIT_LOG", files.audit_log().to_str().unwrap())]);
+    assert_eq!(status, 1, "the default profile asks for best-effort: {err}");
+    assert!(err.contains("--hardening best-effort"), "{err}");
+    let policy = files.policy(&[("mode = \"best-effort\"", "mode = \"off\"")]);
+    let mut server = start_http(&files, Some(&policy), &[]).await;
     let start = harness::audit_events(&files, "server.start", 1, std::time::Duration::from_secs(10)).await;
     assert_eq!(start[0]["hardening"]["mode"], "off", "{:?}", start[0]);
     let client = connect_http(&server.url, None).await;
