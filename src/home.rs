@@ -4,6 +4,10 @@
 //! One directory per installation, chosen by `--home`, then `WARDEN_HOME`, then
 //! `$XDG_DATA_HOME/warden` (or `~/.local/share/warden`). The cache and the workspace root are
 //! kept mode 0700: the cache holds native code, and no guest mount may reach either.
+//!
+//! [`OwnFiles`] lists the paths that are warden's own (this directory, the audit log, the auth and
+//! JWKS files, profiles, tool packages) so that a mount reaching any of them is refused before a
+//! guest can see it. It does not decide what is mounted; the policy module does.
 
 use std::fs;
 use std::io;
@@ -71,6 +75,64 @@ impl Home {
     pub fn private_dir(dir: &Path) -> io::Result<()> {
         fs::create_dir_all(dir)?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+    }
+}
+
+/// warden's own files and directories: a guest mount must neither contain nor lie inside any of
+/// them (it would let guest code read the audit log or the auth file, or rewrite the native code
+/// the next start maps).
+#[derive(Clone, Debug, Default)]
+pub struct OwnFiles {
+    /// (what it is, canonical path).
+    entries: Vec<(String, PathBuf)>,
+}
+
+impl OwnFiles {
+    /// The data directory itself, and the parts of it that may be moved elsewhere by a symlink.
+    pub fn of_home(home: &Home) -> OwnFiles {
+        let mut own = OwnFiles::default();
+        own.add("the data directory (WARDEN_HOME)", home.root());
+        own.add("the compiled-module cache", &home.cache());
+        own.add("the installed runtimes", &home.runtimes());
+        own.add("the workspaces", &home.workspaces());
+        own
+    }
+
+    /// Adds a path (a file or directory, existing or not): symlinks in the part that exists are
+    /// resolved, so the comparison is between real locations.
+    pub fn add(&mut self, what: &str, path: &Path) {
+        let real = canonical_prefix(path);
+        if !self.entries.iter().any(|(_, p)| *p == real) {
+            self.entries.push((what.to_string(), real));
+        }
+    }
+
+    /// The first own path that `dir` (canonical) contains or lies inside, as "what (path)", and
+    /// whether `dir` contains it (rather than lying inside it).
+    pub fn overlap(&self, dir: &Path) -> Option<(String, bool)> {
+        self.entries
+            .iter()
+            .find(|(_, own)| own.starts_with(dir) || dir.starts_with(own))
+            .map(|(what, own)| (format!("{what} at {}", own.display()), own.starts_with(dir)))
+    }
+}
+
+/// `path` with its longest existing ancestor canonicalized and the rest appended unchanged.
+fn canonical_prefix(path: &Path) -> PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut rest = Vec::new();
+    let mut cur = abs.as_path();
+    loop {
+        if let Ok(real) = cur.canonicalize() {
+            return rest.iter().rev().fold(real, |acc: PathBuf, c| acc.join(c));
+        }
+        match (cur.parent(), cur.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                cur = parent;
+            }
+            _ => return abs,
+        }
     }
 }
 

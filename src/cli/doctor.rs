@@ -61,7 +61,7 @@ pub fn run(home: &Home, args: DoctorArgs) -> Result<(), Failure> {
         "would_enforce": {
             "landlock": if kernel_abi >= landlock::TARGET_ABI as i32 { "full" } else if kernel_abi > 0 { "partial" } else { "none" },
             "read_only": [home.runtimes(), home.cache()],
-            "read_write": ["<this process's workspaces>", policy.audit_log(home)],
+            "read_write": ["<this process's workspaces>", std::env::var_os("WARDEN_AUDIT_LOG").filter(|v| !v.is_empty()).map(std::path::PathBuf::from).unwrap_or_else(|| home.audit_log())],
             "seccomp_tripwire_syscalls": tripwire,
             "seccomp_allowed_syscalls": allowed,
         },

@@ -11,7 +11,7 @@ use super::Failure;
 use crate::api::{Encoding, ExecuteCodeArgs, FileArg};
 use crate::audit::AuditLog;
 use crate::executor::{Caller, ExecError, Executor, Profiles};
-use crate::home::{Home, process_workspaces};
+use crate::home::{Home, OwnFiles, process_workspaces};
 use crate::policy::Policy;
 use crate::runtime::engine::{EngineSettings, build_engine, spawn_epoch_ticker};
 use crate::runtime::{Language, Runtimes};
@@ -48,9 +48,20 @@ pub struct ExecArgs {
     /// Isolation profile: an embedded name or a .toml path.
     #[arg(long, default_value = "default", env = "WARDEN_POLICY")]
     pub policy: String,
-    /// Keep the files the program produced in this directory.
-    #[arg(long)]
+    /// Save the files the program produced under this directory (created if missing). Safe
+    /// against whatever is already there: symbolic links are never followed (at any depth, nor the
+    /// directory itself), existing files are never replaced (the command fails, naming them,
+    /// before saving anything), nothing is written outside it, and names with a component
+    /// starting with '.' (like .git/config) are skipped unless --artifacts-dotfiles is given.
+    #[arg(long, value_name = "DIR")]
     pub artifacts_dir: Option<PathBuf>,
+    /// With --artifacts-dir: also save artifacts whose names have a component starting with '.'
+    /// (still never replacing a file or following a link).
+    #[arg(long, requires = "artifacts_dir")]
+    pub artifacts_dotfiles: bool,
+    /// The audit log (default: audit/audit.jsonl in the data directory).
+    #[arg(long, value_name = "FILE", env = "WARDEN_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
     /// Tool packages Python code may call (`from host import tools`), if the profile allows.
     #[arg(long = "tools", value_name = "DIR")]
     pub tools: Vec<PathBuf>,
@@ -62,6 +73,18 @@ fn usage(message: impl Into<String>) -> Failure {
 
 pub fn run(home: &Home, args: ExecArgs) -> Result<(), Failure> {
     let policy = Policy::load(&args.policy)?;
+    let audit_path = args.audit_log.clone().filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| home.audit_log());
+    // No mount may reach warden's own files: the data directory (with the native code the next
+    // start maps), the audit log, the profile itself, the tool packages.
+    let mut own = OwnFiles::of_home(home);
+    own.add("the audit log", &audit_path);
+    if !policy.source.starts_with("embedded:") {
+        own.add("the profile file", std::path::Path::new(&policy.source));
+    }
+    for t in &args.tools {
+        own.add("a tool package directory", t);
+    }
+    policy.check_own_files(&own)?;
     let code = match (&args.code, &args.script) {
         (Some(c), _) => c.clone(),
         (None, Some(p)) => std::fs::read_to_string(p).map_err(|e| format!("reading {p:?}: {e}"))?,
@@ -102,7 +125,7 @@ pub fn run(home: &Home, args: ExecArgs) -> Result<(), Failure> {
         .map_err(|e| format!("building the engine: {e:#}"))?;
     let _ticker = spawn_epoch_ticker(&engine)?;
     let runtimes = Runtimes::load(home, &engine, &languages)?;
-    let audit = Arc::new(AuditLog::open(&policy.audit_log(home))?);
+    let audit = Arc::new(AuditLog::open(&audit_path)?);
     let workspaces = process_workspaces(home)?;
     let profile = policy.name().to_string();
     let tools = Arc::new(ToolRegistry::load(&args.tools, &engine, &ModuleCache::new(home, &engine)));
@@ -116,14 +139,13 @@ pub fn run(home: &Home, args: ExecArgs) -> Result<(), Failure> {
         Err(e @ (ExecError::InvalidRequest(_) | ExecError::Session(_))) => return Err(usage(e.to_string())),
         Err(e) => return Err(e.into()),
     };
-    if let (Some(dir), Some(ws)) = (&args.artifacts_dir, &result.workspace) {
-        for a in &mut result.artifacts {
-            let dest = dir.join(&a.path);
-            if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::write(&dest, ws.read_file(&a.path, a.size)?)?;
-            a.uri = format!("file://{}", std::path::absolute(&dest)?.display());
+    if let (Some(dir), Some(ws)) = (&args.artifacts_dir, result.workspace.clone()) {
+        let saved = super::save::save(dir, &mut result.artifacts, &ws, args.artifacts_dotfiles)?;
+        if !saved.skipped_dotfiles.is_empty() {
+            eprintln!(
+                "warden: not saved (a name component starts with '.'; pass --artifacts-dotfiles to save them): {}",
+                saved.skipped_dotfiles.join(", ")
+            );
         }
     }
     println!("{}", serde_json::to_string_pretty(&result)?);

@@ -9,6 +9,7 @@ mod doctor;
 mod exec;
 mod policy;
 mod runtimes;
+mod save;
 mod serve;
 mod tools;
 
@@ -89,7 +90,7 @@ pub fn main() -> ExitCode {
         Command::Exec(args) => exec::run(&home, args),
         Command::Runtimes { command } => runtimes::run(&home, command),
         Command::Audit { command } => audit::run(&home, command),
-        Command::Policy { command } => policy::run(command),
+        Command::Policy { command } => policy::run(&home, command),
         Command::Tools { command } => tools::run(&home, command),
         Command::Doctor(args) => doctor::run(&home, args),
         Command::HardenProbe(args) => doctor::probe(&home, args),

@@ -3,13 +3,16 @@
 use clap::Subcommand;
 
 use super::Failure;
+use crate::home::{Home, OwnFiles};
 use crate::policy::Policy;
 use crate::policy::diff::{Direction, diff};
 use crate::policy::explain::explain;
 
 #[derive(Subcommand, Debug)]
 pub enum PolicyCommand {
-    /// Validate a profile; exits non-zero with the field (and line) of the first error.
+    /// Validate a profile; exits non-zero with the field (and line) of the first error. Mounts
+    /// are also checked against the data directory and the audit log (WARDEN_HOME,
+    /// WARDEN_AUDIT_LOG); `serve` and `exec` check the auth and tool files they are given too.
     Check {
         /// A .toml file or an embedded profile name.
         file: String,
@@ -29,10 +32,17 @@ pub enum PolicyCommand {
     },
 }
 
-pub fn run(cmd: PolicyCommand) -> Result<(), Failure> {
+pub fn run(home: &Home, cmd: PolicyCommand) -> Result<(), Failure> {
     match cmd {
         PolicyCommand::Check { file } => {
             let p = Policy::load(&file)?;
+            let mut own = OwnFiles::of_home(home);
+            let audit = std::env::var_os("WARDEN_AUDIT_LOG").filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+            own.add("the audit log", &audit.unwrap_or_else(|| home.audit_log()));
+            if !p.source.starts_with("embedded:") {
+                own.add("the profile file", std::path::Path::new(&p.source));
+            }
+            p.check_own_files(&own)?;
             println!("{}: OK (profile {:?}, sha256 {})", p.source, p.name(), p.sha256);
             Ok(())
         }

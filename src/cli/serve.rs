@@ -20,7 +20,7 @@ use crate::auth::AuthConfig;
 use crate::executor::{Executor, Profile, Profiles};
 use crate::harden::{HardenError, Plan, Report};
 use crate::policy::HardeningMode;
-use crate::home::{Home, process_workspaces};
+use crate::home::{Home, OwnFiles, process_workspaces};
 use crate::policy::Policy;
 use crate::runtime::engine::{EngineSettings, build_engine, spawn_epoch_ticker};
 use crate::runtime::{Language, Runtimes};
@@ -61,6 +61,59 @@ pub struct ServeArgs {
     /// On SIGTERM/SIGINT, how long running calls may finish before they are cancelled.
     #[arg(long, default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
+    /// The audit log, one per server (default: audit/audit.jsonl in the data directory).
+    #[arg(long, value_name = "FILE", env = "WARDEN_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
+    /// Host confinement of this process: enforce, best-effort or off. Default: the strictest
+    /// that any loaded profile's `[hardening] mode` asks for; it may not be weaker than that.
+    #[arg(long, value_name = "MODE", env = "WARDEN_HARDENING")]
+    pub hardening: Option<HardeningMode>,
+}
+
+/// What every profile this process serves must satisfy, now and after a reload: no mount reaches
+/// warden's own files, and none asks for stronger host confinement than the process has.
+#[derive(Clone)]
+struct Guard {
+    /// The data directory, audit log and tool packages; the auth and profile files are added per load.
+    own: OwnFiles,
+    mode: HardeningMode,
+}
+
+impl Guard {
+    fn check(&self, profiles: &Profiles, auth: Option<&AuthConfig>) -> Result<(), Failure> {
+        let mut own = self.own.clone();
+        for f in auth.map(|a| a.files()).unwrap_or_default() {
+            own.add("a file of the auth configuration (--auth, JWKS, role profiles)", &f);
+        }
+        for p in profiles.by_name.values() {
+            if !p.policy.source.starts_with("embedded:") {
+                own.add("a profile file", std::path::Path::new(&p.policy.source));
+            }
+        }
+        for p in profiles.by_name.values() {
+            p.policy.check_own_files(&own)?;
+        }
+        hardening_mode(Some(self.mode), profiles).map(|_| ())
+    }
+}
+
+/// The process's confinement: `requested` if given, else the strictest any profile asks for. A
+/// profile that asks for more than that is refused, naming it.
+fn hardening_mode(requested: Option<HardeningMode>, profiles: &Profiles) -> Result<HardeningMode, Failure> {
+    let asked = |p: &Arc<Profile>| p.policy.file.hardening.mode;
+    let strictest = profiles.by_name.values().map(asked).max_by_key(|m| m.strictness()).unwrap_or_default();
+    let mode = requested.unwrap_or(strictest);
+    let mut names: Vec<&String> = profiles.by_name.keys().collect();
+    names.sort();
+    if let Some(name) = names.into_iter().find(|n| asked(&profiles.by_name[*n]).strictness() > mode.strictness()) {
+        return Err(format!(
+            "profile {name:?} asks for host hardening {} ([hardening] mode), but this server runs with {mode}: pass --hardening {} (or restart with it), or lower the profile's mode",
+            asked(&profiles.by_name[name]),
+            asked(&profiles.by_name[name])
+        )
+        .into());
+    }
+    Ok(mode)
 }
 
 /// Loads the operator's profile and, with `--auth`, every profile a role names.
@@ -133,6 +186,15 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
             });
         }
     }
+    let audit_path = args.audit_log.clone().filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| home.audit_log());
+    let mut own = OwnFiles::of_home(home);
+    own.add("the audit log", &audit_path);
+    for t in &args.tools {
+        own.add("a tool package directory", t);
+    }
+    let guard = Guard { own, mode: hardening_mode(args.hardening, &profiles)? };
+    // Before anything is loaded or mapped: no mount may reach warden's own files.
+    guard.check(&profiles, auth.as_ref())?;
     let langs = languages(&profiles);
     // Each running execution may hold a nested code-mode tool guest besides its own (the nested
     // one runs under the parent's slot), and each session a live interpreter.
@@ -143,8 +205,7 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
     let runtimes = Runtimes::load(home, &engine, &langs)?;
     let tools = Arc::new(ToolRegistry::load(&args.tools, &engine, &ModuleCache::new(home, &engine)));
     report_tool_grants(&tools, &profiles);
-    let default_policy = &profiles.by_name[&profiles.default].policy;
-    let audit = Arc::new(AuditLog::open(&default_policy.audit_log(home))?);
+    let audit = Arc::new(AuditLog::open(&audit_path)?);
     let workspaces = process_workspaces(home)?;
     let listener = match args.http {
         Some(addr) => {
@@ -156,9 +217,8 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
     };
 
     // Confinement: Landlock now, while single-threaded; seccomp once the runtime exists.
-    let mode = profiles.by_name[&profiles.default].policy.file.hardening.mode;
-    let plan =
-        hardening_plan(home, &args, &profiles, &workspaces, &default_policy.audit_log(home), mode, listener.as_ref(), auth.as_ref());
+    let mode = guard.mode;
+    let plan = hardening_plan(home, &args, &profiles, &workspaces, &audit_path, mode, listener.as_ref(), auth.as_ref());
     let landlock = if mode == HardeningMode::Off {
         crate::harden::landlock::LandlockReport { status: "off".into(), ..Default::default() }
     } else {
@@ -190,7 +250,7 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
         let shutdown = CancellationToken::new();
         // Everything that registers with the kernel (signal handlers, the listener's epoll
         // registration) happens before seccomp, which refuses rt_sigaction and friends.
-        spawn_signal_handlers(exec.clone(), shutdown.clone(), grace, args.clone(), shared_auth.clone())?;
+        spawn_signal_handlers(exec.clone(), shutdown.clone(), grace, args.clone(), shared_auth.clone(), guard)?;
         let listener = listener.map(tokio::net::TcpListener::from_std).transpose()?;
         let seccomp = crate::harden::seccomp::install(&plan)?;
         if mode == HardeningMode::Enforce && (seccomp.status != "enforced" || !seccomp.all_threads_filtered) {
@@ -294,11 +354,12 @@ fn report_tool_grants(tools: &ToolRegistry, profiles: &Profiles) {
 
 /// Re-reads profiles and the auth file (SIGHUP). A reload that fails validation, or needs a
 /// runtime this process did not load, changes nothing; either way the attempt is audited.
-fn reload(exec: &Executor, args: &ServeArgs, auth: &Option<SharedAuth>) {
+fn reload(exec: &Executor, args: &ServeArgs, auth: &Option<SharedAuth>, guard: &Guard) {
     let loaded = load_profiles(args).and_then(|(profiles, mut new_auth)| {
         if let Some(a) = &mut new_auth {
             role_names(a, &profiles)?;
         }
+        guard.check(&profiles, new_auth.as_ref())?;
         let missing: Vec<Language> =
             languages(&profiles).into_iter().filter(|l| exec.sandbox().runtimes().get(*l).is_none()).collect();
         if !missing.is_empty() {
@@ -338,6 +399,7 @@ fn spawn_signal_handlers(
     grace: Duration,
     args: ServeArgs,
     auth: Option<SharedAuth>,
+    guard: Guard,
 ) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
@@ -349,7 +411,7 @@ fn spawn_signal_handlers(
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
-                    reload(&exec, &args, &auth);
+                    reload(&exec, &args, &auth, &guard);
                     continue;
                 }
             }

@@ -1,7 +1,9 @@
-//! `warden policy explain`: what a profile lets a guest do, in plain language.
+//! `warden policy explain`: what a profile lets a guest do, in plain language, then every field
+//! of the profile (from the one field table that `check` and `diff` use too).
 
 use std::fmt::Write;
 
+use super::fields::FIELDS;
 use super::{HardeningMode, Policy};
 
 fn bytes(n: u64) -> String {
@@ -132,12 +134,17 @@ pub fn explain(p: &Policy) -> String {
     );
     let _ = writeln!(
         o,
-        "  - confines its own process: {}",
+        "  - serves this profile only if its own process is confined at least {}",
         match f.hardening.mode {
-            HardeningMode::Enforce => "enforce (landlock and seccomp must apply fully, or it refuses to start)",
+            HardeningMode::Enforce => "enforce (landlock and seccomp applied fully; otherwise it refuses to start or to reload)",
             HardeningMode::BestEffort => "best-effort (landlock and seccomp as far as the kernel allows; gaps are reported)",
-            HardeningMode::Off => "off (no landlock or seccomp)",
+            HardeningMode::Off => "off (this profile asks for no landlock or seccomp; `warden serve --hardening` or another profile may still apply them)",
         }
     );
+    let _ = writeln!(o, "\nEvery field (what `warden policy diff` compares):");
+    let width = FIELDS.iter().map(|f| f.name.len()).max().unwrap_or(0);
+    for field in FIELDS {
+        let _ = writeln!(o, "  {:<width$} = {}    ({})", field.name, (field.value)(f), field.about);
+    }
     o
 }

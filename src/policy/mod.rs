@@ -3,6 +3,11 @@
 //! A profile is parsed strictly (unknown keys are errors), then validated into a [`Policy`]
 //! whose every field is enforced somewhere. Deny by default: a section left out grants nothing
 //! (no runtimes, no sessions, no mounts, no environment).
+//!
+//! Settings that can only hold for a whole server (where the audit log goes) are not profile
+//! fields: a profile that still sets one is refused with the flag that replaced it. The fields,
+//! their bounds and their direction live in one table ([`fields`]) that `check`, `explain` and
+//! `diff` all read.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,9 +18,10 @@ use serde::{Deserialize, Serialize};
 
 pub mod diff;
 pub mod explain;
+pub mod fields;
 
+use crate::home::OwnFiles;
 use crate::runtime::Language;
-use crate::runtime::engine::MAX_GUEST_MEMORY;
 use crate::sandbox::{Limits, Mount};
 
 /// Profiles compiled into the binary, usable by name.
@@ -78,10 +84,6 @@ pub struct ToolsSection {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct AuditSection {
-    /// Where the audit log goes; relative paths are inside the data directory. The environment
-    /// variable WARDEN_AUDIT_LOG overrides it.
-    #[serde(default)]
-    pub path: Option<PathBuf>,
     /// Put the code itself in execution events, not only its sha256.
     #[serde(default)]
     pub record_code: bool,
@@ -174,12 +176,46 @@ pub enum HardeningMode {
     Off,
 }
 
+/// Host confinement is one per process (Landlock and seccomp apply to the whole server), so a
+/// profile cannot choose it for itself. What a profile sets is the least confinement a server
+/// must have to serve it: `warden serve` runs at the strictest mode any loaded profile asks for
+/// (or at `--hardening`, which may not be weaker), and refuses to start or to reload otherwise.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct HardeningSection {
     #[serde(default)]
     pub mode: HardeningMode,
 }
+
+impl HardeningMode {
+    /// Orders modes from no confinement (0) to full confinement (2).
+    pub fn strictness(self) -> u8 {
+        match self {
+            HardeningMode::Off => 0,
+            HardeningMode::BestEffort => 1,
+            HardeningMode::Enforce => 2,
+        }
+    }
+}
+
+impl std::str::FromStr for HardeningMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "enforce" => Ok(HardeningMode::Enforce),
+            "best-effort" => Ok(HardeningMode::BestEffort),
+            "off" => Ok(HardeningMode::Off),
+            other => Err(format!("unknown hardening mode {other:?}: use enforce, best-effort or off")),
+        }
+    }
+}
+
+/// Profile keys that used to exist but hold for a whole server: where each moved.
+const MOVED: &[(&str, &str, &str)] = &[(
+    "audit",
+    "path",
+    "the audit log is one per server, not per profile (only the default profile's was ever used): remove this line and pass `--audit-log PATH` to `warden serve` / `warden exec`, or set WARDEN_AUDIT_LOG",
+)];
 
 /// A validated profile.
 #[derive(Clone, Debug)]
@@ -195,8 +231,6 @@ pub struct Policy {
 /// Guest paths a mount may not shadow: the runtimes' own files and the per-call directories.
 const RESERVED_GUEST_PATHS: &[&str] = &["/workspace", "/tmp", "/usr/local/lib"];
 
-/// Largest values a profile may set; beyond them a limit stops being a limit.
-const MAX_TIMEOUT_MS: u64 = 3_600_000;
 /// CPython's snapshot starts with 40 MiB of linear memory.
 pub const MIN_PYTHON_MEMORY_MB: u64 = 64;
 
@@ -216,7 +250,20 @@ impl Policy {
     }
 
     pub fn parse(text: &str, source: &str) -> Result<Policy, PolicyError> {
-        let file: PolicyFile = toml::from_str(text).map_err(|e| PolicyError::Parse {
+        if let Ok(raw) = text.parse::<toml::Table>() {
+            for (section, key, message) in MOVED {
+                if raw.get(*section).and_then(|t| t.as_table()).is_some_and(|t| t.contains_key(*key)) {
+                    let field = format!("{section}.{key}");
+                    return Err(PolicyError::Invalid {
+                        source_name: source.to_string(),
+                        line: line_of(text, &field),
+                        field,
+                        message: message.to_string(),
+                    });
+                }
+            }
+        }
+        let mut file: PolicyFile = toml::from_str(text).map_err(|e| PolicyError::Parse {
             source_name: source.to_string(),
             message: parse_message(text, &e),
         })?;
@@ -228,6 +275,11 @@ impl Policy {
         };
         validate(&file, &invalid)?;
         let mounts = resolve_mounts(&file, &invalid)?;
+        // Keep the file in its resolved form too, so `diff` and `explain` show real locations.
+        for (m, resolved) in file.mounts.iter_mut().zip(&mounts) {
+            m.host = resolved.host.clone();
+            m.guest = resolved.guest.clone();
+        }
         Ok(Policy { sha256: crate::digest::sha256_hex(text.as_bytes()), source: source.to_string(), file, mounts })
     }
 
@@ -249,17 +301,25 @@ impl Policy {
         }
     }
 
-    /// Where this profile's audit log goes: WARDEN_AUDIT_LOG, else `audit.path` (relative to the
-    /// data directory), else the data directory's default.
-    pub fn audit_log(&self, home: &crate::home::Home) -> PathBuf {
-        if let Some(p) = std::env::var_os("WARDEN_AUDIT_LOG").filter(|v| !v.is_empty()) {
-            return PathBuf::from(p);
+    /// Refuses a mount whose host directory contains, or lies inside, one of warden's own files
+    /// (the data directory, the audit log, the auth file...). Checked where those paths are known:
+    /// at `serve` and `exec` start, on reload, and by `policy check` for what it can know.
+    pub fn check_own_files(&self, own: &OwnFiles) -> Result<(), PolicyError> {
+        for (i, m) in self.mounts.iter().enumerate() {
+            if let Some((what, contains)) = own.overlap(&m.host) {
+                let relation = if contains { "contains" } else { "lies inside" };
+                return Err(PolicyError::Invalid {
+                    source_name: self.source.clone(),
+                    field: format!("mounts[{i}]"),
+                    line: None,
+                    message: format!(
+                        "host directory {} {relation} {what}, one of warden's own files. A guest could read or rewrite them (the audit log, credentials, the native code the next start runs); mount a directory that neither contains nor lies inside them",
+                        m.host.display()
+                    ),
+                });
+            }
         }
-        match &self.file.audit.path {
-            Some(p) if p.is_absolute() => p.clone(),
-            Some(p) => home.root().join(p),
-            None => home.audit_log(),
-        }
+        Ok(())
     }
 
     pub fn allows(&self, language: Language) -> bool {
@@ -283,47 +343,18 @@ fn validate(f: &PolicyFile, invalid: &dyn Fn(&str, String) -> PolicyError) -> Re
         return Err(invalid("name", "use letters, digits, '-' and '_' only".into()));
     }
     let l = &f.limits;
-    let positive: [(&str, u64); 11] = [
-        ("limits.timeout_ms", l.timeout_ms),
-        ("limits.memory_mb", l.memory_mb),
-        ("limits.fuel", l.fuel),
-        ("limits.stdout_bytes", l.stdout_bytes),
-        ("limits.stderr_bytes", l.stderr_bytes),
-        ("limits.workspace_files", l.workspace_files),
-        ("limits.code_bytes", l.code_bytes),
-        ("limits.concurrent_executions", u64::from(l.concurrent_executions)),
-        ("limits.queue_timeout_ms", l.queue_timeout_ms),
-        ("limits.calls_per_minute", u64::from(l.calls_per_minute)),
-        ("limits.concurrent_per_principal", u64::from(l.concurrent_per_principal)),
-    ];
-    for (field, v) in positive {
-        if v == 0 {
-            return Err(invalid(field, "must be at least 1 (0 would make every call fail)".into()));
+    for field in fields::FIELDS {
+        if let fields::Value::Num(v) = (field.value)(f) {
+            if let Some(message) = fields::out_of_bounds(field, v) {
+                return Err(invalid(field.name, message));
+            }
         }
-    }
-    if l.timeout_ms > MAX_TIMEOUT_MS {
-        return Err(invalid("limits.timeout_ms", format!("at most {MAX_TIMEOUT_MS} (one hour)")));
-    }
-    if l.memory_mb > MAX_GUEST_MEMORY >> 20 {
-        return Err(invalid("limits.memory_mb", format!("at most {} (the engine's largest guest memory)", MAX_GUEST_MEMORY >> 20)));
     }
     if f.runtimes.allowed.contains(&Language::Python) && l.memory_mb < MIN_PYTHON_MEMORY_MB {
         return Err(invalid(
             "limits.memory_mb",
             format!("python is allowed but CPython needs at least {MIN_PYTHON_MEMORY_MB} MiB to start"),
         ));
-    }
-    if l.stdout_bytes > 64 << 20 || l.stderr_bytes > 64 << 20 {
-        return Err(invalid("limits.stdout_bytes", "output caps are at most 64 MiB per stream".into()));
-    }
-    if l.code_bytes > 16 << 20 {
-        return Err(invalid("limits.code_bytes", "at most 16 MiB".into()));
-    }
-    if l.concurrent_executions > 256 {
-        return Err(invalid("limits.concurrent_executions", "at most 256".into()));
-    }
-    if f.tools.calls_per_execution > 10_000 {
-        return Err(invalid("tools.calls_per_execution", "at most 10000".into()));
     }
     for (i, name) in f.tools.allowed.iter().enumerate() {
         if !crate::policy::valid_tool_name(name) {
@@ -346,9 +377,6 @@ fn validate(f: &PolicyFile, invalid: &dyn Fn(&str, String) -> PolicyError) -> Re
     }
     if s.max > 0 && s.idle_seconds > s.lifetime_seconds {
         return Err(invalid("sessions.idle_seconds", "is longer than lifetime_seconds".into()));
-    }
-    if s.max > 1024 {
-        return Err(invalid("sessions.max", "at most 1024".into()));
     }
     if s.max > 0 && (s.max_per_principal == 0 || s.max_per_principal > s.max) {
         return Err(invalid(
@@ -488,6 +516,32 @@ mod tests {
         assert_eq!(p.file.sessions.max, 0);
         assert!(p.guest_env().is_empty());
         assert!(p.mounts.is_empty());
+    }
+
+    #[test]
+    fn moved_settings_say_where_they_went() {
+        let text = include_str!("../../policies/default.toml").replace("record_code = false", "record_code = false\npath = \"x.jsonl\"");
+        let err = Policy::parse(&text, "t").unwrap_err().to_string();
+        assert!(err.contains("audit.path") && err.contains("--audit-log") && err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn mounts_over_own_files_are_refused_in_both_directions() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let home = root.join("home/warden");
+        std::fs::create_dir_all(home.join("cache")).unwrap();
+        let own = OwnFiles::of_home(&crate::home::Home::at(&home));
+        let with_mount = |host: &Path| {
+            let text = format!("{}\n[[mounts]]\nhost = {:?}\nguest = \"/d\"\nmode = \"ro\"\n", include_str!("../../policies/default.toml"), host.display().to_string());
+            Policy::parse(&text, "t").unwrap()
+        };
+        let err = with_mount(&root.join("home")).check_own_files(&own).unwrap_err().to_string();
+        assert!(err.contains("mounts[0]") && err.contains("contains the data directory"), "{err}");
+        let err = with_mount(&home.join("cache")).check_own_files(&own).unwrap_err().to_string();
+        assert!(err.contains("lies inside the data directory"), "{err}");
+        std::fs::create_dir_all(root.join("home/project")).unwrap();
+        with_mount(&root.join("home/project")).check_own_files(&own).unwrap();
     }
 
     #[test]

@@ -1,11 +1,19 @@
 //! The compiled-module cache: precompiled native code keyed by (artifact sha256, Wasmtime
 //! version, engine configuration).
 //!
-//! Entries are written to a temporary file, checked, then renamed into place, because
-//! `Module::deserialize_file` maps the file and it must never change while loaded. Each entry has
-//! a sidecar recording its own sha256: `install` re-hashes entries and rebuilds any that fail, and
-//! `load` checks the recorded size before mapping. A key that does not match (another Wasmtime,
-//! other engine flags) simply misses, so a stale entry is never loaded.
+//! Entries are written to a temporary file, checked, then renamed into place, because the loaded
+//! module maps the file and it must never change while loaded. Each entry has a sidecar recording
+//! its own sha256, written by the process that compiled it: `install` re-hashes entries and
+//! rebuilds any that fail, and `load` re-hashes the whole file through the descriptor it then maps,
+//! so native code that was rewritten (even to the same size) is refused before it can run. A key
+//! that does not match (another Wasmtime, other engine flags) simply misses, so a stale entry is
+//! never loaded.
+//!
+//! Why a digest in the same 0700 directory is enough: the record can be trusted only as far as
+//! nothing a guest controls can write the data directory, and that is enforced where mounts are
+//! accepted ([`crate::home::OwnFiles`]: a mount that contains or lies inside the data directory is
+//! refused). A per-install key kept elsewhere would add nothing against guests (they reach neither)
+//! and nothing against a host process of the same user (it can read the key as well).
 
 use std::fs;
 use std::io::{self, Read};
@@ -136,27 +144,49 @@ impl ModuleCache {
 
     /// Loads a compiled module. Never compiles: a missing entry is an error that says to run
     /// `warden runtimes install`.
+    ///
+    /// The whole file is hashed (about a second for the Python module, once per process start)
+    /// and compared with its record before anything is mapped as code; the descriptor that was
+    /// hashed is the one mapped, so a rename in between cannot swap the file.
     pub fn load(&self, engine: &Engine, name: &str, source_sha256: &str) -> Result<Module, CacheError> {
         let path = self.entry_path(name, source_sha256);
-        if !path.exists() {
-            return Err(CacheError::Missing { name: name.to_string(), path });
-        }
+        let file = match fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(CacheError::Missing { name: name.to_string(), path });
+            }
+            Err(source) => return Err(CacheError::Io { path, source }),
+        };
         let record = self.read_record(&path).map_err(|why| CacheError::Corrupt { path: path.clone(), why })?;
-        let bytes = fs::metadata(&path).map_err(|source| CacheError::Io { path: path.clone(), source })?.len();
-        if bytes != record.cwasm_bytes || record.source_sha256 != source_sha256 {
-            return Err(CacheError::Corrupt { path, why: "size or source differs from its record".into() });
+        if record.source_sha256 != source_sha256 {
+            return Err(CacheError::Corrupt { path, why: "recorded for another source".into() });
         }
-        // SAFETY: the file was produced by `Engine::precompile_module` of an engine with the same
-        // fingerprint (it is in the file name), published by an atomic rename into a 0700
-        // directory no guest can reach, and its size matches the record written with it.
-        unsafe { Module::deserialize_file(engine, &path) }.map_err(|source| CacheError::Load { path, source })
+        let (digest, bytes) = sha256_reader(&file).map_err(|source| CacheError::Io { path: path.clone(), source })?;
+        if bytes != record.cwasm_bytes || digest != record.cwasm_sha256 {
+            return Err(CacheError::Corrupt {
+                path,
+                why: format!(
+                    "native code sha256 {digest} ({bytes} bytes) is not the {} ({} bytes) recorded when it was compiled; it was changed after compilation and is not loaded",
+                    record.cwasm_sha256, record.cwasm_bytes
+                ),
+            });
+        }
+        // SAFETY: these exact bytes (hashed above through this descriptor) are what
+        // `Engine::precompile_module` produced for an engine with the same fingerprint (it is in
+        // the file name): the record was written with them into a 0700 directory that no guest
+        // mount may reach.
+        unsafe { Module::deserialize_open_file(engine, file) }.map_err(|source| CacheError::Load { path, source })
     }
 }
 
 /// Streams a file through sha256; returns (hex digest, length).
 pub fn sha256_file(path: &Path) -> io::Result<(String, u64)> {
+    sha256_reader(fs::File::open(path)?)
+}
+
+/// Streams a reader through sha256; returns (hex digest, length).
+fn sha256_reader(mut f: impl Read) -> io::Result<(String, u64)> {
     use sha2::{Digest, Sha256};
-    let mut f = fs::File::open(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;

@@ -3,6 +3,10 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../common/harness.rs"]
+mod harness;
+
+mod fields;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -146,11 +150,19 @@ fn limits_come_from_the_profile() {
 }
 
 #[test]
-fn the_audit_log_follows_the_profile_and_records_code_only_when_asked() {
+fn the_audit_log_is_a_server_setting_and_records_code_only_when_asked() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("elsewhere/log.jsonl");
-    let p = profile(dir.path(), &[("record_code = false", &format!("record_code = true\npath = {:?}", log.display().to_string()))], "");
-    let (status, _, err) = warden(&["exec", "--policy", p.to_str().unwrap(), "-l", "python", "-c", "print('kept')"], &[]);
+    // `audit.path` moved out of profiles: a profile that still sets it is refused, naming the flag.
+    let old = profile(dir.path(), &[("record_code = false", &format!("record_code = false\npath = {:?}", log.display().to_string()))], "");
+    for args in [vec!["policy", "check", old.to_str().unwrap()], vec!["exec", "--policy", old.to_str().unwrap(), "-l", "python", "-c", "1"]] {
+        let (status, _, err) = warden(&args, &[]);
+        assert_eq!(status, 1, "{err}");
+        assert!(err.contains("audit.path") && err.contains("--audit-log") && err.contains("WARDEN_AUDIT_LOG") && err.contains("line"), "{err}");
+    }
+    assert!(!log.exists());
+    let p = profile(dir.path(), &[("record_code = false", "record_code = true")], "");
+    let (status, _, err) = warden(&["exec", "--policy", p.to_str().unwrap(), "--audit-log", log.to_str().unwrap(), "-l", "python", "-c", "print('kept')"], &[]);
     assert_eq!(status, 0, "{err}");
     let events = warden::audit::read_lines(&log).unwrap();
     let end = events.iter().find(|e| e["kind"] == "execution").expect("an execution event");
@@ -241,4 +253,53 @@ fn policy_diff_shows_what_widens_and_narrows() {
     let (status, out, _) = warden(&["policy", "diff", "default", "default"], &[]);
     assert_eq!(status, 0);
     assert!(out.contains("no differences"));
+}
+
+/// Host hardening is one per process: a profile sets the least it needs, `serve` runs at the
+/// strictest any profile asks for or at `--hardening`, and refuses (at start and on reload) a
+/// profile that asks for more than the process has. The server keeps serving after a refusal.
+#[tokio::test]
+async fn hardening_is_a_server_setting_that_profiles_can_only_require() {
+    use harness::{ServerFiles, connect_http, exec, start_http};
+    let files = ServerFiles::new();
+    // Asking for less than a profile requires is refused at start, naming the profile and flag.
+    let (status, _, err) = warden(&["serve", "--policy", "strict", "--hardening", "best-effort"], &[("WARDEN_AUDIT_LOG", files.audit_log().to_str().unwrap())]);
+    assert_eq!(status, 1, "{err}");
+    assert!(err.contains("profile \"strict\" asks for host hardening enforce") && err.contains("--hardening enforce"), "{err}");
+    let (status, _, err) = warden(&["serve", "--hardening", "sometimes"], &[]);
+    assert_eq!(status, 2, "{err}");
+
+    // The mode in force is recorded; a reload that asks for more is refused and audited.
+    let (status, _, err) = warden(&["serve", "--hardening", "off"], &[("WARDEN_AUDIT_LOG", files.audit_log().to_str().unwrap())]);
+    assert_eq!(status, 1, "the default profile asks for best-effort: {err}");
+    assert!(err.contains("--hardening best-effort"), "{err}");
+    let policy = files.policy(&[("mode = \"best-effort\"", "mode = \"off\"")]);
+    let mut server = start_http(&files, Some(&policy), &[]).await;
+    let start = harness::audit_events(&files, "server.start", 1, std::time::Duration::from_secs(10)).await;
+    assert_eq!(start[0]["hardening"]["mode"], "off", "{:?}", start[0]);
+    let client = connect_http(&server.url, None).await;
+    let (_, s) = exec(&client, serde_json::json!({"language": "python", "code": "print(6 * 7)"})).await;
+    assert_eq!(s["stdout"], "42\n", "{s}");
+
+    let pid = server.child.id().unwrap() as i32;
+    let reloads = |n| harness::audit_events(&files, "policy.reload", n, std::time::Duration::from_secs(10));
+    files.policy(&[("mode = \"best-effort\"", "mode = \"enforce\"")]);
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let events = reloads(1).await;
+    assert_eq!(events.len(), 1, "no reload event");
+    assert_eq!(events[0]["result"], "error", "{:?}", events[0]);
+    assert!(events[0]["error"].as_str().unwrap().contains("asks for host hardening enforce"), "{:?}", events[0]);
+    // A reload whose mount reaches the audit log is refused the same way.
+    let mounted = files.dir.path().to_path_buf();
+    let text = format!("{}\n[[mounts]]\nhost = {:?}\nguest = \"/data\"\nmode = \"ro\"\n", include_str!("../../policies/default.toml"), mounted.display().to_string());
+    std::fs::write(&policy, text).unwrap();
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let events = reloads(2).await;
+    assert_eq!(events.len(), 2, "no second reload event");
+    assert_eq!(events[1]["result"], "error", "{:?}", events[1]);
+    assert!(events[1]["error"].as_str().unwrap().contains("audit log"), "{:?}", events[1]);
+    // Still serving, with the profile it started with.
+    let (_, s) = exec(&client, serde_json::json!({"language": "python", "code": "import os; print(os.path.exists('/data'))"})).await;
+    assert_eq!(s["stdout"], "False\n", "{s}");
+    let _ = server.child.kill().await;
 }
