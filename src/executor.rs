@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 
 use crate::api::{CloseSessionResult, Encoding, ExecResult, ExecuteCodeArgs, InlineImage, SessionInfo};
 use crate::artifacts::{ArtifactRef, ArtifactStore, call_uri, parse_uri, session_uri};
+use crate::audit::bound::bound_str;
 use crate::audit::{AuditError, AuditLog, Recorded};
 use crate::digest::sha256_hex;
 use crate::policy::Policy;
@@ -299,7 +300,7 @@ impl Executor {
         if self.denials.allow(&(caller.principal.clone(), reason.to_string())) {
             let _ = self.audit.record(
                 "authz.deny",
-                json!({"principal": caller.principal, "profile": caller.profile, "reason": reason, "detail": crate::text::clip(detail, MAX_AUDIT_REASON)}),
+                json!({"principal": caller.principal, "profile": caller.profile, "reason": reason, "detail": bound_str(detail, MAX_AUDIT_REASON).into_owned()}),
             );
         }
     }
@@ -358,7 +359,7 @@ impl Executor {
     fn audit_unfinished(&self, start: &Recorded, base: &serde_json::Value, e: ExecError) -> ExecError {
         let mut event = base.clone();
         event["started"] = start.get("id").cloned().unwrap_or_default();
-        event["reason"] = json!(crate::text::clip(&e.to_string(), MAX_AUDIT_REASON));
+        event["reason"] = json!(bound_str(&e.to_string(), MAX_AUDIT_REASON).into_owned());
         match self.audit.record("execution.denied", &event) {
             Ok(_) => e,
             Err(audit) => audit.into(),
@@ -553,7 +554,7 @@ impl Executor {
         }
         let profile = self.profile(caller)?;
         let policy = &profile.policy;
-        let unknown = || Self::invalid(format!("unknown tool {:?}; tools/list shows the tools you may call", crate::text::clip(name, 80)));
+        let unknown = || Self::invalid(format!("unknown tool {:?}; tools/list shows the tools you may call", bound_str(name, 80).into_owned()));
         let Some(tool) = self.tools.get(name).cloned() else {
             return Err(unknown());
         };
@@ -660,7 +661,7 @@ impl Executor {
     /// refused with what to do instead; reads hold one of the principal's read shares and one of
     /// the server's read slots, and run off the async runtime.
     pub async fn read_artifact(&self, caller: &Caller, uri: &str) -> Result<(Vec<u8>, String), ExecError> {
-        let shown = crate::text::clip(uri, 200);
+        let shown = bound_str(uri, 200).into_owned();
         let not_found = || Self::invalid(format!("no artifact {shown:?} is readable by you (it may have expired)"));
         let _share = self
             .reads

@@ -35,7 +35,6 @@ pub mod policy;
 pub mod runtime;
 pub mod sandbox;
 pub mod session;
-pub mod text;
 pub mod throttle;
 pub mod tools;
 pub mod transport;

@@ -29,7 +29,7 @@ pub enum SessionError {
     Unknown(String),
     #[error("{0} sessions are open under this profile, its limit; close one with close_session or retry later")]
     Full(usize),
-    #[error("you have {0} sessions open under this profile, your share of its sessions; close one with close_session")]
+    #[error("you have {0} sessions open under this profile, your limit (each principal's share of its sessions); close one with close_session or retry later")]
     PrincipalFull(usize),
     #[error("sessions are disabled by this server's policy (sessions.max = 0)")]
     Disabled,

@@ -89,7 +89,7 @@ fn exec_error(e: ExecError) -> Result<CallToolResponse, McpError> {
     match e {
         ExecError::InvalidRequest(m) => Err(McpError::invalid_params(m, None)),
         // A full session table is transient, like a busy server: a result the model can read.
-        ExecError::Session(s @ crate::session::SessionError::Full(_)) => {
+        ExecError::Session(s @ (crate::session::SessionError::Full(_) | crate::session::SessionError::PrincipalFull(_))) => {
             Ok(CallToolResult::error(vec![ContentBlock::text(s.to_string())]).into())
         }
         ExecError::Session(s) => Err(McpError::invalid_params(s.to_string(), None)),

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 
 use super::{Grant, ToolPackage, descriptor, run_tool};
 use crate::audit::AuditLog;
+use crate::audit::bound::bound_str;
 use crate::limiter::PrincipalLimiter;
 use crate::sandbox::control::Deadline;
 use crate::sandbox::{CancelHandle, Door, on_guest_thread};
@@ -119,9 +120,9 @@ impl CodeModeDoor {
             let offered: Vec<&str> = self.tools.iter().map(|(t, _)| t.name()).collect();
             let _ = self.audit.record(
                 "authz.deny",
-                json!({"principal": self.principal, "profile": self.profile, "reason": "tool_not_allowed", "detail": crate::text::clip(name, 128), "via": "code", "parent_call_id": self.parent_call}),
+                json!({"principal": self.principal, "profile": self.profile, "reason": "tool_not_allowed", "detail": bound_str(name, 128).into_owned(), "via": "code", "parent_call_id": self.parent_call}),
             );
-            return err("unknown_tool", format!("no tool named {:?} is available to you; available: {}", crate::text::clip(name, 128), if offered.is_empty() { "none".into() } else { offered.join(", ") }));
+            return err("unknown_tool", format!("no tool named {:?} is available to you; available: {}", bound_str(name, 128).into_owned(), if offered.is_empty() { "none".into() } else { offered.join(", ") }));
         };
         if self.calls >= self.max_calls {
             return err("budget_exceeded", format!("this execution may call tools at most {} times", self.max_calls));
@@ -162,10 +163,10 @@ impl CodeModeDoor {
         let run = match run {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!(error = %e, tool = name, "nested tool call failed in the host");
+                tracing::error!(error = %e, tool = %bound_str(name, 128).into_owned(), "nested tool call failed in the host");
                 // Every start has an end record, even when the tool never ran.
                 let mut denied = base;
-                denied["reason"] = json!(crate::text::clip(&e.to_string(), 512));
+                denied["reason"] = json!(bound_str(&e.to_string(), 512).into_owned());
                 if let Err(e) = self.audit.record("tool.call.denied", &denied) {
                     return err("denied", format!("the audit log cannot be written: {e}"));
                 }

