@@ -540,30 +540,25 @@ fn path_rename(mut caller: Caller<'_, GuestState>, old_fd: i32, old_ptr: i32, ol
     })
 }
 
-fn path_unlink_file(mut caller: Caller<'_, GuestState>, dirfd: i32, path_ptr: i32, path_len: i32) -> wasmtime::Result<i32> {
-    with_parts(&mut caller, |wasi, mem, gate, fuel| {
-        let real = |wasi: &mut WasiP1Ctx, mem: &mut GuestMemory<'_>| {
-            wasi.set_hostcall_fuel(fuel);
-            in_tokio(abi::path_unlink_file(wasi, mem, dirfd, path_ptr, path_len))
-        };
-        if !gate.tracks(dirfd) {
-            return real(wasi, mem);
-        }
-        let path = path_or_pass!(mem, path_ptr, path_len, real(wasi, mem));
-        let victim = stat_at(wasi, dirfd, &path, false).ok();
-        let r = real(wasi, mem)?;
-        if let (ERRNO_SUCCESS, Some(v)) = (r, victim) {
-            gate.ledger().unlinked(v.key, v.nlink);
-        }
-        Ok(r)
-    })
+fn path_unlink_file(caller: Caller<'_, GuestState>, dirfd: i32, path_ptr: i32, path_len: i32) -> wasmtime::Result<i32> {
+    remove_entry(caller, dirfd, path_ptr, path_len, false)
 }
 
-fn path_remove_directory(mut caller: Caller<'_, GuestState>, dirfd: i32, path_ptr: i32, path_len: i32) -> wasmtime::Result<i32> {
+fn path_remove_directory(caller: Caller<'_, GuestState>, dirfd: i32, path_ptr: i32, path_len: i32) -> wasmtime::Result<i32> {
+    remove_entry(caller, dirfd, path_ptr, path_len, true)
+}
+
+/// `path_unlink_file` or (`dir`) `path_remove_directory`: the inode loses a name, and is
+/// released once it has none and no descriptor holds it.
+fn remove_entry(mut caller: Caller<'_, GuestState>, dirfd: i32, path_ptr: i32, path_len: i32, dir: bool) -> wasmtime::Result<i32> {
     with_parts(&mut caller, |wasi, mem, gate, fuel| {
         let real = |wasi: &mut WasiP1Ctx, mem: &mut GuestMemory<'_>| {
             wasi.set_hostcall_fuel(fuel);
-            in_tokio(abi::path_remove_directory(wasi, mem, dirfd, path_ptr, path_len))
+            if dir {
+                in_tokio(abi::path_remove_directory(wasi, mem, dirfd, path_ptr, path_len))
+            } else {
+                in_tokio(abi::path_unlink_file(wasi, mem, dirfd, path_ptr, path_len))
+            }
         };
         if !gate.tracks(dirfd) {
             return real(wasi, mem);
@@ -571,8 +566,10 @@ fn path_remove_directory(mut caller: Caller<'_, GuestState>, dirfd: i32, path_pt
         let path = path_or_pass!(mem, path_ptr, path_len, real(wasi, mem));
         let victim = stat_at(wasi, dirfd, &path, false).ok();
         let r = real(wasi, mem)?;
-        if let (ERRNO_SUCCESS, Some(v)) = (r, victim) {
-            gate.ledger().dir_removed(v.key);
+        match (r, victim) {
+            (ERRNO_SUCCESS, Some(v)) if dir => gate.ledger().dir_removed(v.key),
+            (ERRNO_SUCCESS, Some(v)) => gate.ledger().unlinked(v.key, v.nlink),
+            _ => {}
         }
         Ok(r)
     })

@@ -181,6 +181,9 @@ async fn session_turns_and_inputs_share_one_quota() {
     }
     monitor.assert_held("inputs_piling_up_across_turns");
     let refused_at = refused_at.expect("inputs were never refused");
+    // The refused turn's start record has its end: a denial saying why.
+    let denied = harness::audit_events(&t._files, "execution.denied", 1, Duration::from_secs(5)).await;
+    assert!(denied[0]["started"].is_string() && denied[0]["reason"].as_str().unwrap().contains("this call allows"), "{denied:?}");
     assert!((6..=8).contains(&refused_at), "refused at turn {refused_at}: 1 MiB inputs against an 8 MiB quota");
     victim_served(&t.victim).await;
     // Each session has its own quota: end this one so the host measurement sees the next alone.
