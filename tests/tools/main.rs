@@ -245,3 +245,34 @@ async fn python_code_calls_the_example_tools() {
     let (_, s) = exec(&client, py(code)).await;
     assert_eq!(s["stdout"], "2 [2.0, 3.0] [6]\n", "{s:#}");
 }
+
+#[tokio::test]
+async fn nested_tool_calls_spend_the_principals_rate() {
+    // A code-mode call runs under its parent's execution slot, but it is work the principal asked
+    // for: each one spends a call from the principal's per-minute budget, so nested calls cannot
+    // multiply a principal's share of the server.
+    let files = ServerFiles::new();
+    let root = files.dir.path().join("tools");
+    package(&root, "echo", "echo", &fixture("echo"), ECHO_SCHEMA, "");
+    let policy = tool_policy(&files, &["echo"], 20, &[("calls_per_minute = 600", "calls_per_minute = 5")]);
+    let client = serve_tools(&files, &policy, &[&root]).await;
+    let code = r#"
+from host import tools
+ok, refused = 0, []
+for i in range(8):
+    try:
+        tools.echo(x=i)
+        ok += 1
+    except Exception as e:
+        refused.append(str(e))
+print(ok, len(refused))
+print(refused[0] if refused else '')
+"#;
+    let (_, s) = exec(&client, py(code)).await;
+    assert_eq!(s["outcome"], "ok", "{s:#}");
+    let out = s["stdout"].as_str().unwrap();
+    // The outer call spent one of the five; four nested calls fit, the other four are refused.
+    assert!(out.starts_with("4 4\n"), "{out}");
+    assert!(out.contains("rate limited"), "{out}");
+    assert_eq!(audit_events(&files, "tool.call", 4, Duration::from_secs(2)).await.len(), 4);
+}
