@@ -92,22 +92,9 @@ fn claims(sub: &str, roles: &[&str]) -> Value {
 
 /// POSTs an MCP initialize with `token` and returns (status, headers, body).
 async fn raw_initialize(url: &str, token: Option<&str>) -> (u16, reqwest::header::HeaderMap, String) {
-    let mut req = reqwest::Client::new()
-        .post(url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(
-            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
-                   "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
-            .to_string(),
-        );
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    (status, headers, resp.text().await.unwrap())
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer.iter().map(|b| ("authorization", b.as_str())).collect();
+    post_initialize(url, &headers).await
 }
 
 async fn server(files: &ServerFiles, calls_per_minute: u32) -> (HttpServer, PathBuf) {

@@ -280,3 +280,23 @@ pub async fn stateless_call(url: &str, token: &str, tool: &str, arguments: Value
     let json = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap_or(&text);
     serde_json::from_str(json).unwrap_or_else(|e| panic!("not a JSON-RPC response ({e}): {text}"))
 }
+
+/// A JSON-RPC `initialize` POSTed to `/mcp` with extra headers, outside any MCP client:
+/// `(status, response headers, body)`.
+pub async fn post_initialize(url: &str, headers: &[(&str, &str)]) -> (u16, reqwest::header::HeaderMap, String) {
+    let mut req = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                   "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+            .to_string(),
+        );
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.expect("POST /mcp");
+    let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+    (status, headers, resp.text().await.expect("response body"))
+}

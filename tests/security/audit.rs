@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use crate::edge::{ROLELESS_TOKEN, VICTIM_TOKEN, auth_server, post_initialize, victim_served};
+use crate::edge::{ROLELESS_TOKEN, VICTIM_TOKEN, auth_server, victim_served};
 use crate::harness::*;
 use crate::{Layer, case};
 
@@ -56,7 +56,7 @@ async fn unauthenticated_floods_grow_the_audit_log_by_a_bounded_amount() {
                 for i in 0..REQUESTS / 8 {
                     let auth = kinds[(a + i) % kinds.len()].clone();
                     let headers: Vec<(&str, &str)> = auth.as_deref().map(|v| vec![("authorization", v)]).unwrap_or_default();
-                    let status = post_initialize(&url, &headers).await;
+                    let status = post_initialize(&url, &headers).await.0;
                     assert!(status == 401 || status == 403, "{status}");
                     refused += 1;
                 }
@@ -116,7 +116,7 @@ async fn refusals_are_counted_by_the_forwarded_client_only_behind_a_trusted_prox
     // Not trusted: the header is ignored; the TCP peer is the source.
     let files = ServerFiles::new();
     let s = auth_server(&files, &[]).await;
-    assert_eq!(post_initialize(&s.url, &forwarded).await, 401);
+    assert_eq!(post_initialize(&s.url, &forwarded).await.0, 401);
     let samples = audit_events(&files, "auth", 1, Duration::from_secs(2)).await;
     assert_eq!(samples[0]["source"], "127.0.0.1", "{samples:?}");
     victim_served(&s.url).await;
@@ -124,7 +124,7 @@ async fn refusals_are_counted_by_the_forwarded_client_only_behind_a_trusted_prox
     // Trusted: the forwarded client is the source.
     let files = ServerFiles::new();
     let s = auth_server(&files, &["--trusted-proxy", "127.0.0.0/8"]).await;
-    assert_eq!(post_initialize(&s.url, &forwarded).await, 401);
+    assert_eq!(post_initialize(&s.url, &forwarded).await.0, 401);
     let samples = audit_events(&files, "auth", 1, Duration::from_secs(2)).await;
     assert_eq!(samples[0]["source"], "198.51.100.23", "{samples:?}");
     victim_served(&s.url).await;
@@ -154,8 +154,8 @@ async fn one_call_writes_a_bounded_audit_line() {
 async fn real_log() -> (ServerFiles, Vec<u8>) {
     let files = ServerFiles::new();
     let mut s = auth_server(&files, &[]).await;
-    assert_eq!(post_initialize(&s.url, &[]).await, 401);
-    assert_eq!(post_initialize(&s.url, &[("authorization", &format!("Bearer {ROLELESS_TOKEN}"))]).await, 403);
+    assert_eq!(post_initialize(&s.url, &[]).await.0, 401);
+    assert_eq!(post_initialize(&s.url, &[("authorization", &format!("Bearer {ROLELESS_TOKEN}"))]).await.0, 403);
     let client = connect_http(&s.url, Some(VICTIM_TOKEN)).await;
     exec(&client, py("print('é ünïcode')")).await;
     exec(&client, js("throw new Error('x')")).await;

@@ -49,23 +49,6 @@ pub async fn victim_served(url: &str) {
     assert_eq!(s["audit"]["principal"], "victim");
 }
 
-/// A JSON-RPC initialize POSTed to `/mcp` with the given extra headers; returns the status.
-pub async fn post_initialize(url: &str, headers: &[(&str, &str)]) -> u16 {
-    let mut req = reqwest::Client::new()
-        .post(url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(
-            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
-                   "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "edge", "version": "1"}}})
-            .to_string(),
-        );
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    req.send().await.unwrap().status().as_u16()
-}
-
 async fn get(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
     let mut req = reqwest::Client::new().get(url);
     for (k, v) in headers {
@@ -118,7 +101,7 @@ async fn every_route_refuses_a_foreign_host() {
         let (status, _) = get(&format!("{}{path}", s.base), &[("host", "localhost")]).await;
         assert_ne!(status, 403, "{path} with an allowed Host");
     }
-    assert_eq!(post_initialize(&s.url, &[("host", "rebind.evil.test"), ("authorization", &format!("Bearer {VICTIM_TOKEN}"))]).await, 403);
+    assert_eq!(post_initialize(&s.url, &[("host", "rebind.evil.test"), ("authorization", &format!("Bearer {VICTIM_TOKEN}"))]).await.0, 403);
     victim_served(&s.url).await;
     let metrics = reqwest::get(format!("{}/metrics", s.base)).await.unwrap().text().await.unwrap();
     assert!(metrics.contains(r#"warden_denials_total{reason="bad_host"} 6"#), "{metrics}");
@@ -138,7 +121,7 @@ async fn a_browser_origin_that_is_not_allowed_gets_403() {
     let bearer = format!("Bearer {VICTIM_TOKEN}");
     let auth = ("authorization", bearer.as_str());
     for origin in ["https://evil.test", "http://localhost.evil.test", "null", "not an origin", "https://app.example.com:8443"] {
-        assert_eq!(post_initialize(&s.url, &[auth, ("origin", origin)]).await, 403, "{origin}");
+        assert_eq!(post_initialize(&s.url, &[auth, ("origin", origin)]).await.0, 403, "{origin}");
         let (status, _) = get(&format!("{}/healthz", s.base), &[("origin", origin)]).await;
         assert_eq!(status, 403, "{origin} on /healthz");
     }
@@ -146,7 +129,7 @@ async fn a_browser_origin_that_is_not_allowed_gets_403() {
     for origin in [Some("http://localhost:5173"), Some("http://127.0.0.1:9"), Some("https://app.example.com"), None] {
         let mut headers = vec![auth];
         headers.extend(origin.map(|o| ("origin", o)));
-        assert_eq!(post_initialize(&s.url, &headers).await, 200, "{origin:?}");
+        assert_eq!(post_initialize(&s.url, &headers).await.0, 200, "{origin:?}");
     }
     victim_served(&s.url).await;
     // The refusals were counted, with at most a few sample lines.
