@@ -1,8 +1,10 @@
 //! Tool definitions as MCP clients see them: names, descriptions an agent can act on, input and
 //! output schemas, and annotations.
 
+use std::sync::Arc;
+
 use rmcp::handler::server::tool::{schema_for_input, schema_for_output};
-use rmcp::model::{Tool, ToolAnnotations};
+use rmcp::model::{JsonObject, Tool, ToolAnnotations};
 
 use crate::api::{CloseSessionArgs, CloseSessionResult, CreateSessionArgs, ExecResult, ExecuteCodeArgs, SessionInfo};
 use crate::policy::Policy;
@@ -47,15 +49,56 @@ fn execute_code_description(policy: &Policy) -> String {
     d
 }
 
+fn input<T: schemars::JsonSchema + 'static>() -> Arc<JsonObject> {
+    standard_schema(&schema_for_input::<T>().expect("object schema"))
+}
+
+fn output<T: schemars::JsonSchema + 'static>() -> Arc<JsonObject> {
+    standard_schema(&schema_for_output::<T>())
+}
+
+/// The `format` values JSON Schema (2020-12) defines. schemars adds its own (`uint64`, `int32`,
+/// `double`, …) for Rust number types; validators such as the TypeScript SDK's report those as
+/// unknown on every `tools/list`, and the range they stand for is already in `minimum`/`maximum`.
+const STANDARD_FORMATS: &[&str] = &[
+    "date-time", "date", "time", "duration", "email", "idn-email", "hostname", "idn-hostname", "ipv4", "ipv6", "uri",
+    "uri-reference", "iri", "iri-reference", "uuid", "uri-template", "json-pointer", "relative-json-pointer", "regex",
+];
+
+/// A copy of `schema` with every non-standard `format` keyword removed, at any depth. Number
+/// formats from schemars already come with the `minimum` that matters (0 for unsigned types).
+pub fn standard_schema(schema: &JsonObject) -> Arc<JsonObject> {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(o) => {
+                if let Some(serde_json::Value::String(f)) = o.get("format") {
+                    if !STANDARD_FORMATS.contains(&f.as_str()) {
+                        o.remove("format");
+                    }
+                }
+                o.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut v = serde_json::Value::Object(schema.clone());
+    walk(&mut v);
+    match v {
+        serde_json::Value::Object(o) => Arc::new(o),
+        _ => unreachable!("an object stays an object"),
+    }
+}
+
 pub fn definitions(policy: &Policy) -> Vec<Tool> {
     let mut tools = Vec::new();
     if policy.file.runtimes.allowed.is_empty() {
         return tools;
     }
     tools.push(
-        Tool::new(EXECUTE_CODE, execute_code_description(policy), schema_for_input::<ExecuteCodeArgs>().expect("object schema"))
+        Tool::new(EXECUTE_CODE, execute_code_description(policy), input::<ExecuteCodeArgs>())
             .with_title("Run code in a sandbox")
-            .with_raw_output_schema(schema_for_output::<ExecResult>())
+            .with_raw_output_schema(output::<ExecResult>())
             .with_annotations(
                 ToolAnnotations::new()
                     .read_only(false)
@@ -76,18 +119,18 @@ pub fn definitions(policy: &Policy) -> Vec<Tool> {
                      in total, or with close_session.",
                     s.idle_seconds, s.lifetime_seconds
                 ),
-                schema_for_input::<CreateSessionArgs>().expect("object schema"),
+                input::<CreateSessionArgs>(),
             )
-            .with_raw_output_schema(schema_for_output::<SessionInfo>())
+            .with_raw_output_schema(output::<SessionInfo>())
             .with_annotations(ToolAnnotations::new().read_only(false).destructive(false).idempotent(false).open_world(false)),
         );
         tools.push(
             Tool::new(
                 CLOSE_SESSION,
                 "End a session now and delete its workspace.",
-                schema_for_input::<CloseSessionArgs>().expect("object schema"),
+                input::<CloseSessionArgs>(),
             )
-            .with_raw_output_schema(schema_for_output::<CloseSessionResult>())
+            .with_raw_output_schema(output::<CloseSessionResult>())
             .with_annotations(ToolAnnotations::new().read_only(false).destructive(true).idempotent(true).open_world(false)),
         );
     }
@@ -101,11 +144,11 @@ pub fn find(policy: &Policy, name: &str) -> Option<Tool> {
 /// The MCP definition of a tool package.
 pub fn package_tool(t: &crate::tools::ToolPackage) -> Tool {
     let schema = match &t.input_schema {
-        serde_json::Value::Object(m) => m.clone(),
-        _ => serde_json::Map::new(),
+        serde_json::Value::Object(m) => standard_schema(m),
+        _ => Arc::new(serde_json::Map::new()),
     };
     let a = &t.manifest.annotations;
-    let mut tool = Tool::new(t.name().to_string(), t.manifest.description.clone(), std::sync::Arc::new(schema)).with_annotations(
+    let mut tool = Tool::new(t.name().to_string(), t.manifest.description.clone(), schema).with_annotations(
         ToolAnnotations::new()
             .read_only(a.read_only)
             .destructive(a.destructive)
@@ -115,7 +158,7 @@ pub fn package_tool(t: &crate::tools::ToolPackage) -> Tool {
     // MCP clients before 2026-07-28 accept only object output schemas.
     if let Some(serde_json::Value::Object(o)) = &t.output_schema {
         if o.get("type").and_then(|v| v.as_str()) == Some("object") {
-            tool = tool.with_raw_output_schema(std::sync::Arc::new(o.clone()));
+            tool = tool.with_raw_output_schema(standard_schema(o));
         }
     }
     tool

@@ -79,15 +79,13 @@ pub fn router(
         .with_max_request_body_bytes(opts.max_body_bytes)
         .with_cancellation_token(shutdown.child_token());
     let factory_exec = exec.clone();
-    let mcp = StreamableHttpService::new(
-        move || Ok(WardenMcp::http(factory_exec.clone())),
-        LocalSessionManager::default().into(),
-        config,
-    );
+    let sessions = Arc::new(LocalSessionManager::default());
+    let mcp = StreamableHttpService::new(move || Ok(WardenMcp::http(factory_exec.clone())), sessions.clone(), config);
     let refusals = Arc::new(Refusals::default());
     spawn_refusal_flusher(exec.clone(), refusals.clone(), shutdown.clone());
     let trusted_proxies = Arc::new(opts.trusted_proxies.clone());
-    let mut mcp_routes = Router::new().nest_service("/mcp", mcp);
+    let mut mcp_routes =
+        Router::new().nest_service("/mcp", mcp).layer(axum::middleware::from_fn_with_state(sessions, session_end));
     let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -111,6 +109,32 @@ pub fn router(
     });
     // The guard wraps every route, so it runs before authentication and before rmcp.
     app.merge(mcp_routes).layer(axum::middleware::from_fn_with_state(edge, guard::check))
+}
+
+/// Ending a session with `DELETE /mcp`, answered as the transport spec and the clients expect.
+///
+/// rmcp answers 202 Accepted although the session is already gone when it does, and the clients
+/// read success as 200 or 204 (the Python SDK logs "Session termination failed: 202" on every
+/// disconnect otherwise): that becomes 204. rmcp also answers 202 for a session that does not
+/// exist, where the spec wants 404 for any request naming a terminated session. Other answers
+/// (400 without a session id, 405) pass through unchanged.
+async fn session_end(
+    State(sessions): State<Arc<LocalSessionManager>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use rmcp::transport::streamable_http_server::session::SessionManager as _;
+    if req.method() != axum::http::Method::DELETE {
+        return next.run(req).await;
+    }
+    let id = req.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(|s| std::sync::Arc::<str>::from(s));
+    if let Some(id) = id {
+        if !sessions.has_session(&id).await.unwrap_or(false) {
+            return (StatusCode::NOT_FOUND, "session not found; initialize a new one\n").into_response();
+        }
+    }
+    let resp = next.run(req).await;
+    if resp.status() == StatusCode::ACCEPTED { StatusCode::NO_CONTENT.into_response() } else { resp }
 }
 
 /// Writes each interval's summary of refused requests when it ends (even if no further refusal

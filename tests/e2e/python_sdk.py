@@ -23,6 +23,7 @@ status is non-zero when anything failed or nothing ran.
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import re
 import shutil
@@ -428,6 +429,45 @@ class HttpServer:
             self.proc.wait(timeout=10)
 
 
+class CapturedLogs(logging.Handler):
+    """Collects log messages while installed."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(f"{record.name} {record.levelname} {record.getMessage()}")
+
+
+async def end_session(report: Report, url: str, tag: str) -> None:
+    """A stateful session (2025-06-18 handshake) that the SDK ends with DELETE when it closes:
+    the SDK warns "Session termination failed" unless the server answers 200 or 204. The
+    stateless 2026-07-28 `Client` sends no DELETE, so this one opts into the handshake."""
+    logs = CapturedLogs()
+    # The SDK's HTTP client logs each request at INFO; its warnings come from "mcp".
+    loggers = [logging.getLogger(n) for n in ("mcp", "httpx", "httpx2")]
+    saved = [(lg, lg.level) for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(logs)
+        lg.setLevel(logging.INFO)
+    try:
+        async with streamable_http_client(url) as (read, write):
+            async with ClientSession(read, write, read_timeout_seconds=REQUEST_TIMEOUT_S) as session:
+                await session.initialize()
+    finally:
+        for lg, level in saved:
+            lg.removeHandler(logs)
+            lg.setLevel(level)
+    deletes = [m for m in logs.messages if "DELETE" in m]
+    report.check(
+        f"[{tag}] ending a session with DELETE answers 204 and the SDK logs no warning",
+        len(deletes) == 1 and "204" in deletes[0] and not any(" WARNING " in m for m in logs.messages),
+        f"log: {logs.messages!r}",
+        info=deletes[0] if deletes else "",
+    )
+
+
 async def http(report: Report, binary: str, tmp: str) -> None:
     tag = "http"
     started = time.monotonic()
@@ -461,6 +501,8 @@ async def http(report: Report, binary: str, tmp: str) -> None:
                         async with Client(server.url, read_timeout_seconds=REQUEST_TIMEOUT_S) as client:
                             report.ok(f"[{tag}] Client(url) connects", f"protocol {client.protocol_version}")
                             await run_hello(report, client, f"{tag} Client")
+
+                        await end_session(report, server.url, tag)
 
                         t0 = time.monotonic()
                         server.proc.send_signal(signal.SIGTERM)

@@ -34,6 +34,57 @@ async fn http_serves_health_tools_and_executions() {
 }
 
 #[tokio::test]
+async fn ending_an_http_session_answers_no_content_and_ends_it() {
+    let files = ServerFiles::new();
+    let server = start_http(&files, None, &[]).await;
+    let (status, headers, _) = post_initialize(&server.url, &[]).await;
+    assert_eq!(status, 200);
+    let id = headers.get("mcp-session-id").expect("a session id").to_str().unwrap().to_string();
+    let delete = |id: String| {
+        let url = server.url.clone();
+        async move {
+            reqwest::Client::new().delete(url).header("mcp-session-id", id).header("mcp-protocol-version", "2025-06-18").send().await.unwrap()
+        }
+    };
+    let first = delete(id.clone()).await;
+    assert_eq!(first.status(), 204, "the clients read 200 or 204 as success");
+    assert!(first.text().await.unwrap().is_empty());
+    // The session is gone: ending it again is an unknown session, not a second success.
+    let again = delete(id).await;
+    assert_eq!(again.status(), 404);
+}
+
+#[tokio::test]
+async fn tool_schemas_use_only_standard_json_schema_formats() {
+    let files = ServerFiles::new();
+    let server = start_http(&files, None, &[]).await;
+    let client = connect(&server.url).await;
+    fn formats(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(o) => {
+                if let Some(serde_json::Value::String(f)) = o.get("format") {
+                    out.push(f.clone());
+                }
+                o.values().for_each(|v| formats(v, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| formats(v, out)),
+            _ => {}
+        }
+    }
+    let tools = client.list_all_tools().await.unwrap();
+    let mut found = Vec::new();
+    for t in &tools {
+        formats(&serde_json::to_value(&*t.input_schema).unwrap(), &mut found);
+        formats(&serde_json::to_value(t.output_schema.as_deref()).unwrap(), &mut found);
+    }
+    assert!(found.is_empty(), "schemars-only formats such as uint64 confuse client validators: {found:?}");
+    let out = serde_json::to_value(tools[0].output_schema.as_deref().unwrap()).unwrap();
+    // The range the dropped format stood for is still stated.
+    assert_eq!(out["properties"]["duration_ms"]["type"], "integer", "{out:#}");
+    assert_eq!(out["properties"]["duration_ms"]["minimum"], 0, "{out:#}");
+}
+
+#[tokio::test]
 async fn http_clients_cannot_reach_each_others_sessions() {
     let files = ServerFiles::new();
     let server = start_http(&files, None, &[]).await;
