@@ -701,7 +701,7 @@ impl Executor {
         }
     }
 
-    /// Expires idle sessions and old artifacts. Run periodically.
+    /// Expires idle sessions, old artifacts and idle principals' rate state. Run periodically.
     pub fn sweep(&self) {
         for s in self.sessions.expire() {
             self.audit_close(&s, "expired");
@@ -715,6 +715,7 @@ impl Executor {
         }
         self.metrics.active_sessions.set(self.sessions.len() as i64);
         self.artifacts.expire();
+        self.limiter.sweep();
     }
 
     /// Stops taking calls, lets running ones finish for up to `grace`, cancels the rest, then

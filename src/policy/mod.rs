@@ -34,9 +34,12 @@ pub const EMBEDDED: &[(&str, &str)] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("policy {source_name}: {message}")]
-    Parse { source_name: String, message: String },
-    #[error("policy {source_name}: {field}: {message}{}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+    /// A TOML syntax or type error; `line` is from the span toml's own error carries.
+    #[error("policy {source_name}{}: {message}", line.map(|l| format!(" line {l}")).unwrap_or_default())]
+    Parse { source_name: String, line: Option<usize>, message: String },
+    /// A value that parses but is refused (out of bounds, contradicting another field); `line`
+    /// is the field's, from toml's spans.
+    #[error("policy {source_name}{}: {field}: {message}", line.map(|l| format!(" line {l}")).unwrap_or_default())]
     Invalid { source_name: String, field: String, line: Option<usize>, message: String },
     #[error("reading policy {path:?}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
@@ -265,7 +268,8 @@ impl Policy {
         }
         let mut file: PolicyFile = toml::from_str(text).map_err(|e| PolicyError::Parse {
             source_name: source.to_string(),
-            message: parse_message(text, &e),
+            line: e.span().map(|s| line_at(text, s.start)),
+            message: e.message().to_string(),
         })?;
         let invalid = |field: &str, message: String| PolicyError::Invalid {
             source_name: source.to_string(),
@@ -447,35 +451,37 @@ fn resolve_mounts(f: &PolicyFile, invalid: &dyn Fn(&str, String) -> PolicyError)
     Ok(out)
 }
 
-/// A toml parse error with the line it points at.
-fn parse_message(text: &str, e: &toml::de::Error) -> String {
-    let msg = e.message().to_string();
-    match e.span() {
-        Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            format!("line {line}: {msg}")
+/// The line of a field named as in messages (`limits.memory_mb`, `mounts[0]`), from the spans
+/// toml's parser records for every key and value, so it is right however the TOML spells the
+/// field (a `[section]` header, a dotted key, an inline table, an array of tables). A field the
+/// text leaves out (a default) gets the line of the nearest enclosing table the text has; a field
+/// of a table the text leaves out gets none.
+fn line_of(text: &str, field: &str) -> Option<usize> {
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut span = None;
+    let mut at: Option<&toml::Spanned<toml::de::DeValue>> = None;
+    for part in field.split('.') {
+        let (key, index) = match part.split_once('[') {
+            Some((key, rest)) => (key, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        let mut next = match at {
+            None => doc.get_ref().get(key),
+            Some(v) => v.get_ref().get(key),
+        };
+        if let (Some(v), Some(i)) = (next, index) {
+            next = v.get_ref().get(i);
         }
-        None => msg,
+        let Some(v) = next else { break };
+        span = Some(v.span());
+        at = Some(v);
     }
+    span.map(|s| line_at(text, s.start))
 }
 
-/// Best-effort line of a dotted field (`limits.memory_mb`), for error messages.
-fn line_of(text: &str, field: &str) -> Option<usize> {
-    let mut parts = field.split('.');
-    let first = parts.next()?;
-    let last = field.rsplit('.').next()?.split('[').next()?;
-    let mut in_section = !field.contains('.');
-    for (i, line) in text.lines().enumerate() {
-        let t = line.trim();
-        if t.starts_with('[') {
-            in_section = t.trim_matches(|c| c == '[' || c == ']') == first;
-            continue;
-        }
-        if in_section && (t.starts_with(&format!("{last} ")) || t.starts_with(&format!("{last}="))) {
-            return Some(i + 1);
-        }
-    }
-    None
+/// The 1-based line of byte `offset` in `text`.
+fn line_at(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1
 }
 
 impl fmt::Display for HardeningMode {
@@ -542,6 +548,28 @@ mod tests {
         assert!(err.contains("lies inside the data directory"), "{err}");
         std::fs::create_dir_all(root.join("home/project")).unwrap();
         with_mount(&root.join("home/project")).check_own_files(&own).unwrap();
+    }
+
+    #[test]
+    fn fields_are_found_by_toml_spans_however_spelled() {
+        let text = "name = \"x\"\n\
+                    limits.fuel = 1\n\
+                    env = { set = { A = \"b\" } }\n\
+                    [sessions]\n\
+                    # max = 3 in a comment is not the field\n\
+                    \"max\" = 2\n\
+                    [[mounts]]\n\
+                    guest = \"/a\"\n\
+                    [[mounts]]\n\
+                    guest = \"/b\"\n";
+        assert_eq!(line_of(text, "name"), Some(1));
+        assert_eq!(line_of(text, "limits.fuel"), Some(2), "a dotted key");
+        assert_eq!(line_of(text, "env.set"), Some(3), "an inline table");
+        assert_eq!(line_of(text, "sessions.max"), Some(6), "a quoted key, not the comment");
+        assert_eq!(line_of(text, "mounts[1]"), Some(9), "the second of an array of tables");
+        assert_eq!(line_of(text, "mounts[1].guest"), Some(10));
+        assert_eq!(line_of(text, "sessions.idle_seconds"), Some(4), "a left-out field: its table's line");
+        assert_eq!(line_of(text, "artifacts.retention_seconds"), None, "a left-out table has no line");
     }
 
     #[test]

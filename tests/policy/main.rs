@@ -200,6 +200,38 @@ fn audit_verify_reports_tampering_with_its_line() {
 }
 
 #[test]
+fn policy_check_names_the_line_of_a_refused_value() {
+    // Values that parse but are refused after deserialisation: the message names the file, the
+    // line of the offending field (from toml's spans) and the field.
+    let dir = tempfile::tempdir().unwrap();
+    let check = |path: &Path| {
+        let (status, out, err) = warden(&["policy", "check", path.to_str().unwrap()], &[]);
+        assert_eq!(status, 1, "{out}{err}");
+        err
+    };
+    let line = |text: &str, key: &str| text.lines().position(|l| l.starts_with(key)).unwrap() + 1;
+
+    let over_cap = profile(dir.path(), &[("memory_mb = 512", "memory_mb = 1_000_000")], "");
+    let text = std::fs::read_to_string(&over_cap).unwrap();
+    let err = check(&over_cap);
+    let want = format!("{} line {}: limits.memory_mb: at most 4096", over_cap.display(), line(&text, "memory_mb = "));
+    assert!(err.contains(&want), "want {want:?} in: {err}");
+
+    let share = profile(dir.path(), &[("max_per_principal = 4", "max_per_principal = 17")], "");
+    let text = std::fs::read_to_string(&share).unwrap();
+    let err = check(&share);
+    let want = format!("{} line {}: sessions.max_per_principal: must be between 1 and sessions.max (16)", share.display(), line(&text, "max_per_principal = "));
+    assert!(err.contains(&want), "want {want:?} in: {err}");
+
+    // The second of two mounts, in an array of tables: its own `[[mounts]]` line.
+    let dup = profile(dir.path(), &[], "\n[[mounts]]\nhost = \"/tmp\"\nguest = \"/data\"\nmode = \"ro\"\n\n[[mounts]]\nhost = \"/tmp\"\nguest = \"/data/x\"\nmode = \"ro\"\n");
+    let text = std::fs::read_to_string(&dup).unwrap();
+    let second = text.lines().enumerate().filter(|(_, l)| *l == "[[mounts]]").nth(1).unwrap().0 + 1;
+    let err = check(&dup);
+    assert!(err.contains(&format!("line {second}: mounts[1]: guest path /data/x overlaps another mount")), "line {second}: {err}");
+}
+
+#[test]
 fn policy_check_validates_and_points_at_the_field() {
     let dir = tempfile::tempdir().unwrap();
     for name in ["default", "strict", "data-science", "tool-runner"] {
