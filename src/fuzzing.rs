@@ -123,7 +123,7 @@ fn call_tool(params: &rmcp::model::CallToolRequestParams) {
             if !p.allows(args.language) {
                 return;
             }
-            if let Ok((spec, files)) = crate::executor::check_request(p, &args) {
+            if let Ok((spec, files)) = crate::service::check_request(p, &args) {
                 // What was accepted is within what the profile allows.
                 let ceiling = p.limits();
                 assert!(spec.limits.timeout <= ceiling.timeout && spec.limits.memory_bytes <= ceiling.memory_bytes);

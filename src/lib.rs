@@ -24,6 +24,7 @@ pub mod auth;
 pub mod cli;
 pub mod digest;
 pub mod executor;
+pub mod service;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod harden;

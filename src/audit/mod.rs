@@ -26,6 +26,7 @@
 //! than logged line by line ([`refusals`]).
 
 pub mod bound;
+pub mod event;
 pub mod refusals;
 pub mod verify;
 
@@ -34,7 +35,6 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -90,9 +90,15 @@ impl AuditLog {
         &self.path
     }
 
-    /// Appends `event` (a JSON object without `id`, `time`, `prev`, `hash`), returning the
-    /// recorded line. The event is also emitted as a `tracing` event.
-    pub fn record(&self, kind: &str, event: impl Serialize) -> Result<Recorded, AuditError> {
+    /// Appends `event`, returning the recorded line. The event is also emitted as a `tracing`
+    /// event.
+    pub fn record(&self, event: &event::Event) -> Result<Recorded, AuditError> {
+        self.append(event.kind(), event)
+    }
+
+    /// Appends a line of `kind` with the fields of `event` (a JSON object; any `id`, `time`,
+    /// `prev`, `v` or `hash` in it is dropped).
+    fn append(&self, kind: &str, event: impl serde::Serialize) -> Result<Recorded, AuditError> {
         let mut fields = match serde_json::to_value(event) {
             Ok(Value::Object(m)) => m,
             _ => Map::new(),

@@ -137,7 +137,7 @@ mod tests {
         let path = dir.path().join("a.jsonl");
         let log = AuditLog::open(&path).unwrap();
         for i in 0..n {
-            log.record("test", serde_json::json!({"i": i})).unwrap();
+            log.append("test", serde_json::json!({"i": i})).unwrap();
         }
         (dir, path)
     }
@@ -152,7 +152,7 @@ mod tests {
         let r = verify(&path);
         assert_eq!((r.lines, r.problem), (3, None));
         let log = AuditLog::open(&path).expect("a complete log reopens");
-        log.record("test", serde_json::json!({})).unwrap();
+        log.append("test", serde_json::json!({})).unwrap();
         assert_eq!(verify(&path).lines, 4);
     }
 
@@ -227,7 +227,7 @@ mod tests {
         }
         std::fs::write(&path, &text).unwrap();
         let log = AuditLog::open(&path).expect("an old-format log opens");
-        log.record("test", serde_json::json!({"new": true})).unwrap();
+        log.append("test", serde_json::json!({"new": true})).unwrap();
         let r = verify(&path);
         assert_eq!((r.lines, r.legacy_lines, r.problem), (3, 2, None));
         // An old-format line after a new one is a downgrade.
@@ -242,7 +242,7 @@ mod tests {
     fn reserved_keys_cannot_be_forged_by_an_event() {
         let (_d, path) = log_with(0);
         let log = AuditLog::open(&path).unwrap();
-        let line = log.record("test", serde_json::json!({"hash": "x", "prev": "y", "v": 1, "kind": "other", "id": "z"})).unwrap();
+        let line = log.append("test", serde_json::json!({"hash": "x", "prev": "y", "v": 1, "kind": "other", "id": "z"})).unwrap();
         assert_eq!(line["kind"], "test");
         assert_eq!(line["v"], 2);
         assert_eq!(verify(&path).problem, None);

@@ -16,7 +16,8 @@ use serde_json::json;
 use super::{AuthConfig, AuthContext, Decision};
 use crate::audit::bound::bound_str;
 use crate::audit::refusals::{Class, Refusals};
-use crate::executor::Executor;
+use crate::audit::event::{Allow, Deny, Event};
+use crate::service::Service;
 use crate::transport::guard::{Cidr, record_refusal, request_client};
 
 /// Longest refusal reason written to the audit log or returned to the caller. Reasons can quote
@@ -26,7 +27,7 @@ pub const MAX_REASON_BYTES: usize = 256;
 #[derive(Clone)]
 pub struct AuthState {
     pub config: Arc<RwLock<Arc<AuthConfig>>>,
-    pub exec: Arc<Executor>,
+    pub exec: Arc<Service>,
     pub refusals: Arc<Refusals>,
     pub trusted_proxies: Arc<Vec<Cidr>>,
 }
@@ -47,8 +48,8 @@ pub async fn require_auth(State(state): State<AuthState>, mut req: Request, next
     let audit = state.exec.audit_log();
     match decision {
         Decision::Allow { principal, method, role, profile } => {
-            let event = json!({"result": "allow", "principal": principal, "method": method.as_str(), "role": role, "profile": profile});
-            if let Err(e) = audit.record("auth", event) {
+            let event = Event::AuthAllowed { result: Allow, principal: principal.clone(), method: method.as_str(), role, profile: profile.clone() };
+            if let Err(e) = audit.record(&event) {
                 tracing::error!(error = %e, "audit log unavailable; refusing the request");
                 return (StatusCode::SERVICE_UNAVAILABLE, "the audit log cannot be written; nothing runs until it is fixed\n").into_response();
             }
@@ -59,8 +60,8 @@ pub async fn require_auth(State(state): State<AuthState>, mut req: Request, next
             state.exec.metrics.deny("unauthenticated");
             let reason = bound_str(&reason, MAX_REASON_BYTES).into_owned();
             let source = request_client(&req, &state.trusted_proxies);
-            let event = json!({"result": "deny", "reason": reason, "source": source.to_string()});
-            record_refusal(&state.exec, &state.refusals, source, Class::Unauthenticated, "auth", event);
+            let event = Event::AuthRefused { result: Deny, reason: reason.clone(), source: source.to_string() };
+            record_refusal(&state.exec, &state.refusals, source, Class::Unauthenticated, event);
             let metadata = format!("{}/.well-known/oauth-protected-resource", base_url(req.headers()));
             let challenge = format!(r#"Bearer error="invalid_token", resource_metadata="{metadata}""#);
             (
@@ -74,8 +75,8 @@ pub async fn require_auth(State(state): State<AuthState>, mut req: Request, next
             state.exec.metrics.deny("no_role");
             let reason = bound_str(&reason, MAX_REASON_BYTES).into_owned();
             let source = request_client(&req, &state.trusted_proxies);
-            let event = json!({"principal": principal, "method": method.as_str(), "reason": reason, "source": source.to_string()});
-            record_refusal(&state.exec, &state.refusals, source, Class::Forbidden, "authz.deny", event);
+            let event = Event::Forbidden { principal: principal.clone(), method: method.as_str(), reason: reason.clone(), source: source.to_string() };
+            record_refusal(&state.exec, &state.refusals, source, Class::Forbidden, event);
             (
                 StatusCode::FORBIDDEN,
                 Json(json!({"error": "forbidden", "message": format!("{principal} may not use this server: {reason}")})),

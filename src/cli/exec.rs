@@ -10,7 +10,8 @@ use clap::Args;
 use super::Failure;
 use crate::api::{Encoding, ExecuteCodeArgs, FileArg};
 use crate::audit::AuditLog;
-use crate::executor::{Caller, ExecError, Executor, Profiles};
+use crate::executor::Executor;
+use crate::service::{Caller, ExecError, Profiles, Service};
 use crate::home::{Home, OwnFiles, process_workspaces};
 use crate::policy::Policy;
 use crate::runtime::engine::{EngineSettings, build_engine, spawn_epoch_ticker};
@@ -129,7 +130,7 @@ pub fn run(home: &Home, args: ExecArgs) -> Result<(), Failure> {
     let workspaces = process_workspaces(home)?;
     let profile = policy.name().to_string();
     let tools = Arc::new(ToolRegistry::load(&args.tools, &engine, &ModuleCache::new(home, &engine)));
-    let exec = Executor::new(Sandbox::new(Arc::new(runtimes)), Profiles::single(policy), workspaces.clone(), audit, tools);
+    let exec = Service::new(Executor::new(Sandbox::new(Arc::new(runtimes)), workspaces.clone()), Profiles::single(policy), audit, tools);
     let caller = Caller::operator(Some(format!("exec-{}", std::process::id())), &profile);
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

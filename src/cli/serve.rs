@@ -17,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 use super::Failure;
 use crate::audit::AuditLog;
 use crate::auth::AuthConfig;
-use crate::executor::{Executor, Profile, Profiles};
+use crate::audit::event::{AuthSource, Done, Event, Failed, ServerStart, ToolIdentity, ToolRefused};
+use crate::executor::Executor;
+use crate::service::{Profile, Profiles, Service};
 use crate::harden::{HardenError, Plan, Report};
 use crate::policy::HardeningMode;
 use crate::home::{Home, OwnFiles, process_workspaces};
@@ -231,16 +233,20 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("warden-rt").build()?;
     let _ticker = spawn_epoch_ticker(&engine)?;
-    let start_event = json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "transport": if listener.is_some() { "http" } else { "stdio" },
-        "default_profile": profiles.default,
-        "profiles": describe(&profiles),
-        "auth": auth.as_ref().map(|a| json!({"source": a.source, "sha256": a.sha256})),
-        "tools": tools.all().map(|t| json!({"name": t.name(), "version": t.manifest.version, "sha256": t.manifest.wasm_sha256})).collect::<Vec<_>>(),
-        "tools_refused": tools.refusals.iter().map(|r| json!({"path": r.path, "reason": r.reason})).collect::<Vec<_>>(),
-    });
-    let exec = Arc::new(Executor::new(Sandbox::new(Arc::new(runtimes)), profiles, workspaces, audit, tools));
+    let start_event = ServerStart {
+        version: env!("CARGO_PKG_VERSION"),
+        transport: if listener.is_some() { "http" } else { "stdio" },
+        default_profile: profiles.default.clone(),
+        profiles: describe(&profiles),
+        auth: auth.as_ref().map(auth_source),
+        tools: tools
+            .all()
+            .map(|t| ToolIdentity { name: t.name().to_string(), version: t.manifest.version.clone(), sha256: t.manifest.wasm_sha256.clone() })
+            .collect(),
+        tools_refused: tools.refusals.iter().map(|r| ToolRefused { path: r.path.clone(), reason: r.reason.clone() }).collect(),
+        hardening: Report::off(),
+    };
+    let exec = Arc::new(Service::new(Executor::new(Sandbox::new(Arc::new(runtimes)), workspaces), profiles, audit, tools));
     // With authentication, callers are principals that must not starve one another.
     exec.set_multi_tenant(auth.is_some());
     let shared_auth: Option<SharedAuth> = auth.map(|a| Arc::new(RwLock::new(Arc::new(a))));
@@ -261,8 +267,8 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
         }
         let hardening = Report { mode: mode.to_string(), landlock, seccomp };
         let mut start_event = start_event;
-        start_event["hardening"] = json!(hardening);
-        exec.audit_log().record("server.start", start_event)?;
+        start_event.hardening = hardening.clone();
+        exec.audit_log().record(&Event::ServerStart(Box::new(start_event)))?;
 
         let sweeper = {
             let exec = exec.clone();
@@ -296,7 +302,7 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
         sweeper.abort();
         // stdio ends when the client closes stdin: drain and clean up the same way.
         exec.shutdown(grace).await;
-        let _ = exec.audit_log().record("server.stop", json!({}));
+        let _ = exec.audit_log().record(&Event::ServerStop {});
         served
     })?;
     Ok(())
@@ -354,14 +360,14 @@ fn report_tool_grants(tools: &ToolRegistry, profiles: &Profiles) {
 
 /// Re-reads profiles and the auth file (SIGHUP). A reload that fails validation, or needs a
 /// runtime this process did not load, changes nothing; either way the attempt is audited.
-fn reload(exec: &Executor, args: &ServeArgs, auth: &Option<SharedAuth>, guard: &Guard) {
+fn reload(exec: &Service, args: &ServeArgs, auth: &Option<SharedAuth>, guard: &Guard) {
     let loaded = load_profiles(args).and_then(|(profiles, mut new_auth)| {
         if let Some(a) = &mut new_auth {
             role_names(a, &profiles)?;
         }
         guard.check(&profiles, new_auth.as_ref())?;
         let missing: Vec<Language> =
-            languages(&profiles).into_iter().filter(|l| exec.sandbox().runtimes().get(*l).is_none()).collect();
+            languages(&profiles).into_iter().filter(|l| exec.executor().runtimes().get(*l).is_none()).collect();
         if !missing.is_empty() {
             return Err(format!("the new profiles need runtimes this process did not load ({missing:?}); restart instead").into());
         }
@@ -372,17 +378,21 @@ fn reload(exec: &Executor, args: &ServeArgs, auth: &Option<SharedAuth>, guard: &
     });
     match loaded {
         Ok((profiles, new_auth)) => {
-            let event = json!({"result": "ok", "default_profile": profiles.default, "profiles": describe(&profiles),
-                "auth": new_auth.as_ref().map(|a| json!({"source": a.source, "sha256": a.sha256}))});
+            let event = Event::PolicyReloaded {
+                result: Done,
+                default_profile: profiles.default.clone(),
+                profiles: describe(&profiles),
+                auth: new_auth.as_ref().map(auth_source),
+            };
             exec.replace_profiles(profiles);
             if let (Some(shared), Some(a)) = (auth, new_auth) {
                 *shared.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(a);
             }
-            let _ = exec.audit_log().record("policy.reload", event);
+            let _ = exec.audit_log().record(&event);
             tracing::info!("profiles reloaded");
         }
         Err(f) => {
-            let _ = exec.audit_log().record("policy.reload", json!({"result": "error", "error": f.message}));
+            let _ = exec.audit_log().record(&Event::PolicyReloadFailed { result: Failed, error: f.message.clone() });
             tracing::error!(error = %f.message, "reload refused; the previous profiles stay in force");
         }
     }
@@ -394,7 +404,7 @@ fn reload(exec: &Executor, args: &ServeArgs, auth: &Option<SharedAuth>, guard: &
 /// The handlers are installed before this returns (and so before the server announces itself):
 /// a signal that arrived before installation would take its default action and kill the process.
 fn spawn_signal_handlers(
-    exec: Arc<Executor>,
+    exec: Arc<Service>,
     shutdown: CancellationToken,
     grace: Duration,
     args: ServeArgs,
@@ -421,4 +431,9 @@ fn spawn_signal_handlers(
         shutdown.cancel();
     });
     Ok(())
+}
+
+/// Which auth file is in force, as the audit log names it.
+fn auth_source(a: &crate::auth::AuthConfig) -> AuthSource {
+    AuthSource { source: a.source.clone(), sha256: a.sha256.clone() }
 }

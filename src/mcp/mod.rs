@@ -1,6 +1,6 @@
 //! The MCP face of warden: `execute_code`, `create_session`, `close_session`, and the artifacts
 //! as resources. The same handler serves stdio and streamable HTTP; it only translates between
-//! MCP and the [`Executor`].
+//! MCP and the [`Service`].
 //!
 //! Errors follow MCP's split: a request that cannot be served as asked (bad arguments, a path
 //! escaping /workspace, limits above the policy, an unknown session) is a JSON-RPC
@@ -23,7 +23,7 @@ use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde::de::DeserializeOwned;
 
 use crate::api::{CloseSessionArgs, CreateSessionArgs, ExecuteCodeArgs};
-use crate::executor::{Caller, ExecError, Executor};
+use crate::service::{Caller, ExecError, Service};
 use crate::sandbox::CancelHandle;
 use crate::auth::AuthContext;
 use crate::session::Owner;
@@ -39,16 +39,16 @@ enum Via {
 
 #[derive(Clone)]
 pub struct WardenMcp {
-    exec: Arc<Executor>,
+    exec: Arc<Service>,
     via: Via,
 }
 
 impl WardenMcp {
-    pub fn stdio(exec: Arc<Executor>) -> Self {
+    pub fn stdio(exec: Arc<Service>) -> Self {
         WardenMcp { exec, via: Via::Stdio { connection: format!("stdio-{}", uuid::Uuid::new_v4().simple()) } }
     }
 
-    pub fn http(exec: Arc<Executor>) -> Self {
+    pub fn http(exec: Arc<Service>) -> Self {
         WardenMcp { exec, via: Via::Http }
     }
 
@@ -75,7 +75,7 @@ impl WardenMcp {
         }
     }
 
-    fn policy_of(&self, caller: &Caller) -> Result<std::sync::Arc<crate::executor::Profile>, McpError> {
+    fn policy_of(&self, caller: &Caller) -> Result<std::sync::Arc<crate::service::Profile>, McpError> {
         self.exec.profile(caller).map_err(|e| McpError::invalid_params(e.to_string(), None))
     }
 }

@@ -22,7 +22,9 @@ use serde_json::{Value, json};
 use super::{Grant, ToolPackage, descriptor, run_tool};
 use crate::audit::AuditLog;
 use crate::audit::bound::bound_str;
-use crate::limiter::PrincipalLimiter;
+use crate::audit::event::{Event, NestedCall, RunEnd, Via};
+use crate::service::admission::Admission;
+use crate::service::{Caller, ExecError, Profile};
 use crate::sandbox::control::Deadline;
 use crate::sandbox::{CancelHandle, Door, on_guest_thread};
 
@@ -33,18 +35,13 @@ pub const MAX_REQUEST_BYTES: u64 = 16 << 20;
 /// Time kept back from the outer deadline so the caller's code can still handle the answer.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 
-/// The principal's calls-per-minute bucket, which nested calls spend like any other call.
-pub struct Rate {
-    pub limiter: Arc<PrincipalLimiter>,
-    pub per_minute: u32,
-}
-
 pub struct CodeModeDoor {
     tools: Vec<(Arc<ToolPackage>, Grant)>,
     audit: Arc<AuditLog>,
-    rate: Rate,
-    principal: String,
-    profile: String,
+    /// The same admission as every call: nested calls spend the caller's calls per minute.
+    admission: Arc<Admission>,
+    caller: Caller,
+    profile: Arc<Profile>,
     parent_call: String,
     workspaces: PathBuf,
     cancel: CancelHandle,
@@ -58,9 +55,9 @@ impl CodeModeDoor {
     pub fn new(
         tools: Vec<(Arc<ToolPackage>, Grant)>,
         audit: Arc<AuditLog>,
-        rate: Rate,
-        principal: &str,
-        profile: &str,
+        admission: Arc<Admission>,
+        caller: Caller,
+        profile: Arc<Profile>,
         parent_call: &str,
         workspaces: PathBuf,
         cancel: CancelHandle,
@@ -69,9 +66,9 @@ impl CodeModeDoor {
         CodeModeDoor {
             tools,
             audit,
-            rate,
-            principal: principal.into(),
-            profile: profile.into(),
+            admission,
+            caller,
+            profile,
             parent_call: parent_call.into(),
             workspaces,
             cancel,
@@ -118,17 +115,16 @@ impl CodeModeDoor {
         let Some(name) = request["tool"].as_str() else { return err("protocol", "a call names its tool with a string".into()) };
         let Some((tool, grant)) = self.tools.iter().find(|(t, _)| t.name() == name).cloned() else {
             let offered: Vec<&str> = self.tools.iter().map(|(t, _)| t.name()).collect();
-            let _ = self.audit.record(
-                "authz.deny",
-                json!({"principal": self.principal, "profile": self.profile, "reason": "tool_not_allowed", "detail": bound_str(name, 128).into_owned(), "via": "code", "parent_call_id": self.parent_call}),
-            );
+            self.admission.deny(&self.caller, "tool_not_allowed", &bound_str(name, 128), Some(&self.parent_call));
             return err("unknown_tool", format!("no tool named {:?} is available to you; available: {}", bound_str(name, 128).into_owned(), if offered.is_empty() { "none".into() } else { offered.join(", ") }));
         };
         if self.calls >= self.max_calls {
             return err("budget_exceeded", format!("this execution may call tools at most {} times", self.max_calls));
         }
-        if let Err(e) = self.rate.limiter.admit_rate(&self.principal, self.rate.per_minute) {
-            return err("rate_limited", e.to_string());
+        match self.admission.rate_only(&self.caller, &self.profile.policy) {
+            Ok(()) => {}
+            Err(e @ ExecError::Limited(_)) => return err("rate_limited", e.to_string()),
+            Err(e) => return err("denied", e.to_string()),
         }
         self.calls += 1;
         let args = request.get("args").cloned().unwrap_or_else(|| json!({}));
@@ -144,17 +140,17 @@ impl CodeModeDoor {
         }
         let mut grant = grant;
         grant.limits.timeout = grant.limits.timeout.min(remaining);
-        let base = json!({
-            "call_id": uuid::Uuid::new_v4().to_string(),
-            "parent_call_id": self.parent_call,
-            "via": "code",
-            "principal": self.principal,
-            "profile": self.profile,
-            "tool": name,
-            "args_sha256": crate::digest::sha256_hex(args.to_string().as_bytes()),
-            "limits": grant.limits,
-        });
-        if let Err(e) = self.audit.record("tool.call.start", &base) {
+        let base = NestedCall {
+            call_id: uuid::Uuid::new_v4().to_string(),
+            parent_call_id: self.parent_call.clone(),
+            via: Via,
+            principal: self.caller.principal.clone(),
+            profile: self.profile.policy.name().to_string(),
+            tool: name.to_string(),
+            args_sha256: crate::digest::sha256_hex(args.to_string().as_bytes()),
+            limits: grant.limits.clone(),
+        };
+        if let Err(e) = self.audit.record(&Event::ToolCallStart(base.clone())) {
             return err("denied", format!("the audit log cannot be written, so the tool did not run: {e}"));
         }
         let (workspaces, cancel, args2, tool2, grant2) =
@@ -165,20 +161,14 @@ impl CodeModeDoor {
             Err(e) => {
                 tracing::error!(error = %e, tool = %bound_str(name, 128).into_owned(), "nested tool call failed in the host");
                 // Every start has an end record, even when the tool never ran.
-                let mut denied = base;
-                denied["reason"] = json!(bound_str(&e.to_string(), 512).into_owned());
-                if let Err(e) = self.audit.record("tool.call.denied", &denied) {
+                let reason = bound_str(&e.to_string(), 512).into_owned();
+                if let Err(e) = self.audit.record(&Event::ToolCallDenied { call: base, reason }) {
                     return err("denied", format!("the audit log cannot be written: {e}"));
                 }
                 return err("tool_error", format!("{name} failed (internal error)"));
             }
         };
-        let mut end = base;
-        end["outcome"] = json!(run.report.outcome);
-        end["exit_code"] = json!(run.report.exit_code);
-        end["fuel_used"] = json!(run.report.fuel_used);
-        end["duration_ms"] = json!(run.report.duration_ms);
-        if let Err(e) = self.audit.record("tool.call", &end) {
+        if let Err(e) = self.audit.record(&Event::ToolCall { call: base, end: RunEnd::of(&run.report) }) {
             return err("denied", format!("the audit log cannot be written: {e}"));
         }
         match (run.value, run.report.outcome) {

@@ -22,11 +22,11 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use crate::audit::bound::bound_str;
+use crate::audit::event::{Deny, Event};
 use crate::audit::refusals::{Class, Refusals};
-use crate::executor::Executor;
+use crate::service::Service;
 
 /// An IP network, `ADDR/PREFIX` or a single address. (Hand-written: a prefix compare is a few
 /// lines, and this keeps the lockfile as it is.)
@@ -90,7 +90,7 @@ pub struct Guard {
     pub allowed_origins: Vec<String>,
     pub trusted_proxies: Vec<Cidr>,
     pub refusals: Arc<Refusals>,
-    pub exec: Arc<Executor>,
+    pub exec: Arc<Service>,
 }
 
 /// When the router is dropped (the server stopped serving), the interval's counts are written,
@@ -248,36 +248,36 @@ pub async fn check(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Res
     g.exec.metrics.deny(class.as_str());
     let header_value = |name| req.headers().get(name).map(|v| bound_str(&String::from_utf8_lossy(v.as_bytes()), 128).into_owned());
     tracing::warn!(%source, reason = class.as_str(), host = ?header_value(header::HOST), origin = ?header_value(header::ORIGIN), "refused a request");
-    let event = json!({
-        "result": "deny",
-        "reason": class.as_str(),
-        "source": source.to_string(),
-        "host": header_value(header::HOST),
-        "origin": header_value(header::ORIGIN),
-        "path": bound_str(req.uri().path(), 128),
-    });
-    record_refusal(&g.exec, &g.refusals, source, class, "http.deny", event);
+    let event = Event::HttpRefused {
+        result: Deny,
+        reason: class.as_str(),
+        source: source.to_string(),
+        host: header_value(header::HOST),
+        origin: header_value(header::ORIGIN),
+        path: bound_str(req.uri().path(), 128).into_owned(),
+    };
+    record_refusal(&g.exec, &g.refusals, source, class, event);
     (StatusCode::FORBIDDEN, message).into_response()
 }
 
 /// Counts one refusal and writes what [`Refusals`] says to write: a pending interval summary,
 /// and this refusal's own line if it is one of the interval's samples.
-pub fn record_refusal(exec: &Executor, refusals: &Refusals, source: IpAddr, class: Class, kind: &str, event: serde_json::Value) {
+pub fn record_refusal(exec: &Service, refusals: &Refusals, source: IpAddr, class: Class, event: Event) {
     let noted = refusals.note(source, class, Instant::now());
     let audit = exec.audit_log();
     if let Some(summary) = noted.summary {
-        let _ = audit.record("auth.refused", summary);
+        let _ = audit.record(&Event::RefusalSummary(summary));
     }
     if noted.write_sample {
-        let _ = audit.record(kind, event);
+        let _ = audit.record(&event);
     }
 }
 
 /// Writes the summary of the current interval, if due (`force`: whatever its age).
-pub fn flush_refusals(exec: &Executor, refusals: &Refusals, force: bool) {
+pub fn flush_refusals(exec: &Service, refusals: &Refusals, force: bool) {
     let summary = if force { refusals.flush_now() } else { refusals.flush_due(Instant::now()) };
     if let Some(s) = summary {
-        let _ = exec.audit_log().record("auth.refused", s);
+        let _ = exec.audit_log().record(&Event::RefusalSummary(s));
     }
 }
 

@@ -22,7 +22,7 @@ use crate::audit::refusals::Refusals;
 use crate::auth::AuthConfig;
 use crate::auth::middleware::{AuthState, is_authenticated, protected_resource_metadata, require_auth};
 use crate::transport::guard::{self, Cidr, Guard};
-use crate::executor::Executor;
+use crate::service::Service;
 use crate::mcp::WardenMcp;
 
 #[derive(Clone, Debug)]
@@ -57,7 +57,7 @@ pub struct Health {
 
 #[derive(Clone)]
 struct AppState {
-    exec: Arc<Executor>,
+    exec: Arc<Service>,
     health: Arc<Health>,
     auth: Option<SharedAuth>,
 }
@@ -66,7 +66,7 @@ struct AppState {
 pub type SharedAuth = Arc<std::sync::RwLock<Arc<AuthConfig>>>;
 
 pub fn router(
-    exec: Arc<Executor>,
+    exec: Arc<Service>,
     opts: &HttpOptions,
     health: Health,
     shutdown: &CancellationToken,
@@ -139,7 +139,7 @@ async fn session_end(
 
 /// Writes each interval's summary of refused requests when it ends (even if no further refusal
 /// arrives to trigger it), and the last one at shutdown.
-fn spawn_refusal_flusher(exec: Arc<Executor>, refusals: Arc<Refusals>, shutdown: CancellationToken) {
+fn spawn_refusal_flusher(exec: Arc<Service>, refusals: Arc<Refusals>, shutdown: CancellationToken) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -172,7 +172,7 @@ async fn healthz(State(s): State<AppState>, headers: axum::http::HeaderMap) -> i
     let profiles = s.exec.profiles();
     body.insert("policy".into(), json!(profiles.default));
     body.insert("profiles".into(), json!(profiles.by_name.keys().collect::<Vec<_>>()));
-    body.insert("runtimes".into(), json!(s.exec.sandbox().runtimes().languages().collect::<Vec<_>>()));
+    body.insert("runtimes".into(), json!(s.exec.executor().runtimes().languages().collect::<Vec<_>>()));
     body.insert("executions_running".into(), json!(s.exec.inflight()));
     body.insert("sessions".into(), json!(s.exec.sessions.len()));
     body.extend(s.health.details.clone());

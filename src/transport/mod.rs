@@ -1,7 +1,7 @@
 //! Transports: MCP over stdio, and MCP over streamable HTTP (axum) with health endpoints.
 //!
-//! Both serve the same [`WardenMcp`] handler over one shared [`Executor`]; shutting down is the
-//! executor's job (drain, cancel, remove workspaces), the transports only stop listening.
+//! Both serve the same [`WardenMcp`] handler over one shared [`Service`]; shutting down is the
+//! service's job (drain, cancel, remove workspaces), the transports only stop listening.
 
 pub mod guard;
 pub mod http;
@@ -11,12 +11,12 @@ use std::sync::Arc;
 use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::Executor;
+use crate::service::Service;
 use crate::mcp::WardenMcp;
 
 /// Serves MCP on stdin/stdout until the client closes stdin or `shutdown` fires. Nothing but
 /// JSON-RPC is written to stdout; logs go to stderr.
-pub async fn serve_stdio(exec: Arc<Executor>, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve_stdio(exec: Arc<Service>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let handler = WardenMcp::stdio(exec);
     let service = tokio::select! {
         s = handler.serve(rmcp::transport::stdio()) => s?,

@@ -1,0 +1,237 @@
+//! The request path, independent of transport: request → policy → admission → run → outcome →
+//! audit → response.
+//!
+//! [`Service`] is what the MCP handler (stdio or HTTP) and `warden exec` talk to. It owns the
+//! served profiles, the session registry, the retained artifacts, admission and the audit of
+//! every call; it hands the running of guests to the [`Executor`]. Its parts:
+//!
+//! * [`request`]: is the request well-formed and allowed by the caller's profile?
+//! * [`admission`]: rate, per-principal shares and execution slots; refusals; draining.
+//! * [`calls`]: `execute_code` and package tools, from admission to the audited result.
+//! * [`sessions`]: opening, closing and expiring sessions, and binding a call to one.
+//! * [`reads`]: `resources/read` of retained artifacts, bounded in size and concurrency.
+
+pub mod admission;
+mod calls;
+mod reads;
+pub(crate) mod request;
+mod sessions;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use self::admission::Admission;
+use crate::artifacts::ArtifactStore;
+use crate::audit::{AuditError, AuditLog};
+use crate::executor::{Executor, RunError};
+use crate::limiter::{Limited, Shares};
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::session::{Owner, SessionError, Sessions};
+use crate::tools::{Grant, ToolPackage, ToolRegistry, grant};
+
+pub use self::reads::MAX_READ_BYTES;
+pub(crate) use self::request::check_request;
+
+/// Who is asking, and under which profile (decided by authentication, never by the request).
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub principal: String,
+    pub owner: Owner,
+    pub profile: String,
+}
+
+impl Caller {
+    /// The local operator, on a connection of its own (stdio, `warden exec`), with the profile
+    /// given on the command line.
+    pub fn operator(connection: Option<String>, profile: &str) -> Caller {
+        Caller {
+            principal: "operator".into(),
+            owner: Owner { principal: "operator".into(), connection },
+            profile: profile.to_string(),
+        }
+    }
+}
+
+/// One loaded profile and its execution slots.
+pub struct Profile {
+    pub policy: Policy,
+    admission: Arc<Semaphore>,
+}
+
+impl Profile {
+    pub fn new(policy: Policy) -> Profile {
+        let slots = policy.file.limits.concurrent_executions as usize;
+        Profile { policy, admission: Arc::new(Semaphore::new(slots)) }
+    }
+}
+
+/// The profiles a server serves, by name, and the one the operator and anonymous callers get.
+pub struct Profiles {
+    pub default: String,
+    pub by_name: HashMap<String, Arc<Profile>>,
+}
+
+impl Profiles {
+    pub fn single(policy: Policy) -> Profiles {
+        let default = policy.name().to_string();
+        Profiles { by_name: HashMap::from([(default.clone(), Arc::new(Profile::new(policy)))]), default }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The request is malformed or asks for something the policy does not allow.
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error("server busy: all {slots} execution slots stayed taken for {waited_ms} ms; retry in a few seconds")]
+    Busy { slots: usize, waited_ms: u64 },
+    #[error(transparent)]
+    Limited(#[from] Limited),
+    #[error("the server is shutting down; retry later")]
+    ShuttingDown,
+    #[error("the audit log cannot be written, so nothing runs until it is fixed: {0}")]
+    Audit(#[from] AuditError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<RunError> for ExecError {
+    fn from(e: RunError) -> Self {
+        match e {
+            RunError::Rejected(m) => ExecError::InvalidRequest(m),
+            RunError::Internal(m) => ExecError::Internal(m),
+        }
+    }
+}
+
+pub(crate) fn invalid(msg: impl Into<String>) -> ExecError {
+    ExecError::InvalidRequest(msg.into())
+}
+
+pub struct Service {
+    executor: Arc<Executor>,
+    profiles: RwLock<Arc<Profiles>>,
+    pub sessions: Sessions,
+    pub artifacts: ArtifactStore,
+    admission: Arc<Admission>,
+    /// Artifact reads in flight, per principal (see [`reads`]).
+    reads: Shares,
+    /// Artifact reads in flight, server-wide.
+    read_slots: Arc<Semaphore>,
+    pub metrics: Arc<Metrics>,
+    pub tools: Arc<ToolRegistry>,
+    audit: Arc<AuditLog>,
+}
+
+impl Service {
+    pub fn new(executor: Executor, profiles: Profiles, audit: Arc<AuditLog>, tools: Arc<ToolRegistry>) -> Service {
+        let metrics = Arc::new(Metrics::new());
+        Service {
+            executor: Arc::new(executor),
+            profiles: RwLock::new(Arc::new(profiles)),
+            sessions: Sessions::new(),
+            artifacts: ArtifactStore::new(),
+            admission: Arc::new(Admission::new(audit.clone(), metrics.clone())),
+            reads: Shares::default(),
+            read_slots: Arc::new(Semaphore::new(reads::MAX_READS)),
+            metrics,
+            tools,
+            audit,
+        }
+    }
+
+    pub fn profiles(&self) -> Arc<Profiles> {
+        self.profiles.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The profile the operator and unauthenticated local callers get.
+    pub fn default_profile(&self) -> Arc<Profile> {
+        let p = self.profiles();
+        p.by_name[&p.default].clone()
+    }
+
+    /// The caller's profile. Authentication only ever names loaded profiles; a miss means the
+    /// profile was removed by a reload after the request was admitted.
+    pub fn profile(&self, caller: &Caller) -> Result<Arc<Profile>, ExecError> {
+        self.profiles()
+            .by_name
+            .get(&caller.profile)
+            .cloned()
+            .ok_or_else(|| invalid(format!("profile {:?} is no longer served; retry", caller.profile)))
+    }
+
+    /// Replaces the served profiles (SIGHUP). Calls already running keep their old limits.
+    /// Sessions whose profile was removed or changed in any way end (audited with reason
+    /// `profile_changed`): a live interpreter keeps the mounts and environment it started with,
+    /// so re-confining it in place is not possible.
+    pub fn replace_profiles(&self, profiles: Profiles) {
+        let profiles = Arc::new(profiles);
+        *self.profiles.write().unwrap_or_else(|e| e.into_inner()) = profiles.clone();
+        let stale = self.sessions.remove_if(|s| profiles.by_name.get(&s.profile).is_none_or(|p| p.policy.sha256 != s.profile_sha256));
+        for s in stale {
+            self.audit_close(&s, "profile_changed");
+        }
+        self.metrics.active_sessions.set(self.sessions.len() as i64);
+    }
+
+    /// Declares that callers are authenticated principals who must not starve one another (see
+    /// [`Admission::call`]).
+    pub fn set_multi_tenant(&self, on: bool) {
+        self.admission.set_multi_tenant(on);
+    }
+
+    /// The tools `policy` serves, with what it grants each. Tools it lists but cannot grant what
+    /// they ask for are left out (and were reported when the server started).
+    pub fn granted_tools(&self, policy: &Policy) -> Vec<(Arc<ToolPackage>, Grant)> {
+        self.tools.all().filter_map(|t| grant(t, policy).ok().map(|g| (t.clone(), g))).collect()
+    }
+
+    pub fn executor(&self) -> &Executor {
+        &self.executor
+    }
+
+    pub fn audit_log(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// Calls admitted and still running.
+    pub fn inflight(&self) -> usize {
+        self.admission.running()
+    }
+
+    /// Expires idle sessions and old artifacts, and summarises counted refusals. Run
+    /// periodically.
+    pub fn sweep(&self) {
+        for s in self.sessions.expire() {
+            self.audit_close(&s, "expired");
+        }
+        self.admission.sweep();
+        self.metrics.active_sessions.set(self.sessions.len() as i64);
+        self.artifacts.expire();
+    }
+
+    /// Stops taking calls, lets running ones finish for up to `grace`, cancels the rest, then
+    /// closes every session and removes all workspaces.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.admission.drain(grace).await;
+        for s in self.sessions.drain() {
+            self.audit_close(&s, "shutdown");
+        }
+        self.artifacts.clear();
+        self.executor.remove_workspaces();
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.admission.is_shutting_down()
+    }
+}
+
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
