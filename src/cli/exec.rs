@@ -10,11 +10,11 @@ use clap::Args;
 use super::Failure;
 use crate::api::{Encoding, ExecuteCodeArgs, FileArg};
 use crate::audit::AuditLog;
+use crate::engine::{EngineSettings, build_engine, spawn_epoch_ticker};
 use crate::executor::{Caller, ExecError, Executor, Profiles};
 use crate::home::{Home, OwnFiles, process_workspaces};
 use crate::policy::Policy;
-use crate::runtime::engine::{EngineSettings, build_engine, spawn_epoch_ticker};
-use crate::runtime::{Language, Runtimes};
+use crate::runtime::Language;
 use crate::runtime::cache::ModuleCache;
 use crate::sandbox::{CancelHandle, RequestedLimits, Sandbox};
 use crate::tools::ToolRegistry;
@@ -124,12 +124,12 @@ pub fn run(home: &Home, args: ExecArgs) -> Result<(), Failure> {
     let engine = build_engine(EngineSettings { max_instances: 4, parallel_compilation: false })
         .map_err(|e| format!("building the engine: {e:#}"))?;
     let _ticker = spawn_epoch_ticker(&engine)?;
-    let runtimes = Runtimes::load(home, &engine, &languages)?;
+    let sandbox = Sandbox::load(home, &engine, &languages)?;
     let audit = Arc::new(AuditLog::open(&audit_path)?);
     let workspaces = process_workspaces(home)?;
     let profile = policy.name().to_string();
     let tools = Arc::new(ToolRegistry::load(&args.tools, &engine, &ModuleCache::new(home, &engine)));
-    let exec = Executor::new(Sandbox::new(Arc::new(runtimes)), Profiles::single(policy), workspaces.clone(), audit, tools);
+    let exec = Executor::new(sandbox, Profiles::single(policy), workspaces.clone(), audit, tools);
     let caller = Caller::operator(Some(format!("exec-{}", std::process::id())), &profile);
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
