@@ -9,8 +9,10 @@
 //! Data flows one way: request → [`policy`] → [`sandbox`] → outcome → audit → response.
 //!
 //! * [`policy`]: isolation profiles (what guests may do).
-//! * [`runtime`]: the upstream language runtimes: install, verify, precompile, load.
-//! * [`sandbox`]: one guest run under limits, its workspace and its outcome.
+//! * [`engine`], [`runtime`], [`sandbox`]: three layers, each importing only the ones before it.
+//!   [`engine`] is the Wasmtime engine configuration and the epoch tick; [`runtime`] the upstream
+//!   language runtimes (install, verify, precompile, load); [`sandbox`] one guest run under
+//!   limits against warden's host calls, its workspace and its outcome.
 //! * [`executor`]: the request path, independent of transport; [`session`] and [`artifacts`]
 //!   keep state between calls; [`audit`] records every decision.
 //! * [`mcp`] and [`transport`]: the MCP tools over stdio and streamable HTTP.
@@ -23,6 +25,7 @@ pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod digest;
+pub mod engine;
 pub mod executor;
 pub mod service;
 #[doc(hidden)]

@@ -8,18 +8,18 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 use serde_json::{Value, json};
 
 use super::Failure;
+use crate::engine::{EngineSettings, build_engine, spawn_epoch_ticker};
+use crate::harden::landlock::LandlockStatus;
 use crate::harden::{Plan, landlock, seccomp};
 use crate::home::{Home, process_workspaces};
 use crate::policy::{HardeningMode, Policy};
-use crate::runtime::engine::{EngineSettings, build_engine, spawn_epoch_ticker};
-use crate::runtime::{Language, Runtimes};
+use crate::runtime::Language;
 use crate::sandbox::{CancelHandle, ExecSpec, Sandbox, Workspace, on_guest_thread};
 
 #[derive(Args, Debug)]
@@ -57,9 +57,12 @@ pub fn run(home: &Home, args: DoctorArgs) -> Result<(), Failure> {
         "landlock_tsync": kernel_abi >= 8,
         "seccomp": seccomp_available(),
         "profile": policy.name(),
-        "mode": policy.file.hardening.mode.to_string(),
+        "mode": policy.file.hardening.mode,
         "would_enforce": {
-            "landlock": if kernel_abi >= landlock::TARGET_ABI as i32 { "full" } else if kernel_abi > 0 { "partial" } else { "none" },
+            "landlock": match LandlockStatus::expected(kernel_abi) {
+                LandlockStatus::Unavailable => "none",
+                other => other.as_str(),
+            },
             "read_only": [home.runtimes(), home.cache()],
             "read_write": ["<this process's workspaces>", std::env::var_os("WARDEN_AUDIT_LOG").filter(|v| !v.is_empty()).map(std::path::PathBuf::from).unwrap_or_else(|| home.audit_log())],
             "seccomp_tripwire_syscalls": tripwire,
@@ -172,7 +175,7 @@ fn errno_of(ret: i32) -> String {
 /// `warden __harden-probe SCENARIO`.
 pub fn probe(home: &Home, args: ProbeArgs) -> Result<(), Failure> {
     let engine = build_engine(EngineSettings { max_instances: 4, parallel_compilation: false }).map_err(|e| format!("{e:#}"))?;
-    let runtimes = Runtimes::load(home, &engine, &Language::ALL)?;
+    let sandbox = Sandbox::load(home, &engine, &Language::ALL)?;
     let workspaces = process_workspaces(home)?;
     let planted = workspaces.join("planted");
     std::fs::create_dir_all(&planted)?;
@@ -238,7 +241,6 @@ pub fn probe(home: &Home, args: ProbeArgs) -> Result<(), Failure> {
     }
     let _ = early.join();
 
-    let sandbox = Sandbox::new(Arc::new(runtimes));
     for (lang, code) in [(Language::Python, "print(6 * 7)"), (Language::Javascript, "console.log(6 * 7)")] {
         let policy = Policy::load("default")?;
         let spec = ExecSpec { language: lang, code: code.into(), stdin: Vec::new(), limits: policy.limits(), env: Vec::new(), mounts: Vec::new() };

@@ -10,12 +10,12 @@ use clap::Args;
 use super::Failure;
 use crate::api::{Encoding, ExecuteCodeArgs, FileArg};
 use crate::audit::AuditLog;
+use crate::engine::{EngineSettings, build_engine, spawn_epoch_ticker};
 use crate::executor::Executor;
 use crate::service::{Caller, ExecError, Profiles, Service};
 use crate::home::{Home, OwnFiles, process_workspaces};
 use crate::policy::Policy;
-use crate::runtime::engine::{EngineSettings, build_engine, spawn_epoch_ticker};
-use crate::runtime::{Language, Runtimes};
+use crate::runtime::Language;
 use crate::runtime::cache::ModuleCache;
 use crate::sandbox::{CancelHandle, RequestedLimits, Sandbox};
 use crate::tools::ToolRegistry;
@@ -125,12 +125,12 @@ pub fn run(home: &Home, args: ExecArgs) -> Result<(), Failure> {
     let engine = build_engine(EngineSettings { max_instances: 4, parallel_compilation: false })
         .map_err(|e| format!("building the engine: {e:#}"))?;
     let _ticker = spawn_epoch_ticker(&engine)?;
-    let runtimes = Runtimes::load(home, &engine, &languages)?;
+    let sandbox = Sandbox::load(home, &engine, &languages)?;
     let audit = Arc::new(AuditLog::open(&audit_path)?);
     let workspaces = process_workspaces(home)?;
     let profile = policy.name().to_string();
     let tools = Arc::new(ToolRegistry::load(&args.tools, &engine, &ModuleCache::new(home, &engine)));
-    let exec = Service::new(Executor::new(Sandbox::new(Arc::new(runtimes)), workspaces.clone()), Profiles::single(policy), audit, tools);
+    let exec = Service::new(Executor::new(sandbox, workspaces.clone()), Profiles::single(policy), audit, tools);
     let caller = Caller::operator(Some(format!("exec-{}", std::process::id())), &profile);
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -18,14 +18,16 @@ use super::Failure;
 use crate::audit::AuditLog;
 use crate::auth::AuthConfig;
 use crate::audit::event::{AuthSource, Done, Event, Failed, ServerStart, ToolIdentity, ToolRefused};
+use crate::engine::{EngineSettings, build_engine, spawn_epoch_ticker};
 use crate::executor::Executor;
+use crate::harden::landlock::{LandlockReport, LandlockStatus};
+use crate::harden::seccomp::SeccompStatus;
 use crate::service::{Profile, Profiles, Service};
 use crate::harden::{HardenError, Plan, Report};
 use crate::policy::HardeningMode;
 use crate::home::{Home, OwnFiles, process_workspaces};
 use crate::policy::Policy;
-use crate::runtime::engine::{EngineSettings, build_engine, spawn_epoch_ticker};
-use crate::runtime::{Language, Runtimes};
+use crate::runtime::Language;
 use crate::runtime::cache::ModuleCache;
 use crate::sandbox::Sandbox;
 use crate::tools::ToolRegistry;
@@ -204,7 +206,7 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
         profiles.by_name.values().map(|p| 2 * p.policy.file.limits.concurrent_executions + p.policy.file.sessions.max).sum();
     let engine = build_engine(EngineSettings { max_instances: instances + 4, parallel_compilation: false })
         .map_err(|e| format!("building the engine: {e:#}"))?;
-    let runtimes = Runtimes::load(home, &engine, &langs)?;
+    let sandbox = Sandbox::load(home, &engine, &langs)?;
     let tools = Arc::new(ToolRegistry::load(&args.tools, &engine, &ModuleCache::new(home, &engine)));
     report_tool_grants(&tools, &profiles);
     let audit = Arc::new(AuditLog::open(&audit_path)?);
@@ -222,12 +224,12 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
     let mode = guard.mode;
     let plan = hardening_plan(home, &args, &profiles, &workspaces, &audit_path, mode, listener.as_ref(), auth.as_ref());
     let landlock = if mode == HardeningMode::Off {
-        crate::harden::landlock::LandlockReport { status: "off".into(), ..Default::default() }
+        LandlockReport { status: LandlockStatus::Off, ..Default::default() }
     } else {
         crate::harden::assert_single_threaded()?;
         crate::harden::landlock::restrict(&plan)?
     };
-    if mode == HardeningMode::Enforce && landlock.status != "full" {
+    if mode == HardeningMode::Enforce && landlock.status != LandlockStatus::Full {
         return Err(HardenError::NotEnforced(format!("Landlock is {} ({})", landlock.status, landlock.gaps.join("; "))).into());
     }
 
@@ -246,7 +248,7 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
         tools_refused: tools.refusals.iter().map(|r| ToolRefused { path: r.path.clone(), reason: r.reason.clone() }).collect(),
         hardening: Report::off(),
     };
-    let exec = Arc::new(Service::new(Executor::new(Sandbox::new(Arc::new(runtimes)), workspaces), profiles, audit, tools));
+    let exec = Arc::new(Service::new(Executor::new(sandbox, workspaces), profiles, audit, tools));
     // With authentication, callers are principals that must not starve one another.
     exec.set_multi_tenant(auth.is_some());
     let shared_auth: Option<SharedAuth> = auth.map(|a| Arc::new(RwLock::new(Arc::new(a))));
@@ -259,13 +261,13 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
         spawn_signal_handlers(exec.clone(), shutdown.clone(), grace, args.clone(), shared_auth.clone(), guard)?;
         let listener = listener.map(tokio::net::TcpListener::from_std).transpose()?;
         let seccomp = crate::harden::seccomp::install(&plan)?;
-        if mode == HardeningMode::Enforce && (seccomp.status != "enforced" || !seccomp.all_threads_filtered) {
+        if mode == HardeningMode::Enforce && (seccomp.status != SeccompStatus::Enforced || !seccomp.all_threads_filtered) {
             return Err(HardenError::NotEnforced(format!("seccomp is {} ({})", seccomp.status, seccomp.detail.clone().unwrap_or_default())).into());
         }
-        if mode == HardeningMode::BestEffort && (landlock.status != "full" || seccomp.status != "enforced") {
+        if mode == HardeningMode::BestEffort && (landlock.status != LandlockStatus::Full || seccomp.status != SeccompStatus::Enforced) {
             tracing::warn!(landlock = %landlock.status, gaps = ?landlock.gaps, seccomp = %seccomp.status, "host hardening is incomplete");
         }
-        let hardening = Report { mode: mode.to_string(), landlock, seccomp };
+        let hardening = Report { mode, landlock, seccomp };
         let mut start_event = start_event;
         start_event.hardening = hardening.clone();
         exec.audit_log().record(&Event::ServerStart(Box::new(start_event)))?;
@@ -287,8 +289,7 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
                 opts.allowed_hosts.extend(args.allowed_hosts.clone());
                 opts.allowed_origins.extend(args.allowed_origins.clone());
                 opts.trusted_proxies = args.trusted_proxies.clone();
-                let mut health = Health::default();
-                health.details.insert("hardening".into(), json!(hardening));
+                let health = Health { hardening: Some(hardening) };
                 let app = crate::transport::http::router(exec.clone(), &opts, health, &shutdown, shared_auth);
                 eprintln!("warden: serving MCP at http://{addr}/mcp (policy {})", exec.profiles().default);
                 tracing::info!(%addr, "listening");

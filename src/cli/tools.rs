@@ -7,10 +7,10 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::Failure;
+use crate::engine::{EngineSettings, build_engine, spawn_epoch_ticker};
 use crate::home::Home;
 use crate::policy::Policy;
 use crate::runtime::cache::ModuleCache;
-use crate::runtime::engine::{EngineSettings, build_engine, spawn_epoch_ticker};
 use crate::tools::manifest::{Annotations, Capabilities, Manifest};
 use crate::tools::{ToolRegistry, grant};
 

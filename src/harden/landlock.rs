@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, LandlockStatus, PathBeneath, PathFd,
-    RestrictSelfAttr, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
+    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, LandlockStatus as KernelStatus, PathBeneath,
+    PathFd, RestrictSelfAttr, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
 };
 use serde::Serialize;
 
@@ -15,10 +15,58 @@ use crate::policy::HardeningMode;
 /// links, TCP bind/connect, abstract-socket and signal scoping). Tested on Linux 6.18.
 pub const TARGET_ABI: ABI = ABI::V6;
 
+/// How much of warden's ruleset the kernel enforces. Serialised as `"full"`, `"partial"`,
+/// `"not_enforced"`, `"unavailable"` or `"off"`: the words of the `server.start` audit line,
+/// authenticated `/healthz` and the hardening probe.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LandlockStatus {
+    /// Every right warden asks for is enforced.
+    Full,
+    /// Some rights are enforced; the report's `gaps` say which are not.
+    Partial,
+    /// Landlock exists but enforced nothing.
+    NotEnforced,
+    /// The kernel has no Landlock (not built in, or not enabled at boot).
+    Unavailable,
+    /// Not attempted: hardening mode `off`.
+    #[default]
+    Off,
+}
+
+impl LandlockStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LandlockStatus::Full => "full",
+            LandlockStatus::Partial => "partial",
+            LandlockStatus::NotEnforced => "not_enforced",
+            LandlockStatus::Unavailable => "unavailable",
+            LandlockStatus::Off => "off",
+        }
+    }
+
+    /// What [`restrict`] can achieve on a kernel with this Landlock ABI, before trying: `Full`
+    /// from [`TARGET_ABI`] on, `Partial` below it, `Unavailable` without Landlock.
+    pub fn expected(kernel_abi: i32) -> LandlockStatus {
+        if kernel_abi >= TARGET_ABI as i32 {
+            LandlockStatus::Full
+        } else if kernel_abi > 0 {
+            LandlockStatus::Partial
+        } else {
+            LandlockStatus::Unavailable
+        }
+    }
+}
+
+impl std::fmt::Display for LandlockStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct LandlockReport {
-    /// "full", "partial", "not_enforced", "unavailable" or "off".
-    pub status: String,
+    pub status: LandlockStatus,
     /// The kernel's Landlock ABI (0 when Landlock is not available).
     pub kernel_abi: i32,
     /// The ABI warden asked for.
@@ -73,7 +121,7 @@ pub fn restrict(plan: &Plan) -> Result<LandlockReport, HardenError> {
         ..Default::default()
     };
     if plan.mode == HardeningMode::Off {
-        report.status = "off".into();
+        report.status = LandlockStatus::Off;
         return Ok(report);
     }
     let level = if plan.mode == HardeningMode::Enforce { CompatLevel::HardRequirement } else { CompatLevel::BestEffort };
@@ -104,13 +152,12 @@ pub fn restrict(plan: &Plan) -> Result<LandlockReport, HardenError> {
     // asked for is enforced: the process is single-threaded when it restricts itself.
     let only_tsync_missing = status.ruleset == RulesetStatus::PartiallyEnforced && kernel >= TARGET_ABI as i32 && !status.all_threads;
     report.status = match (&status.landlock, status.ruleset) {
-        (LandlockStatus::NotEnabled | LandlockStatus::NotImplemented, _) => "unavailable",
-        (_, RulesetStatus::FullyEnforced) => "full",
-        (_, RulesetStatus::PartiallyEnforced) if only_tsync_missing => "full",
-        (_, RulesetStatus::PartiallyEnforced) => "partial",
-        (_, RulesetStatus::NotEnforced) => "not_enforced",
-    }
-    .into();
+        (KernelStatus::NotEnabled | KernelStatus::NotImplemented, _) => LandlockStatus::Unavailable,
+        (_, RulesetStatus::FullyEnforced) => LandlockStatus::Full,
+        (_, RulesetStatus::PartiallyEnforced) if only_tsync_missing => LandlockStatus::Full,
+        (_, RulesetStatus::PartiallyEnforced) => LandlockStatus::Partial,
+        (_, RulesetStatus::NotEnforced) => LandlockStatus::NotEnforced,
+    };
     report.all_threads = status.all_threads;
     if kernel < 4 {
         report.gaps.push("TCP bind/connect rules need Landlock ABI 4 (Linux 6.7)".into());

@@ -52,16 +52,19 @@ pub struct Plan {
 }
 
 /// What was achieved; reported by `/healthz`, the startup audit event and `warden doctor`.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+/// Every state is an enum serialised to the same words the JSON has always carried (`"mode":
+/// "enforce"`, `"status": "full"`, `"status": "enforced"`, ...).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Report {
-    pub mode: String,
+    pub mode: HardeningMode,
     pub landlock: landlock::LandlockReport,
     pub seccomp: seccomp::SeccompReport,
 }
 
 impl Report {
+    /// Nothing attempted: mode, Landlock and seccomp all `off`.
     pub fn off() -> Report {
-        Report { mode: HardeningMode::Off.to_string(), ..Default::default() }
+        Report { mode: HardeningMode::Off, landlock: Default::default(), seccomp: Default::default() }
     }
 }
 
@@ -109,4 +112,54 @@ pub fn own_tasks_dir() -> PathBuf {
 /// The running kernel's release (uname -r).
 pub fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::landlock::LandlockStatus;
+    use super::seccomp::SeccompStatus;
+    use super::*;
+
+    /// The states are read by the `server.start` audit line's consumers, `/healthz` clients and
+    /// `warden doctor`: their words must not change with the types behind them.
+    #[test]
+    fn states_serialise_to_the_documented_words() {
+        let word = |v: serde_json::Value| v.as_str().expect("a string").to_string();
+        let landlock = [
+            (LandlockStatus::Full, "full"),
+            (LandlockStatus::Partial, "partial"),
+            (LandlockStatus::NotEnforced, "not_enforced"),
+            (LandlockStatus::Unavailable, "unavailable"),
+            (LandlockStatus::Off, "off"),
+        ];
+        for (s, w) in landlock {
+            assert_eq!(word(serde_json::to_value(s).unwrap()), w);
+            assert_eq!(s.to_string(), w);
+        }
+        for (s, w) in [(SeccompStatus::Enforced, "enforced"), (SeccompStatus::Failed, "failed"), (SeccompStatus::Off, "off")] {
+            assert_eq!(word(serde_json::to_value(s).unwrap()), w);
+            assert_eq!(s.to_string(), w);
+        }
+        for (m, w) in [(HardeningMode::Enforce, "enforce"), (HardeningMode::BestEffort, "best-effort"), (HardeningMode::Off, "off")] {
+            assert_eq!(word(serde_json::to_value(m).unwrap()), w);
+            assert_eq!(m.to_string(), w);
+        }
+    }
+
+    #[test]
+    fn an_off_report_keeps_its_shape() {
+        let json = serde_json::to_string(&Report::off()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"mode":"off","landlock":{"status":"off","kernel_abi":0,"target_abi":0,"gaps":[],"read_only":[],"read_write":[],"all_threads":false},"seccomp":{"status":"off","arch":"","tripwire":0,"allowed":0,"all_threads_filtered":false,"detail":null}}"#
+        );
+    }
+
+    #[test]
+    fn expected_landlock_follows_the_kernel_abi() {
+        assert_eq!(LandlockStatus::expected(0), LandlockStatus::Unavailable);
+        assert_eq!(LandlockStatus::expected(landlock::TARGET_ABI as i32 - 1), LandlockStatus::Partial);
+        assert_eq!(LandlockStatus::expected(landlock::TARGET_ABI as i32), LandlockStatus::Full);
+        assert_eq!(LandlockStatus::expected(8), LandlockStatus::Full);
+    }
 }

@@ -57,10 +57,39 @@ struct ArgIn {
     comment: Option<String>,
 }
 
+/// Whether the filters are installed. Serialised as `"enforced"`, `"failed"` or `"off"`: the
+/// words of the `server.start` audit line, authenticated `/healthz` and the hardening probe.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SeccompStatus {
+    /// Both filters are installed on every thread.
+    Enforced,
+    /// The kernel refused a filter; the report's `detail` says why.
+    Failed,
+    /// Not attempted: hardening mode `off`.
+    #[default]
+    Off,
+}
+
+impl SeccompStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SeccompStatus::Enforced => "enforced",
+            SeccompStatus::Failed => "failed",
+            SeccompStatus::Off => "off",
+        }
+    }
+}
+
+impl std::fmt::Display for SeccompStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct SeccompReport {
-    /// "enforced", "failed" or "off".
-    pub status: String,
+    pub status: SeccompStatus,
     pub arch: String,
     /// Syscalls that kill the process.
     pub tripwire: usize,
@@ -166,7 +195,7 @@ pub fn check(listener_fd: Option<i32>) -> Result<(usize, usize), HardenError> {
 pub fn install(plan: &Plan) -> Result<SeccompReport, HardenError> {
     let mut report = SeccompReport { arch: std::env::consts::ARCH.into(), ..Default::default() };
     if plan.mode == HardeningMode::Off {
-        report.status = "off".into();
+        report.status = SeccompStatus::Off;
         return Ok(report);
     }
     let (t, a, tn, an) = filters_json(plan.listener_fd)?;
@@ -177,11 +206,11 @@ pub fn install(plan: &Plan) -> Result<SeccompReport, HardenError> {
     let applied = seccompiler::apply_filter_all_threads(&tripwire).and_then(|()| seccompiler::apply_filter_all_threads(&allow));
     match applied {
         Ok(()) => {
-            report.status = "enforced".into();
+            report.status = SeccompStatus::Enforced;
             report.all_threads_filtered = super::all_threads_filtered();
         }
         Err(e) => {
-            report.status = "failed".into();
+            report.status = SeccompStatus::Failed;
             report.detail = Some(e.to_string());
         }
     }

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use super::PolicyFile;
-use crate::runtime::engine::MAX_GUEST_MEMORY;
+use crate::engine::MAX_GUEST_MEMORY;
 
 /// A field's value in a comparable form.
 #[derive(Clone, Debug, PartialEq, Eq)]

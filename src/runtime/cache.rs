@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use wasmtime::{Engine, Module};
 
-use super::engine::{engine_fingerprint, wasmtime_version};
+use crate::engine::{engine_fingerprint, wasmtime_version};
 use crate::home::Home;
 
 #[derive(Debug, thiserror::Error)]

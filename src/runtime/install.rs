@@ -125,12 +125,19 @@ impl Progress {
     }
 }
 
+/// Runs a snapshot recipe in a guest and returns the snapshotted module: the install directory,
+/// the runtime, and where to report progress.
+pub type BuildSnapshot = fn(&Path, &'static RuntimeSpec, &Progress) -> Result<Vec<u8>, super::snapshot::SnapshotError>;
+
 pub struct Installer<'a> {
     pub home: &'a Home,
     pub engine: &'a Engine,
     pub progress: Progress,
     /// Recompile cache entries even when they verify.
     pub force: bool,
+    /// Builds [`super::Build::PythonSnapshot`] modules. Running a guest is the sandbox's job, a
+    /// layer above this one, so the caller passes it in (the sandbox's `snapshot::build`).
+    pub snapshot: BuildSnapshot,
 }
 
 impl Installer<'_> {
@@ -189,7 +196,7 @@ impl Installer<'_> {
                 let wasm_path = dir.join(spec.module_file);
                 fs::read(&wasm_path).map_err(io_at(&wasm_path))?
             }
-            super::Build::PythonSnapshot => super::snapshot::build(&dir, spec, &self.progress)?,
+            super::Build::PythonSnapshot => (self.snapshot)(&dir, spec, &self.progress)?,
         };
         let msg = format!("{}: compiling the served module ({})", spec.language, spec.compile_hint);
         self.progress.step(&msg, || cache.ensure(self.engine, spec.cache_name(), &wasm, &key, true))?;

@@ -3,9 +3,19 @@
 //!
 //! Installing (download, verify, compile) happens only in `warden runtimes install`. Serving
 //! only loads what is installed and refuses, with instructions, when something is missing.
+//!
+//! Owns: [`Language`] and each runtime's static description ([`RuntimeSpec`]), the pinned
+//! upstream packages ([`pins`]), installing them ([`install`]), the compiled-module cache
+//! ([`cache`]), the Python snapshot's recipe ([`snapshot`]) and mapping an installed runtime's
+//! compiled [`Module`] ([`Runtime::load`]).
+//!
+//! Does not own: the engine's configuration ([`crate::engine`], the layer below), and anything a
+//! guest sees of the host: the store state, the linker and host calls, limits, workspaces, or
+//! running the snapshot recipe in a guest. Those are the `sandbox` module, the layer above, which
+//! links the modules loaded here (`Sandbox::load`) and hands the installer its snapshot builder
+//! ([`install::Installer::snapshot`]). Nothing in this module imports `sandbox`.
 
 pub mod cache;
-pub mod engine;
 pub mod install;
 pub mod pins;
 pub mod snapshot;
@@ -15,10 +25,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use wasmtime::{Engine, InstancePre, Module};
+use wasmtime::{Engine, Module};
 
 use crate::home::Home;
-use crate::sandbox::GuestState;
 use cache::{CacheError, ModuleCache};
 use pins::Package;
 
@@ -179,12 +188,12 @@ pub enum LoadError {
     Prepare { language: Language, source: wasmtime::Error },
 }
 
-/// One installed runtime, ready to instantiate.
+/// One installed runtime, its compiled module mapped with its copy-on-write image ready. The
+/// sandbox links it against the host before guests are instantiated from it.
 pub struct Runtime {
     pub spec: &'static RuntimeSpec,
     pub dir: PathBuf,
     pub module: Module,
-    pub pre: InstancePre<GuestState>,
 }
 
 impl Runtime {
@@ -193,8 +202,8 @@ impl Runtime {
         self.spec.ro_mounts.iter().map(|(rel, guest)| (self.dir.join(rel), *guest))
     }
 
-    /// Loads one installed runtime: checks its files still match what was verified, maps the
-    /// precompiled module and pre-resolves its imports.
+    /// Loads one installed runtime: checks its files still match what was verified and maps the
+    /// precompiled module. Its imports are resolved by the sandbox (`Sandbox::load`).
     pub fn load(home: &Home, engine: &Engine, cache: &ModuleCache, language: Language) -> Result<Runtime, LoadError> {
         let spec = language.spec();
         let dir = spec.install_dir(home);
@@ -204,9 +213,7 @@ impl Runtime {
         }
         let module = cache.load(engine, spec.cache_name(), &spec.cache_key())?;
         module.initialize_copy_on_write_image().map_err(|source| LoadError::Prepare { language, source })?;
-        let linker = crate::sandbox::linker(engine).map_err(|source| LoadError::Prepare { language, source })?;
-        let pre = linker.instantiate_pre(&module).map_err(|source| LoadError::Prepare { language, source })?;
-        Ok(Runtime { spec, dir, module, pre })
+        Ok(Runtime { spec, dir, module })
     }
 
     pub fn install_dir(&self) -> &Path {
@@ -236,5 +243,9 @@ impl Runtimes {
 
     pub fn languages(&self) -> impl Iterator<Item = Language> + '_ {
         self.loaded.iter().map(|r| r.spec.language)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Runtime>> + '_ {
+        self.loaded.iter()
     }
 }

@@ -4,7 +4,10 @@
 //!
 //! Built once by `runtimes install` with `wasmtime-wizer`: the upstream module is instrumented,
 //! instantiated with warden's real linker and guest layout, driven through a few host turns, and
-//! snapshotted. Two things a post-turn snapshot would otherwise get wrong are handled here:
+//! snapshotted. This module owns the recipe (the turns, the key, the module patch); running it
+//! in a guest is the sandbox's part (`sandbox::snapshot::build`), since only the sandbox knows
+//! the host a guest is linked against. Two things a post-turn snapshot would otherwise get wrong
+//! are handled by the recipe:
 //!
 //! * wasi-libc caches its table of preopens on first use; the cache is reset (through an export
 //!   added to the module) right before the snapshot, so guests see the preopens of their own call.
@@ -13,16 +16,10 @@
 //!   new seeds for `random` and numpy from WASI randomness, a fresh `tempfile` name sequence, and
 //!   `/workspace` as its working directory.
 
-use std::future::Future;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
-
-use wasmtime::{Engine, OptLevel};
-
 use crate::digest::sha256_hex;
 
 /// wasi-libc's internal function that forgets cached preopens, and the name warden exports it as.
-const RESET_PREOPENS_INTERNAL: &str = "__wasilibc_reset_preopens";
+pub const RESET_PREOPENS_INTERNAL: &str = "__wasilibc_reset_preopens";
 pub const RESET_PREOPENS_EXPORT: &str = "warden_reset_preopens";
 
 /// Bumped whenever the recipe below changes, so old snapshots are never reused.
@@ -160,32 +157,6 @@ pub fn export_internal_function(wasm: &[u8], internal: &'static str, export: &st
     Ok(out)
 }
 
-/// An engine for running the instrumented module once: same features as the serving engine,
-/// but compiled without optimisation, since the code runs for a few seconds and is thrown away.
-pub fn init_engine() -> wasmtime::Result<Engine> {
-    let mut cfg = wasmtime::Config::new();
-    cfg.consume_fuel(true)
-        .epoch_interruption(true)
-        .wasm_exceptions(true)
-        .max_wasm_stack(super::engine::MAX_WASM_STACK)
-        .async_stack_size(super::engine::MAX_WASM_STACK + (2 << 20))
-        .cranelift_opt_level(OptLevel::None)
-        .parallel_compilation(true);
-    Engine::new(&cfg)
-}
-
-/// Drives a future that never waits (wizer's snapshot is `async` only in signature).
-pub fn block_on_ready<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::yield_now();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,7 +171,7 @@ mod tests {
     fn an_export_is_added_for_a_named_function() {
         let wasm = wat::parse_str(r#"(module (func $hidden (result i32) i32.const 7) (func (export "other")))"#).unwrap();
         let patched = export_internal_function(&wasm, "hidden", "visible").unwrap();
-        let engine = Engine::default();
+        let engine = wasmtime::Engine::default();
         let module = wasmtime::Module::new(&engine, &patched).unwrap();
         let mut store = wasmtime::Store::new(&engine, ());
         let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
@@ -208,75 +179,4 @@ mod tests {
         assert_eq!(f.call(&mut store, ()).unwrap(), 7);
         assert!(matches!(export_internal_function(&wasm, "missing", "x"), Err(SnapshotError::NoSuchFunction(_))));
     }
-}
-
-/// Builds the snapshot module from the installed upstream files in `dir`. Takes a few seconds of
-/// init turns plus one unoptimised compile of the instrumented module.
-pub fn build(
-    dir: &std::path::Path,
-    spec: &'static super::RuntimeSpec,
-    progress: &super::install::Progress,
-) -> Result<Vec<u8>, SnapshotError> {
-    use crate::sandbox::{CancelHandle, Guest, GuestSpec, Limits, Workspace};
-    let err = |e: wasmtime::Error| SnapshotError::Wasm(format!("{e:#}"));
-    let base = std::fs::read(dir.join(spec.module_file)).map_err(|e| SnapshotError::Wasm(e.to_string()))?;
-    let patched = export_internal_function(&base, RESET_PREOPENS_INTERNAL, RESET_PREOPENS_EXPORT)?;
-    drop(base);
-    let wizer = wasmtime_wizer::Wizer::new();
-    let (cx, instrumented) = wizer.instrument(&patched).map_err(err)?;
-    let engine = init_engine().map_err(err)?;
-    let module = progress.step(&format!("{}: compiling the instrumented interpreter (unoptimised, once)", spec.language), || {
-        wasmtime::Module::new(&engine, &instrumented)
-    });
-    let module = module.map_err(err)?;
-    drop(instrumented);
-    let pre = crate::sandbox::linker(&engine).and_then(|l| l.instantiate_pre(&module)).map_err(err)?;
-    let ticker = super::engine::spawn_epoch_ticker(&engine).map_err(|e| SnapshotError::Wasm(e.to_string()))?;
-
-    let scratch = tempfile::tempdir().map_err(|e| SnapshotError::Wasm(e.to_string()))?;
-    let ws = Workspace::create(scratch.path(), "snapshot-").map_err(|e| SnapshotError::Wasm(e.to_string()))?;
-    let limits = Limits {
-        timeout: std::time::Duration::from_secs(600),
-        memory_bytes: 2 << 30,
-        fuel: u64::MAX / 4,
-        stdout_bytes: 1 << 20,
-        stderr_bytes: 1 << 20,
-        workspace_bytes: 1 << 30,
-        workspace_files: 100_000,
-    };
-    let gspec = GuestSpec {
-        pre: &pre,
-        language: Some(spec.language),
-        ro_mounts: spec.ro_mounts.iter().map(|(rel, guest)| (dir.join(rel), *guest)).collect(),
-        workspace: &ws,
-        args: vec![crate::sandbox::PYTHON_ARGV0.to_string()],
-        env: vec![("TMPDIR".into(), "/tmp".into()), ("HOME".into(), "/tmp".into())],
-        mounts: &[],
-    };
-    let cancel = CancelHandle::new();
-    let snapshot = progress.step(&format!("{}: running the interpreter's first turns (imports)", spec.language), || {
-        // Guests need a big native stack; run the whole build on such a thread.
-        let run = || -> Result<Vec<u8>, SnapshotError> {
-            let mut guest = Guest::start(&gspec, &limits, &cancel).map_err(err)?;
-            for turn in init_turns() {
-                guest.python_hidden_turn(&turn, &cancel, limits.timeout).map_err(err)?;
-            }
-            guest.with_parts(|store, instance| {
-                let reset = instance.get_typed_func::<(), ()>(&mut *store, RESET_PREOPENS_EXPORT).map_err(err)?;
-                reset.call(&mut *store, ()).map_err(err)?;
-                let mut state = wasmtime_wizer::WasmtimeWizer { store, instance };
-                block_on_ready(wizer.snapshot(&cx, &mut state)).map_err(err)
-            })
-        };
-        std::thread::scope(|s| {
-            std::thread::Builder::new()
-                .stack_size(super::engine::GUEST_THREAD_STACK)
-                .spawn_scoped(s, run)
-                .map_err(|e| SnapshotError::Wasm(e.to_string()))?
-                .join()
-                .map_err(|_| SnapshotError::Wasm("the snapshot thread panicked".into()))?
-        })
-    })?;
-    drop(ticker);
-    Ok(snapshot)
 }

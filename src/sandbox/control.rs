@@ -8,12 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// How often the epoch ticker advances the engine's epoch, and so the granularity of deadlines,
-/// cancellation and workspace-quota checks.
-pub const TICK: Duration = Duration::from_millis(10);
-
 /// A cheap, cloneable handle that stops a running guest. Cancellation is observed within one
-/// tick (or one sleep slice) of the call.
+/// tick ([`crate::engine::TICK`]) or one sleep slice of the call.
 #[derive(Clone, Debug, Default)]
 pub struct CancelHandle(Arc<AtomicBool>);
 

@@ -15,10 +15,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use wasmtime::{Caller, Engine, Extern, Linker, Memory};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 
-use super::control::{Deadline, Stop, TICK};
+use super::control::{Deadline, Stop};
 use super::io::CappedPipe;
 use super::limits::TrackingLimiter;
 use super::fsgate::FsGate;
+use crate::engine::TICK;
 
 /// Handles requests a guest sends through `host.call`.
 pub trait Door: Send {

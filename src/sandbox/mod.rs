@@ -4,7 +4,17 @@
 //! Layers, outermost first: [`Sandbox`] picks the runtime and drives a call; [`guest`] owns the
 //! store and instance; [`host`] is what the guest can call; [`workspace`] is its filesystem,
 //! [`quota`] the ledger of what that filesystem holds and [`fsgate`] the WASI calls that keep it;
-//! [`outcome`] turns the ending into the contract's words.
+//! [`outcome`] turns the ending into the contract's words; [`snapshot`] runs the Python snapshot
+//! recipe in a guest at install time.
+//!
+//! Owns: everything a guest sees of the host (the store state [`GuestState`], the [`linker`] and
+//! its host calls), linking the loaded runtimes against it ([`Sandbox::load`]), limits,
+//! cancellation, workspaces and outcomes.
+//!
+//! Does not own: the engine's configuration and the epoch tick ([`crate::engine`]), and which
+//! runtimes exist, how they are installed, cached and loaded ([`crate::runtime`]). Those are the
+//! layers below, which never import this one; policy decisions (what limits, which mounts) come
+//! from callers already applied in an [`ExecSpec`].
 
 pub mod control;
 pub mod fsgate;
@@ -14,10 +24,13 @@ pub mod io;
 pub mod limits;
 pub mod outcome;
 pub mod quota;
+pub mod snapshot;
 pub mod workspace;
 
 use std::sync::Arc;
 use std::time::Instant;
+
+use wasmtime::{Engine, InstancePre};
 
 pub use control::{CancelHandle, Stop};
 pub use guest::{Guest, GuestSpec, Mount};
@@ -26,8 +39,9 @@ pub use limits::{Limits, RequestedLimits};
 pub use outcome::{Outcome, RunReport};
 pub use workspace::{Artifact, InputFile, Workspace};
 
-use crate::runtime::engine::GUEST_THREAD_STACK;
-use crate::runtime::{Language, Runtime, Runtimes};
+use crate::engine::GUEST_THREAD_STACK;
+use crate::home::Home;
+use crate::runtime::{Language, LoadError, Runtime, Runtimes};
 use outcome::{Exit, RunFacts, classify};
 
 /// argv[0] CPython derives its prefix from: `/usr/local`, so it finds `lib/python315.zip`.
@@ -59,23 +73,43 @@ pub struct ExecSpec {
     pub mounts: Vec<Mount>,
 }
 
-/// Starts guests from the loaded runtimes.
+/// Starts guests from the loaded runtimes. Cheap to clone.
 #[derive(Clone)]
 pub struct Sandbox {
-    runtimes: Arc<Runtimes>,
+    inner: Arc<Linked>,
+}
+
+/// The loaded runtimes and, for each, its imports resolved against the host.
+struct Linked {
+    runtimes: Runtimes,
+    pres: Vec<(Language, InstancePre<GuestState>)>,
 }
 
 impl Sandbox {
-    pub fn new(runtimes: Arc<Runtimes>) -> Self {
-        Sandbox { runtimes }
+    /// Loads the installed runtimes for `languages` ([`Runtimes::load`]) and links each against
+    /// the host with one [`linker`], so every later guest only instantiates.
+    pub fn load(home: &Home, engine: &Engine, languages: &[Language]) -> Result<Sandbox, LoadError> {
+        let runtimes = Runtimes::load(home, engine, languages)?;
+        let mut pres = Vec::new();
+        if let Some(first) = runtimes.iter().next() {
+            let shared = linker(engine).map_err(|source| LoadError::Prepare { language: first.spec.language, source })?;
+            for rt in runtimes.iter() {
+                let language = rt.spec.language;
+                let pre = shared.instantiate_pre(&rt.module).map_err(|source| LoadError::Prepare { language, source })?;
+                pres.push((language, pre));
+            }
+        }
+        Ok(Sandbox { inner: Arc::new(Linked { runtimes, pres }) })
     }
 
     pub fn runtimes(&self) -> &Runtimes {
-        &self.runtimes
+        &self.inner.runtimes
     }
 
-    fn runtime(&self, language: Language) -> Result<&Arc<Runtime>, SandboxError> {
-        self.runtimes.get(language).ok_or(SandboxError::NotLoaded(language))
+    fn runtime(&self, language: Language) -> Result<(&Arc<Runtime>, &InstancePre<GuestState>), SandboxError> {
+        let rt = self.inner.runtimes.get(language);
+        let pre = self.inner.pres.iter().find(|(l, _)| *l == language).map(|(_, p)| p);
+        rt.zip(pre).ok_or(SandboxError::NotLoaded(language))
     }
 
     /// Starts a guest ready to run code in `ws` (for Python, past its setup turn). A start that
@@ -88,7 +122,7 @@ impl Sandbox {
         cancel: &CancelHandle,
     ) -> Result<Result<Guest, RunReport>, SandboxError> {
         // (a start that fails because of the caller's limits is a report, not an error)
-        let rt = self.runtime(spec.language)?;
+        let (rt, pre) = self.runtime(spec.language)?;
         let mut env = vec![("TMPDIR".to_string(), "/tmp".to_string()), ("HOME".to_string(), "/tmp".to_string())];
         env.extend(spec.env.iter().filter(|(k, _)| k != "TMPDIR" && k != "HOME").cloned());
         let args = match spec.language {
@@ -98,7 +132,7 @@ impl Sandbox {
         };
         let refresh = crate::runtime::snapshot::refresh_turn(&env);
         let gspec = GuestSpec {
-            pre: &rt.pre,
+            pre,
             language: Some(spec.language),
             ro_mounts: rt.ro_mounts().collect(),
             workspace: ws,

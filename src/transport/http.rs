@@ -49,10 +49,11 @@ impl Default for HttpOptions {
     }
 }
 
-/// Extra facts `/healthz` reports (hardening state, filled in by the caller).
+/// Extra facts authenticated `/healthz` reports, filled in by the caller.
 #[derive(Clone, Default)]
 pub struct Health {
-    pub details: serde_json::Map<String, serde_json::Value>,
+    /// The host hardening achieved at startup, reported as `"hardening"`.
+    pub hardening: Option<crate::harden::Report>,
 }
 
 #[derive(Clone)]
@@ -175,7 +176,9 @@ async fn healthz(State(s): State<AppState>, headers: axum::http::HeaderMap) -> i
     body.insert("runtimes".into(), json!(s.exec.executor().runtimes().languages().collect::<Vec<_>>()));
     body.insert("executions_running".into(), json!(s.exec.inflight()));
     body.insert("sessions".into(), json!(s.exec.sessions.len()));
-    body.extend(s.health.details.clone());
+    if let Some(hardening) = &s.health.hardening {
+        body.insert("hardening".into(), json!(hardening));
+    }
     Json(serde_json::Value::Object(body))
 }
 

@@ -4,12 +4,12 @@
 pub mod summary;
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
+use warden::engine::{EngineSettings, build_engine, spawn_epoch_ticker};
 use warden::home::Home;
 use warden::policy::Policy;
-use warden::runtime::engine::{EngineSettings, build_engine, spawn_epoch_ticker};
-use warden::runtime::{Language, Runtimes};
+use warden::runtime::Language;
 use warden::sandbox::{CancelHandle, ExecSpec, InputFile, Limits, RunReport, Sandbox, Workspace, on_guest_thread};
 
 /// The data directory the test command installs runtimes into (`scripts/test` sets
@@ -28,10 +28,9 @@ pub fn sandbox() -> &'static Sandbox {
     SANDBOX.get_or_init(|| {
         let engine = build_engine(EngineSettings { max_instances: 32, parallel_compilation: false }).expect("engine");
         std::mem::forget(spawn_epoch_ticker(&engine).expect("ticker"));
-        let runtimes = Runtimes::load(&home(), &engine, &Language::ALL).unwrap_or_else(|e| {
+        Sandbox::load(&home(), &engine, &Language::ALL).unwrap_or_else(|e| {
             panic!("{e}\n(the tests need installed runtimes: run scripts/test, or `warden runtimes install` with WARDEN_HOME={:?})", home().root())
-        });
-        Sandbox::new(Arc::new(runtimes))
+        })
     })
 }
 

@@ -1,17 +1,30 @@
-//! The one Wasmtime `Engine` of the process, and the epoch ticker that drives deadlines.
+//! The bottom layer: the one Wasmtime `Engine` of the process, the epoch ticker that drives
+//! deadlines, and the constants every guest is sized by.
 //!
 //! Every knob that changes generated code (fuel, epochs, exceptions, stack size, memory
 //! reservation) is fixed here so `runtimes install` and `serve` build identical engines and share
 //! one module cache. Knobs that only size the instance pool may differ between the two; they do
 //! not change the engine's compatibility hash (checked by a test below).
+//!
+//! Owns: engine configuration ([`build_engine`], and [`init_engine`] for the throwaway engine of
+//! the snapshot build), the engine fingerprint that keys the module cache, the epoch [`TICK`]
+//! and its ticker thread, guest memory and stack sizes.
+//!
+//! Does not own: which runtimes exist or how they are installed and loaded (the `runtime`
+//! module), and anything about a guest's store, host calls or limits (the `sandbox` module).
+//! This module imports neither: `runtime` builds on it, `sandbox` builds on both, and nothing
+//! here may import upward.
 
 use std::hash::Hasher;
 use std::thread;
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
 
-use crate::sandbox::control::TICK;
+/// How often the epoch ticker advances the engine's epoch, and so the granularity of deadlines,
+/// cancellation and workspace-quota checks (the sandbox also sleeps in slices of one tick).
+pub const TICK: Duration = Duration::from_millis(10);
 
 /// Largest linear memory any guest may grow to. The per-call cap (policy `memory_mb`) is
 /// enforced below this by `StoreLimits`.
@@ -74,6 +87,21 @@ pub fn build_engine(settings: EngineSettings) -> wasmtime::Result<Engine> {
         .max_core_instance_size(16 << 20)
         .max_unused_warm_slots(n.min(8));
     cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&cfg)
+}
+
+/// An engine for running the snapshot recipe once at install time: the same features as the
+/// serving engine, but compiled without optimisation, since the code runs for a few seconds and
+/// is thrown away.
+pub fn init_engine() -> wasmtime::Result<Engine> {
+    let mut cfg = Config::new();
+    cfg.consume_fuel(true)
+        .epoch_interruption(true)
+        .wasm_exceptions(true)
+        .max_wasm_stack(MAX_WASM_STACK)
+        .async_stack_size(MAX_WASM_STACK + (2 << 20))
+        .cranelift_opt_level(OptLevel::None)
+        .parallel_compilation(true);
     Engine::new(&cfg)
 }
 
