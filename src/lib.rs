@@ -6,18 +6,25 @@
 //!
 //! # Layout
 //!
-//! Data flows one way: request → [`policy`] → [`sandbox`] → outcome → audit → response.
+//! Data flows one way: request → policy → admission → sandbox → outcome → audit → response.
 //!
-//! * [`policy`]: isolation profiles (what guests may do).
-//! * [`engine`], [`runtime`], [`sandbox`]: three layers, each importing only the ones before it.
-//!   [`engine`] is the Wasmtime engine configuration and the epoch tick; [`runtime`] the upstream
-//!   language runtimes (install, verify, precompile, load); [`sandbox`] one guest run under
-//!   limits against warden's host calls, its workspace and its outcome.
-//! * [`executor`]: the request path, independent of transport; [`session`] and [`artifacts`]
-//!   keep state between calls; [`audit`] records every decision.
-//! * [`mcp`] and [`transport`]: the MCP tools over stdio and streamable HTTP.
-//! * [`home`]: the data directory.
-//! * [`cli`]: the `warden` command line.
+//! The front (what answers requests):
+//! * [`mcp`] and [`transport`]: the MCP tools over stdio and streamable HTTP, with the HTTP
+//!   edge checks; [`auth`]: who is calling and under which profile.
+//! * [`service`]: the request path, independent of transport: validation against the caller's
+//!   [`policy`], admission (with [`limiter`] and [`throttle`]), the audited call, [`session`]s
+//!   and retained [`artifacts`].
+//! * [`audit`]: the hash-chained record of every decision, as typed events; [`metrics`].
+//!
+//! The executor side (what runs guests), in layers that each import only the ones before it:
+//! * [`engine`]: the Wasmtime engine configuration and the epoch tick.
+//! * [`runtime`]: the upstream language runtimes (install, verify, precompile, load).
+//! * [`sandbox`]: one guest run under limits against warden's host calls, its workspace and its
+//!   outcome; [`tools`]: package tools and the code-mode door.
+//! * [`executor`]: runs a validated, admitted call in the sandbox.
+//!
+//! Around them: [`home`] (the data directory), [`harden`] (Landlock and seccomp for the process),
+//! [`api`] (the request and result types), [`digest`], and [`cli`] (the `warden` command line).
 
 pub mod api;
 pub mod artifacts;
@@ -27,7 +34,6 @@ pub mod cli;
 pub mod digest;
 pub mod engine;
 pub mod executor;
-pub mod service;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod harden;
@@ -38,6 +44,7 @@ pub mod metrics;
 pub mod policy;
 pub mod runtime;
 pub mod sandbox;
+pub mod service;
 pub mod session;
 pub mod throttle;
 pub mod tools;

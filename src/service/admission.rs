@@ -11,6 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+
 use super::{Caller, ExecError, Profile};
 use crate::audit::AuditLog;
 use crate::audit::bound::bound_str;
@@ -35,7 +38,10 @@ pub struct Admission {
     multi_tenant: AtomicBool,
     /// Refusal records per principal and reason: a burst in full, the rest counted.
     denials: Throttle<(String, String)>,
+    /// How to cancel each admitted call, for shutdown.
     running: Mutex<HashMap<u64, CancelHandle>>,
+    /// Admitted calls still running, for shutdown to wait on without polling.
+    tracker: TaskTracker,
     next_call: AtomicU64,
     shutting_down: AtomicBool,
     audit: Arc<AuditLog>,
@@ -48,6 +54,7 @@ pub struct Admission {
 pub struct Admitted<'a> {
     _slot: Slot,
     _permit: tokio::sync::OwnedSemaphorePermit,
+    _tracked: TaskTrackerToken,
     admission: &'a Admission,
     id: u64,
 }
@@ -66,6 +73,7 @@ impl Admission {
             multi_tenant: AtomicBool::new(false),
             denials: Throttle::new(Duration::from_secs(60), DENIALS_PER_MINUTE),
             running: Mutex::new(HashMap::new()),
+            tracker: TaskTracker::new(),
             next_call: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
             audit,
@@ -115,7 +123,7 @@ impl Admission {
         let id = self.next_call.fetch_add(1, Ordering::Relaxed);
         self.running.lock().unwrap_or_else(|e| e.into_inner()).insert(id, cancel.clone());
         self.metrics.active_executions.inc();
-        Ok(Admitted { _slot: slot, _permit: permit, admission: self, id })
+        Ok(Admitted { _slot: slot, _permit: permit, _tracked: self.tracker.token(), admission: self, id })
     }
 
     /// Admits work that spends one of the principal's calls per minute but takes no execution
@@ -168,16 +176,14 @@ impl Admission {
     /// waits up to two seconds for them to notice.
     pub async fn drain(&self, grace: Duration) {
         self.shutting_down.store(true, Ordering::SeqCst);
-        let deadline = tokio::time::Instant::now() + grace;
-        while self.running() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        // Closed, the tracker's wait ends once the last admitted call drops its token.
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait()).await.is_ok() {
+            return;
         }
         for c in self.running.lock().unwrap_or_else(|e| e.into_inner()).values() {
             c.cancel();
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while self.running() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.tracker.wait()).await;
     }
 }
