@@ -26,11 +26,7 @@ use warden::sandbox::CancelHandle;
 const WORKLOADS: &[(&str, Language, &str)] = &[
     ("python_hello", Language::Python, "print('hello')"),
     ("python_import_numpy", Language::Python, "import numpy"),
-    (
-        "python_pandas",
-        Language::Python,
-        "import pandas as pd; df = pd.DataFrame({'a': range(1000)}); print(df.a.sum())",
-    ),
+    ("python_pandas", Language::Python, "import pandas as pd; df = pd.DataFrame({'a': range(1000)}); print(df.a.sum())"),
     ("javascript_hello", Language::Javascript, "console.log('hello')"),
 ];
 
@@ -199,7 +195,12 @@ async fn keepalive() {
         drop(server);
         samples.sort();
         let [p50, p90, p99] = [0.5, 0.9, 0.99].map(|p| percentile(&samples, p));
-        println!("{layer:<7} python_hello sequential  p50 {:>7.2} ms   p90 {:>7.2} ms   p99 {:>7.2} ms   (n={n})", ms(p50), ms(p90), ms(p99));
+        println!(
+            "{layer:<7} python_hello sequential  p50 {:>7.2} ms   p90 {:>7.2} ms   p99 {:>7.2} ms   (n={n})",
+            ms(p50),
+            ms(p90),
+            ms(p99)
+        );
         emit(json!({"system": "warden", "layer": layer, "workload": "python_hello_sequential", "median_ms": ms(p50),
             "p90_ms": ms(p90), "p99_ms": ms(p99), "n": n}));
         series.push((p50, p90));
@@ -260,8 +261,13 @@ async fn memory() {
         harness::call(&client, "close_session", json!({"session_id": id})).await.expect("close_session");
     }
     let closed = harness::rss_kib(pid);
-    println!("memory  RSS after start {} MiB; with 100 idle python sessions {} MiB ({:.2} MiB each); after closing them {} MiB",
-        base / 1024, with_sessions / 1024, (with_sessions - base) as f64 / 1024.0 / 100.0, closed / 1024);
+    println!(
+        "memory  RSS after start {} MiB; with 100 idle python sessions {} MiB ({:.2} MiB each); after closing them {} MiB",
+        base / 1024,
+        with_sessions / 1024,
+        (with_sessions - base) as f64 / 1024.0 / 100.0,
+        closed / 1024
+    );
     emit(json!({"system": "warden", "layer": "memory", "workload": "idle_sessions", "rss_start_kib": base,
         "rss_100_sessions_kib": with_sessions, "rss_after_close_kib": closed}));
 

@@ -23,7 +23,8 @@ fn main() {
             continue;
         }
         let spec = common::spec(lang, code);
-        let (mut thread, mut create, mut start, mut run, mut collect, mut drop_ws, mut total) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        let (mut thread, mut create, mut start, mut run, mut collect, mut drop_ws, mut total) =
+            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
         for _ in 0..300 {
             let t0 = Instant::now();
             let (sb, spec2, root) = (sandbox.clone(), spec.clone(), wsroot.clone());
@@ -57,7 +58,13 @@ fn main() {
         }
         println!(
             "{lang:<10} total {:>8.3?}  thread {:>8.3?}  workspace {:>8.3?}  start(instantiate+setup) {:>8.3?}  run {:>8.3?}  collect {:>8.3?}  remove {:>8.3?}",
-            median(total), median(thread), median(create), median(start), median(run), median(collect), median(drop_ws)
+            median(total),
+            median(thread),
+            median(create),
+            median(start),
+            median(run),
+            median(collect),
+            median(drop_ws)
         );
     }
 }

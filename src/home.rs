@@ -27,9 +27,9 @@ impl Home {
             None => match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
                 Some(d) => PathBuf::from(d).join("warden"),
                 None => {
-                    let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).ok_or_else(|| {
-                        io::Error::other("cannot find a data directory: set WARDEN_HOME or pass --home")
-                    })?;
+                    let home = std::env::var_os("HOME")
+                        .filter(|v| !v.is_empty())
+                        .ok_or_else(|| io::Error::other("cannot find a data directory: set WARDEN_HOME or pass --home"))?;
                     PathBuf::from(home).join(".local/share/warden")
                 }
             },
@@ -153,11 +153,7 @@ pub fn process_workspaces(home: &Home) -> io::Result<PathBuf> {
             }
         }
     }
-    let own = root.join(format!(
-        "pid-{}-{}",
-        std::process::id(),
-        process_start_time(std::process::id()).unwrap_or(0)
-    ));
+    let own = root.join(format!("pid-{}-{}", std::process::id(), process_start_time(std::process::id()).unwrap_or(0)));
     Home::private_dir(&own)?;
     Ok(own)
 }

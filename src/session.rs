@@ -29,7 +29,9 @@ pub enum SessionError {
     Unknown(String),
     #[error("{0} sessions are open under this profile, its limit; close one with close_session or retry later")]
     Full(usize),
-    #[error("you have {0} sessions open under this profile, your limit (each principal's share of its sessions); close one with close_session or retry later")]
+    #[error(
+        "you have {0} sessions open under this profile, your limit (each principal's share of its sessions); close one with close_session or retry later"
+    )]
     PrincipalFull(usize),
     #[error("sessions are disabled by this server's policy (sessions.max = 0)")]
     Disabled,
@@ -167,8 +169,7 @@ impl Sessions {
     pub fn expire(&self) -> Vec<Arc<Session>> {
         let now = Instant::now();
         let mut map = self.map();
-        let dead: Vec<String> =
-            map.iter().filter(|(_, s)| s.expiry() <= now).map(|(k, _)| k.clone()).collect();
+        let dead: Vec<String> = map.iter().filter(|(_, s)| s.expiry() <= now).map(|(k, _)| k.clone()).collect();
         dead.iter().filter_map(|k| map.remove(k)).collect()
     }
 

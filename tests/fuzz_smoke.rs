@@ -66,10 +66,8 @@ fn check(target: &str, entry: fn(&[u8]), input: &[u8]) {
 
 fn read_seeds(target: &str) -> Vec<Vec<u8>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds").join(target);
-    let mut paths: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.expect("directory entry").path())
-        .collect();
+    let mut paths: Vec<_> =
+        std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).map(|e| e.expect("directory entry").path()).collect();
     // read_dir's order is the filesystem's; the stream must not depend on it.
     paths.sort();
     paths.iter().map(|p| std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).collect()
@@ -78,18 +76,84 @@ fn read_seeds(target: &str) -> Vec<Vec<u8>> {
 /// Tokens that sit on the parsers' edges: quoting, brackets, escapes, NUL, invalid UTF-8,
 /// integers just past u64/i64, floats TOML and JSON disagree on, path tricks.
 const INTERESTING: &[&[u8]] = &[
-    b"\"", b"'", b"'''", b"\"\"\"", b"]", b"[", b"}", b"{", b"]]", b"[[", b",", b":", b"=", b".", b"\\",
-    b"\\u0000", b"\\ud800", b"\\uDFFF", b"\\x", b"\0", b"\n", b"\r\n", b"\t", b"#", b"\xff", b"\xc3", b"\xed\xa0\x80",
-    b"\xef\xbb\xbf", b"0", b"-0", b"-1", b"18446744073709551615", b"18446744073709551616", b"9223372036854775808",
-    b"-9223372036854775809", b"1e999", b"-1e-999", b"0x", b"0xffffffffffffffff", b"0b2", b"1_", b"nan", b"inf",
-    b"true", b"null", b"1979-05-27T07:32:00Z", b"..", b"/", b"/workspace/", b"../", b"//", b"%00", b"=====",
-    b"\"jsonrpc\":\"2.0\"", b"\"method\":\"tools/call\"", b"\"id\":", b"\"_meta\":{", b"\"arguments\":{",
-    b"\"encoding\":\"base64\"", b"\"$ref\":\"#\"", b"\"pattern\":\"(a+)+$\"", b"[[mounts]]\n", b"[limits]\n",
+    b"\"",
+    b"'",
+    b"'''",
+    b"\"\"\"",
+    b"]",
+    b"[",
+    b"}",
+    b"{",
+    b"]]",
+    b"[[",
+    b",",
+    b":",
+    b"=",
+    b".",
+    b"\\",
+    b"\\u0000",
+    b"\\ud800",
+    b"\\uDFFF",
+    b"\\x",
+    b"\0",
+    b"\n",
+    b"\r\n",
+    b"\t",
+    b"#",
+    b"\xff",
+    b"\xc3",
+    b"\xed\xa0\x80",
+    b"\xef\xbb\xbf",
+    b"0",
+    b"-0",
+    b"-1",
+    b"18446744073709551615",
+    b"18446744073709551616",
+    b"9223372036854775808",
+    b"-9223372036854775809",
+    b"1e999",
+    b"-1e-999",
+    b"0x",
+    b"0xffffffffffffffff",
+    b"0b2",
+    b"1_",
+    b"nan",
+    b"inf",
+    b"true",
+    b"null",
+    b"1979-05-27T07:32:00Z",
+    b"..",
+    b"/",
+    b"/workspace/",
+    b"../",
+    b"//",
+    b"%00",
+    b"=====",
+    b"\"jsonrpc\":\"2.0\"",
+    b"\"method\":\"tools/call\"",
+    b"\"id\":",
+    b"\"_meta\":{",
+    b"\"arguments\":{",
+    b"\"encoding\":\"base64\"",
+    b"\"$ref\":\"#\"",
+    b"\"pattern\":\"(a+)+$\"",
+    b"[[mounts]]\n",
+    b"[limits]\n",
 ];
 
 const NUMBERS: &[&[u8]] = &[
-    b"0", b"1", b"-1", b"65", b"4294967296", b"18446744073709551615", b"18446744073709551616", b"17592186044416",
-    b"99999999999999999999999999", b"1e308", b"1.5", b"-0.0",
+    b"0",
+    b"1",
+    b"-1",
+    b"65",
+    b"4294967296",
+    b"18446744073709551615",
+    b"18446744073709551616",
+    b"17592186044416",
+    b"99999999999999999999999999",
+    b"1e308",
+    b"1.5",
+    b"-0.0",
 ];
 
 fn mutate(input: &mut Vec<u8>, seeds: &[Vec<u8>], rng: &mut Rng) {

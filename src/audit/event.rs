@@ -56,25 +56,71 @@ pub enum Event {
     /// A request refused by policy or admission (`authz.deny`).
     Denied(Denial),
     /// An authenticated principal without a role for this server (`authz.deny`).
-    Forbidden { principal: String, method: &'static str, reason: String, source: String },
+    Forbidden {
+        principal: String,
+        method: &'static str,
+        reason: String,
+        source: String,
+    },
     /// Refusals counted rather than written during a window (`authz.deny.suppressed`).
-    DenialsSuppressed { principal: String, reason: String, count: u64, window_s: u64 },
+    DenialsSuppressed {
+        principal: String,
+        reason: String,
+        count: u64,
+        window_s: u64,
+    },
     /// A request authenticated (`auth`, `result: allow`).
-    AuthAllowed { result: Allow, principal: String, method: &'static str, role: String, profile: String },
+    AuthAllowed {
+        result: Allow,
+        principal: String,
+        method: &'static str,
+        role: String,
+        profile: String,
+    },
     /// A request without valid credentials (`auth`, `result: deny`; sampled, see
     /// [`super::refusals`]).
-    AuthRefused { result: Deny, reason: String, source: String },
+    AuthRefused {
+        result: Deny,
+        reason: String,
+        source: String,
+    },
     /// A request refused at the HTTP edge: Host or Origin (`http.deny`; sampled).
-    HttpRefused { result: Deny, reason: &'static str, source: String, host: Option<String>, origin: Option<String>, path: String },
+    HttpRefused {
+        result: Deny,
+        reason: &'static str,
+        source: String,
+        host: Option<String>,
+        origin: Option<String>,
+        path: String,
+    },
     /// What was refused and not written during a window, by source and class (`auth.refused`).
     RefusalSummary(Value),
-    SessionOpen { session_id: String, principal: String, connection: Option<String>, language: Language, profile: String },
-    SessionClose { session_id: String, principal: String, connection: Option<String>, reason: &'static str },
+    SessionOpen {
+        session_id: String,
+        principal: String,
+        connection: Option<String>,
+        language: Language,
+        profile: String,
+    },
+    SessionClose {
+        session_id: String,
+        principal: String,
+        connection: Option<String>,
+        reason: &'static str,
+    },
     ServerStart(Box<ServerStart>),
     ServerStop {},
     /// SIGHUP: the profiles (and auth file) reloaded, or why not (`policy.reload`).
-    PolicyReloaded { result: Done, default_profile: String, profiles: Value, auth: Option<AuthSource> },
-    PolicyReloadFailed { result: Failed, error: String },
+    PolicyReloaded {
+        result: Done,
+        default_profile: String,
+        profiles: Value,
+        auth: Option<AuthSource>,
+    },
+    PolicyReloadFailed {
+        result: Failed,
+        error: String,
+    },
 }
 
 impl Event {

@@ -45,7 +45,9 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 pub enum AuditError {
     #[error("opening the audit log {path:?}: {source}")]
     Open { path: PathBuf, source: io::Error },
-    #[error("the audit log {path:?} does not verify ({why}); refusing to append to it. Run `warden audit verify` and move the damaged log aside")]
+    #[error(
+        "the audit log {path:?} does not verify ({why}); refusing to append to it. Run `warden audit verify` and move the damaged log aside"
+    )]
     Damaged { path: PathBuf, why: String },
     #[error("writing the audit log {path:?}: {source}")]
     Write { path: PathBuf, source: io::Error },
@@ -80,10 +82,7 @@ impl AuditLog {
         if let Some(problem) = report.problem {
             return Err(AuditError::Damaged { path: path.to_path_buf(), why: problem });
         }
-        Ok(AuditLog {
-            path: path.to_path_buf(),
-            inner: Mutex::new(Inner { file, last_hash: report.last_hash, poisoned: false }),
-        })
+        Ok(AuditLog { path: path.to_path_buf(), inner: Mutex::new(Inner { file, last_hash: report.last_hash, poisoned: false }) })
     }
 
     pub fn path(&self) -> &Path {

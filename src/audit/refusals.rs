@@ -120,10 +120,8 @@ impl Window {
         let mut listed: Vec<(&String, &Counts)> = self.sources.iter().collect();
         listed.sort_by(|a, b| b.1.total.cmp(&a.1.total).then(a.0.cmp(b.0)));
         let omitted: Vec<_> = listed.split_off(listed.len().min(MAX_LISTED));
-        let sources: Vec<Value> = listed
-            .iter()
-            .map(|(src, c)| json!({"source": src, "count": c.total, "written": c.sampled, "reasons": c.classes()}))
-            .collect();
+        let sources: Vec<Value> =
+            listed.iter().map(|(src, c)| json!({"source": src, "count": c.total, "written": c.sampled, "reasons": c.classes()})).collect();
         let mut other = Counts::default();
         for (_, c) in &omitted {
             other.total += c.total;

@@ -73,10 +73,8 @@ pub fn verify_reader(mut reader: impl BufRead) -> VerifyReport {
         n += 1;
         // Every complete record ends in a newline; a last line without one was cut mid-write.
         let Some(bytes) = buf.strip_suffix(b"\n") else {
-            report.problem = Some(format!(
-                "line {n}: torn last line ({} bytes without a newline): the writer stopped mid-write",
-                buf.len()
-            ));
+            report.problem =
+                Some(format!("line {n}: torn last line ({} bytes without a newline): the writer stopped mid-write", buf.len()));
             return report;
         };
         let parsed: Result<Value, _> = serde_json::from_slice(bytes);
@@ -90,7 +88,9 @@ pub fn verify_reader(mut reader: impl BufRead) -> VerifyReport {
                 check_v2(bytes, &line, &report.last_hash)
             }
             Some(v) => Err(format!("unknown format version {:.32}", v.to_string())),
-            None if seen_v2 => Err("an old-format line after a new-format one (lines in the old format are only accepted at the start of a log)".into()),
+            None if seen_v2 => {
+                Err("an old-format line after a new-format one (lines in the old format are only accepted at the start of a log)".into())
+            }
             None => {
                 let prev = line.get("prev").and_then(Value::as_str).unwrap_or("");
                 let recorded = line.get("hash").and_then(Value::as_str).unwrap_or("");

@@ -15,8 +15,8 @@ use serde_json::json;
 
 use super::{AuthConfig, AuthContext, Decision};
 use crate::audit::bound::bound_str;
-use crate::audit::refusals::{Class, Refusals};
 use crate::audit::event::{Allow, Deny, Event};
+use crate::audit::refusals::{Class, Refusals};
 use crate::service::Service;
 use crate::transport::guard::{Cidr, record_refusal, request_client};
 
@@ -48,10 +48,12 @@ pub async fn require_auth(State(state): State<AuthState>, mut req: Request, next
     let audit = state.exec.audit_log();
     match decision {
         Decision::Allow { principal, method, role, profile } => {
-            let event = Event::AuthAllowed { result: Allow, principal: principal.clone(), method: method.as_str(), role, profile: profile.clone() };
+            let event =
+                Event::AuthAllowed { result: Allow, principal: principal.clone(), method: method.as_str(), role, profile: profile.clone() };
             if let Err(e) = audit.record(&event) {
                 tracing::error!(error = %e, "audit log unavailable; refusing the request");
-                return (StatusCode::SERVICE_UNAVAILABLE, "the audit log cannot be written; nothing runs until it is fixed\n").into_response();
+                return (StatusCode::SERVICE_UNAVAILABLE, "the audit log cannot be written; nothing runs until it is fixed\n")
+                    .into_response();
             }
             req.extensions_mut().insert(AuthContext { principal, profile });
             next.run(req).await
@@ -75,7 +77,12 @@ pub async fn require_auth(State(state): State<AuthState>, mut req: Request, next
             state.exec.metrics.deny("no_role");
             let reason = bound_str(&reason, MAX_REASON_BYTES).into_owned();
             let source = request_client(&req, &state.trusted_proxies);
-            let event = Event::Forbidden { principal: principal.clone(), method: method.as_str(), reason: reason.clone(), source: source.to_string() };
+            let event = Event::Forbidden {
+                principal: principal.clone(),
+                method: method.as_str(),
+                reason: reason.clone(),
+                source: source.to_string(),
+            };
             record_refusal(&state.exec, &state.refusals, source, Class::Forbidden, event);
             (
                 StatusCode::FORBIDDEN,

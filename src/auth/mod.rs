@@ -199,13 +199,17 @@ impl AuthConfig {
                 let algorithms = j
                     .algorithms
                     .iter()
-                    .map(|a| parse_alg(a).ok_or_else(|| invalid(format!("jwt.algorithms: {a:?} is not one of RS256, RS384, RS512, ES256, ES384, EdDSA"))))
+                    .map(|a| {
+                        parse_alg(a)
+                            .ok_or_else(|| invalid(format!("jwt.algorithms: {a:?} is not one of RS256, RS384, RS512, ES256, ES384, EdDSA")))
+                    })
                     .collect::<Result<Vec<_>, _>>()?;
                 if algorithms.is_empty() {
                     return Err(invalid("jwt.algorithms is empty".into()));
                 }
                 let jwks_path = base.join(&j.jwks);
-                let jwks_text = std::fs::read_to_string(&jwks_path).map_err(|source| AuthError::Read { path: jwks_path.clone(), source })?;
+                let jwks_text =
+                    std::fs::read_to_string(&jwks_path).map_err(|source| AuthError::Read { path: jwks_path.clone(), source })?;
                 let keys: JwkSet = serde_json::from_str(&jwks_text).map_err(|e| invalid(format!("{jwks_path:?}: {e}")))?;
                 if keys.keys.is_empty() {
                     return Err(invalid(format!("{jwks_path:?} has no keys")));
@@ -221,14 +225,7 @@ impl AuthConfig {
                 validation.validate_nbf = true;
                 validation.validate_exp = true;
                 validation.required_spec_claims = ["exp", "iss", "aud"].iter().map(|s| s.to_string()).collect();
-                Some(Jwt {
-                    jwks_path,
-                    keys,
-                    validation,
-                    principal_claim: j.principal_claim,
-                    roles_claim: j.roles_claim,
-                    issuer: j.issuer,
-                })
+                Some(Jwt { jwks_path, keys, validation, principal_claim: j.principal_claim, roles_claim: j.roles_claim, issuer: j.issuer })
             }
         };
         Ok(AuthConfig {
@@ -330,8 +327,8 @@ impl AuthConfig {
         // exactly the (already allowed) algorithm the token names.
         let mut validation = jwt.validation.clone();
         validation.algorithms = vec![header.alg];
-        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &key, &validation)
-            .map_err(|e| e.to_string())?;
+        let data =
+            jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &key, &validation).map_err(|e| e.to_string())?;
         let claims = data.claims;
         let principal = claims
             .get(&jwt.principal_claim)

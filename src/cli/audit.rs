@@ -22,9 +22,7 @@ pub enum AuditCommand {
 pub fn run(home: &Home, cmd: AuditCommand) -> Result<(), Failure> {
     match cmd {
         AuditCommand::Verify { file } => {
-            let path = file
-                .or_else(|| std::env::var_os("WARDEN_AUDIT_LOG").map(PathBuf::from))
-                .unwrap_or_else(|| home.audit_log());
+            let path = file.or_else(|| std::env::var_os("WARDEN_AUDIT_LOG").map(PathBuf::from)).unwrap_or_else(|| home.audit_log());
             let f = std::fs::File::open(&path).map_err(|e| format!("opening {path:?}: {e}"))?;
             let report = verify_reader(std::io::BufReader::new(f));
             match report.problem {
@@ -38,14 +36,9 @@ pub fn run(home: &Home, cmd: AuditCommand) -> Result<(), Failure> {
                     }
                     Ok(())
                 }
-                Some(problem) => Err(Failure {
-                    message: format!(
-                        "{}: FAILED after {} good events: {problem}",
-                        path.display(),
-                        report.lines
-                    ),
-                    status: 1,
-                }),
+                Some(problem) => {
+                    Err(Failure { message: format!("{}: FAILED after {} good events: {problem}", path.display(), report.lines), status: 1 })
+                }
             }
         }
     }

@@ -84,7 +84,10 @@ pub fn run(home: &Home, args: DoctorArgs) -> Result<(), Failure> {
     } else {
         println!("kernel          {} ({})", report["kernel"].as_str().unwrap_or(""), report["arch"].as_str().unwrap_or(""));
         println!("landlock        ABI {kernel_abi} (warden asks for ABI {}; TSYNC needs 8)", landlock::TARGET_ABI as i32);
-        println!("seccomp         {}", if report["seccomp"] == true { "available (filters, kill_process, errno)" } else { "NOT available" });
+        println!(
+            "seccomp         {}",
+            if report["seccomp"] == true { "available (filters, kill_process, errno)" } else { "NOT available" }
+        );
         println!("profile         {} (hardening mode {})", policy.name(), report["mode"].as_str().unwrap_or(""));
         println!(
             "would enforce   landlock {}; seccomp: {tripwire} syscalls kill the process, {allowed} allowed, the rest fail with ENOSYS",
@@ -243,7 +246,8 @@ pub fn probe(home: &Home, args: ProbeArgs) -> Result<(), Failure> {
 
     for (lang, code) in [(Language::Python, "print(6 * 7)"), (Language::Javascript, "console.log(6 * 7)")] {
         let policy = Policy::load("default")?;
-        let spec = ExecSpec { language: lang, code: code.into(), stdin: Vec::new(), limits: policy.limits(), env: Vec::new(), mounts: Vec::new() };
+        let spec =
+            ExecSpec { language: lang, code: code.into(), stdin: Vec::new(), limits: policy.limits(), env: Vec::new(), mounts: Vec::new() };
         let (sb, root) = (sandbox.clone(), workspaces.clone());
         let outcome = on_guest_thread(move || {
             let ws = Workspace::create(&root, "probe-")?;

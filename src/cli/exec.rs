@@ -12,12 +12,12 @@ use crate::api::{Encoding, ExecuteCodeArgs, FileArg};
 use crate::audit::AuditLog;
 use crate::engine::{EngineSettings, build_engine, spawn_epoch_ticker};
 use crate::executor::Executor;
-use crate::service::{Caller, ExecError, Profiles, Service};
 use crate::home::{Home, OwnFiles, process_workspaces};
 use crate::policy::Policy;
 use crate::runtime::Language;
 use crate::runtime::cache::ModuleCache;
 use crate::sandbox::{CancelHandle, RequestedLimits, Sandbox};
+use crate::service::{Caller, ExecError, Profiles, Service};
 use crate::tools::ToolRegistry;
 
 #[derive(Args, Debug)]
@@ -102,11 +102,7 @@ pub fn run(home: &Home, args: ExecArgs) -> Result<(), Failure> {
             }
         };
         let content = std::fs::read(&src).map_err(|e| format!("reading --file {src:?}: {e}"))?;
-        files.push(FileArg {
-            path: dest,
-            content: base64::engine::general_purpose::STANDARD.encode(content),
-            encoding: Encoding::Base64,
-        });
+        files.push(FileArg { path: dest, content: base64::engine::general_purpose::STANDARD.encode(content), encoding: Encoding::Base64 });
     }
     let stdin = match &args.stdin {
         Some(p) => Some(std::fs::read_to_string(p).map_err(|e| format!("reading --stdin {p:?}: {e}"))?),

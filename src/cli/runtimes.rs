@@ -38,7 +38,8 @@ pub fn run(home: &Home, cmd: RuntimesCommand) -> Result<(), Failure> {
             let engine = build_engine(EngineSettings { max_instances: 1, parallel_compilation: true })
                 .map_err(|e| format!("building the engine: {e:#}"))?;
             Home::private_dir(home.root())?;
-            let installer = Installer { home, engine: &engine, progress: Progress::new(quiet), force, snapshot: crate::sandbox::snapshot::build };
+            let installer =
+                Installer { home, engine: &engine, progress: Progress::new(quiet), force, snapshot: crate::sandbox::snapshot::build };
             let _lock = lock_home(home)?;
             for lang in Language::ALL.into_iter().filter(|l| language.is_none_or(|x| x == *l)) {
                 installer.install(lang.spec())?;

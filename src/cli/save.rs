@@ -49,7 +49,8 @@ pub fn save(dir: &Path, artifacts: &mut [Artifact], ws: &Workspace, dotfiles: bo
         planned.push((i, parts));
     }
     // Look first, so that a conflict leaves the directory as it was.
-    let problems: Vec<String> = planned.iter().filter_map(|(i, parts)| check(&root, parts).err().map(|why| explain(dir, &artifacts[*i].path, why))).collect();
+    let problems: Vec<String> =
+        planned.iter().filter_map(|(i, parts)| check(&root, parts).err().map(|why| explain(dir, &artifacts[*i].path, why))).collect();
     if !problems.is_empty() {
         return Err(format!("nothing was saved to --artifacts-dir:\n  {}", problems.join("\n  ")));
     }
@@ -69,17 +70,16 @@ fn explain(dir: &Path, name: &str, why: String) -> String {
 /// The target directory itself, refusing it if it is a symbolic link.
 fn open_root(dir: &Path) -> Result<Dir, String> {
     use std::os::unix::fs::OpenOptionsExt as _;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(dir)
-        .map_err(|e| {
-            if std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
-                format!("--artifacts-dir {} is a symbolic link; pass the directory it points to", dir.display())
-            } else {
-                format!("opening --artifacts-dir {}: {e}", dir.display())
-            }
-        })?;
+    let file =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC).open(dir).map_err(
+            |e| {
+                if std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
+                    format!("--artifacts-dir {} is a symbolic link; pass the directory it points to", dir.display())
+                } else {
+                    format!("opening --artifacts-dir {}: {e}", dir.display())
+                }
+            },
+        )?;
     Ok(Dir::from_std_file(file))
 }
 
@@ -123,7 +123,9 @@ fn check(root: &Dir, parts: &[String]) -> Result<(), String> {
         }
     }
     match cur.symlink_metadata(file) {
-        Ok(m) if m.file_type().is_symlink() => Err(format!("{} is a symbolic link; warden never follows links in --artifacts-dir", parts.join("/"))),
+        Ok(m) if m.file_type().is_symlink() => {
+            Err(format!("{} is a symbolic link; warden never follows links in --artifacts-dir", parts.join("/")))
+        }
         Ok(_) => Err(format!("{} already exists; warden never replaces files: use an empty or new --artifacts-dir", parts.join("/"))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(format!("{}: {e}", parts.join("/"))),

@@ -16,20 +16,20 @@ use tokio_util::sync::CancellationToken;
 
 use super::Failure;
 use crate::audit::AuditLog;
-use crate::auth::AuthConfig;
 use crate::audit::event::{AuthSource, Done, Event, Failed, ServerStart, ToolIdentity, ToolRefused};
+use crate::auth::AuthConfig;
 use crate::engine::{EngineSettings, build_engine, spawn_epoch_ticker};
 use crate::executor::Executor;
 use crate::harden::landlock::{LandlockReport, LandlockStatus};
 use crate::harden::seccomp::SeccompStatus;
-use crate::service::{Profile, Profiles, Service};
 use crate::harden::{HardenError, Plan, Report};
-use crate::policy::HardeningMode;
 use crate::home::{Home, OwnFiles, process_workspaces};
+use crate::policy::HardeningMode;
 use crate::policy::Policy;
 use crate::runtime::Language;
 use crate::runtime::cache::ModuleCache;
 use crate::sandbox::Sandbox;
+use crate::service::{Profile, Profiles, Service};
 use crate::tools::ToolRegistry;
 use crate::transport::http::{Health, HttpOptions, SharedAuth};
 
@@ -243,7 +243,11 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
         auth: auth.as_ref().map(auth_source),
         tools: tools
             .all()
-            .map(|t| ToolIdentity { name: t.name().to_string(), version: t.manifest.version.clone(), sha256: t.manifest.wasm_sha256.clone() })
+            .map(|t| ToolIdentity {
+                name: t.name().to_string(),
+                version: t.manifest.version.clone(),
+                sha256: t.manifest.wasm_sha256.clone(),
+            })
             .collect(),
         tools_refused: tools.refusals.iter().map(|r| ToolRefused { path: r.path.clone(), reason: r.reason.clone() }).collect(),
         hardening: Report::off(),
@@ -262,7 +266,12 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
         let listener = listener.map(tokio::net::TcpListener::from_std).transpose()?;
         let seccomp = crate::harden::seccomp::install(&plan)?;
         if mode == HardeningMode::Enforce && (seccomp.status != SeccompStatus::Enforced || !seccomp.all_threads_filtered) {
-            return Err(HardenError::NotEnforced(format!("seccomp is {} ({})", seccomp.status, seccomp.detail.clone().unwrap_or_default())).into());
+            return Err(HardenError::NotEnforced(format!(
+                "seccomp is {} ({})",
+                seccomp.status,
+                seccomp.detail.clone().unwrap_or_default()
+            ))
+            .into());
         }
         if mode == HardeningMode::BestEffort && (landlock.status != LandlockStatus::Full || seccomp.status != SeccompStatus::Enforced) {
             tracing::warn!(landlock = %landlock.status, gaps = ?landlock.gaps, seccomp = %seccomp.status, "host hardening is incomplete");
@@ -367,8 +376,7 @@ fn reload(exec: &Service, args: &ServeArgs, auth: &Option<SharedAuth>, guard: &G
             role_names(a, &profiles)?;
         }
         guard.check(&profiles, new_auth.as_ref())?;
-        let missing: Vec<Language> =
-            languages(&profiles).into_iter().filter(|l| exec.executor().runtimes().get(*l).is_none()).collect();
+        let missing: Vec<Language> = languages(&profiles).into_iter().filter(|l| exec.executor().runtimes().get(*l).is_none()).collect();
         if !missing.is_empty() {
             return Err(format!("the new profiles need runtimes this process did not load ({missing:?}); restart instead").into());
         }

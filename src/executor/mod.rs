@@ -79,8 +79,7 @@ impl Executor {
         door: Option<Box<dyn Door>>,
     ) -> Result<Run, RunError> {
         let ws = Arc::new(Workspace::create(&self.workspaces, "call-").map_err(|e| RunError::Internal(e.to_string()))?);
-        ws.write_inputs(files, spec.limits.workspace_bytes, spec.limits.workspace_files)
-            .map_err(|e| RunError::Rejected(e.to_string()))?;
+        ws.write_inputs(files, spec.limits.workspace_bytes, spec.limits.workspace_files).map_err(|e| RunError::Rejected(e.to_string()))?;
         let (sandbox, ws2, spec2, cancel2) = (self.sandbox.clone(), ws.clone(), spec.clone(), cancel.clone());
         let door = if spec.language == Language::Python { door } else { None };
         let report = on_guest_thread_async(move || sandbox.run_fresh(&spec2, &ws2, &cancel2, door)).await??;
@@ -131,7 +130,8 @@ impl Executor {
                 .await?;
                 let mut report = report?;
                 if guest.is_none() && report.message.is_none() {
-                    report.message = Some("the interpreter ended; the next call in this session starts a fresh one (files are kept)".into());
+                    report.message =
+                        Some("the interpreter ended; the next call in this session starts a fresh one (files are kept)".into());
                 }
                 state.guest = guest;
                 report

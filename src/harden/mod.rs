@@ -88,9 +88,7 @@ pub fn thread_states() -> Vec<(u32, u32, u32)> {
         .filter_map(|t| {
             let tid = t.file_name().to_string_lossy().parse().ok()?;
             let status = std::fs::read_to_string(t.path().join("status")).ok()?;
-            let field = |name: &str| {
-                status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
-            };
+            let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
             Some((tid, field("Seccomp:"), field("NoNewPrivs:")))
         })
         .collect()

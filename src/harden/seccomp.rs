@@ -151,7 +151,8 @@ pub fn filters_json(plan_http_fd: Option<i32>) -> Result<(Value, Value, usize, u
     let mut allow: Vec<Value> = policy.allow.iter().flat_map(|g| rules(g, arch)).collect();
     if let Some(fd) = plan_http_fd {
         allow.extend(rules(&policy.http, arch));
-        allow.push(json!({"syscall": "accept4", "args": [{"index": 0, "type": "dword", "op": "eq", "val": fd, "comment": "the listener"}]}));
+        allow
+            .push(json!({"syscall": "accept4", "args": [{"index": 0, "type": "dword", "op": "eq", "val": fd, "comment": "the listener"}]}));
         for call in ["getsockopt", "setsockopt"] {
             for level in [1u64, 6] {
                 allow.push(json!({"syscall": call, "args": [{"index": 1, "type": "dword", "op": "eq", "val": level}]}));
@@ -178,7 +179,8 @@ pub fn filters_json(plan_http_fd: Option<i32>) -> Result<(Value, Value, usize, u
 
 fn compile(json: &Value, name: &str) -> Result<seccompiler::BpfProgram, HardenError> {
     let text = json.to_string();
-    let mut map = seccompiler::compile_from_json(text.as_bytes(), arch()?).map_err(|e| HardenError::Seccomp(format!("compiling the {name} filter: {e}")))?;
+    let mut map = seccompiler::compile_from_json(text.as_bytes(), arch()?)
+        .map_err(|e| HardenError::Seccomp(format!("compiling the {name} filter: {e}")))?;
     map.remove(name).ok_or_else(|| HardenError::Seccomp(format!("no {name} filter")))
 }
 

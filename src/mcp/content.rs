@@ -95,7 +95,11 @@ pub fn tool_result(meta: ExecResult, value: Result<serde_json::Value, String>) -
             r
         }
         Err(message) => {
-            blocks.push(ContentBlock::text(format!("{} failed ({}): {message}", meta.audit.get("tool").and_then(|t| t.as_str()).unwrap_or("tool"), meta.outcome)));
+            blocks.push(ContentBlock::text(format!(
+                "{} failed ({}): {message}",
+                meta.audit.get("tool").and_then(|t| t.as_str()).unwrap_or("tool"),
+                meta.outcome
+            )));
             artifact_blocks(&meta, &mut blocks);
             CallToolResult::error(blocks)
         }

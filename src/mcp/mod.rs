@@ -14,18 +14,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, ListResourcesResult,
-    ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, ReadResourceRequestParams, ReadResourceResponse,
-    ReadResourceResult, Resource, ResourceContents, ServerCapabilities, ServerConfig, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, ListResourcesResult, ListToolsResult,
+    PaginatedRequestParams, ProgressNotificationParam, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
+    ResourceContents, ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde::de::DeserializeOwned;
 
 use crate::api::{CloseSessionArgs, CreateSessionArgs, ExecuteCodeArgs};
-use crate::service::{Caller, ExecError, Service};
-use crate::sandbox::CancelHandle;
 use crate::auth::AuthContext;
+use crate::sandbox::CancelHandle;
+use crate::service::{Caller, ExecError, Service};
 use crate::session::Owner;
 
 /// How the handler was reached; decides who the caller is.
@@ -66,10 +66,8 @@ impl WardenMcp {
                 };
                 // A stateful (legacy) MCP session binds sessions to itself; stateless requests
                 // bind to the principal alone.
-                let connection = parts
-                    .and_then(|p| p.headers.get("mcp-session-id"))
-                    .and_then(|v| v.to_str().ok())
-                    .map(|s| format!("http-{s}"));
+                let connection =
+                    parts.and_then(|p| p.headers.get("mcp-session-id")).and_then(|v| v.to_str().ok()).map(|s| format!("http-{s}"));
                 Caller { principal: principal.clone(), owner: Owner { principal, connection }, profile }
             }
         }
@@ -109,9 +107,7 @@ async fn with_progress<F: std::future::Future>(ctx: &RequestContext<RoleServer>,
     let started = Instant::now();
     let notify = |msg: String| {
         let elapsed = started.elapsed().as_secs_f64();
-        ctx.peer.notify_progress(
-            ProgressNotificationParam::new(token.clone(), elapsed).with_total(total.as_secs_f64()).with_message(msg),
-        )
+        ctx.peer.notify_progress(ProgressNotificationParam::new(token.clone(), elapsed).with_total(total.as_secs_f64()).with_message(msg))
     };
     let _ = notify("started".into()).await;
     tokio::pin!(work);
@@ -181,7 +177,11 @@ impl ServerHandler for WardenMcp {
             tools::CREATE_SESSION if sessions_on => {
                 let args: CreateSessionArgs = parse_args(&req)?;
                 match self.exec.create_session(&caller, args.language) {
-                    Ok(info) => Ok(content::structured(&info, format!("session {} ({}) expires at {}", info.session_id, info.language, info.expires_at)).into()),
+                    Ok(info) => Ok(content::structured(
+                        &info,
+                        format!("session {} ({}) expires at {}", info.session_id, info.language, info.expires_at),
+                    )
+                    .into()),
                     Err(e) => exec_error(e),
                 }
             }
@@ -229,16 +229,16 @@ impl ServerHandler for WardenMcp {
         Ok(ListResourcesResult::with_all_items(items))
     }
 
-    async fn read_resource(&self, req: ReadResourceRequestParams, ctx: RequestContext<RoleServer>) -> Result<ReadResourceResponse, McpError> {
+    async fn read_resource(
+        &self,
+        req: ReadResourceRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
         let caller = self.caller(&ctx);
-        let (bytes, mime) = self
-            .exec
-            .read_artifact(&caller, &req.uri)
-            .await
-            .map_err(|e| match e {
-                e @ (ExecError::Limited(_) | ExecError::Busy { .. }) => McpError::internal_error(e.to_string(), None),
-                e => McpError::resource_not_found(e.to_string(), None),
-            })?;
+        let (bytes, mime) = self.exec.read_artifact(&caller, &req.uri).await.map_err(|e| match e {
+            e @ (ExecError::Limited(_) | ExecError::Busy { .. }) => McpError::internal_error(e.to_string(), None),
+            e => McpError::resource_not_found(e.to_string(), None),
+        })?;
         // Encoding up to MAX_READ_BYTES is work proportional to guest data: off the async runtime.
         let uri = req.uri.clone();
         let contents = tokio::task::spawn_blocking(move || {

@@ -61,8 +61,25 @@ fn output<T: schemars::JsonSchema + 'static>() -> Arc<JsonObject> {
 /// `double`, …) for Rust number types; validators such as the TypeScript SDK's report those as
 /// unknown on every `tools/list`, and the range they stand for is already in `minimum`/`maximum`.
 const STANDARD_FORMATS: &[&str] = &[
-    "date-time", "date", "time", "duration", "email", "idn-email", "hostname", "idn-hostname", "ipv4", "ipv6", "uri",
-    "uri-reference", "iri", "iri-reference", "uuid", "uri-template", "json-pointer", "relative-json-pointer", "regex",
+    "date-time",
+    "date",
+    "time",
+    "duration",
+    "email",
+    "idn-email",
+    "hostname",
+    "idn-hostname",
+    "ipv4",
+    "ipv6",
+    "uri",
+    "uri-reference",
+    "iri",
+    "iri-reference",
+    "uuid",
+    "uri-template",
+    "json-pointer",
+    "relative-json-pointer",
+    "regex",
 ];
 
 /// A copy of `schema` with every non-standard `format` keyword removed, at any depth. Number
@@ -99,13 +116,7 @@ pub fn definitions(policy: &Policy) -> Vec<Tool> {
         Tool::new(EXECUTE_CODE, execute_code_description(policy), input::<ExecuteCodeArgs>())
             .with_title("Run code in a sandbox")
             .with_raw_output_schema(output::<ExecResult>())
-            .with_annotations(
-                ToolAnnotations::new()
-                    .read_only(false)
-                    .destructive(false)
-                    .idempotent(false)
-                    .open_world(false),
-            ),
+            .with_annotations(ToolAnnotations::new().read_only(false).destructive(false).idempotent(false).open_world(false)),
     );
     if policy.file.sessions.max > 0 {
         let s = &policy.file.sessions;
@@ -125,13 +136,9 @@ pub fn definitions(policy: &Policy) -> Vec<Tool> {
             .with_annotations(ToolAnnotations::new().read_only(false).destructive(false).idempotent(false).open_world(false)),
         );
         tools.push(
-            Tool::new(
-                CLOSE_SESSION,
-                "End a session now and delete its workspace.",
-                input::<CloseSessionArgs>(),
-            )
-            .with_raw_output_schema(output::<CloseSessionResult>())
-            .with_annotations(ToolAnnotations::new().read_only(false).destructive(true).idempotent(true).open_world(false)),
+            Tool::new(CLOSE_SESSION, "End a session now and delete its workspace.", input::<CloseSessionArgs>())
+                .with_raw_output_schema(output::<CloseSessionResult>())
+                .with_annotations(ToolAnnotations::new().read_only(false).destructive(true).idempotent(true).open_world(false)),
         );
     }
     tools
@@ -149,11 +156,7 @@ pub fn package_tool(t: &crate::tools::ToolPackage) -> Tool {
     };
     let a = &t.manifest.annotations;
     let mut tool = Tool::new(t.name().to_string(), t.manifest.description.clone(), schema).with_annotations(
-        ToolAnnotations::new()
-            .read_only(a.read_only)
-            .destructive(a.destructive)
-            .idempotent(a.idempotent)
-            .open_world(a.open_world),
+        ToolAnnotations::new().read_only(a.read_only).destructive(a.destructive).idempotent(a.idempotent).open_world(a.open_world),
     );
     // MCP clients before 2026-07-28 accept only object output schemas.
     if let Some(serde_json::Value::Object(o)) = &t.output_schema {

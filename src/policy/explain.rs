@@ -58,7 +58,12 @@ pub fn explain(p: &Policy) -> String {
         l.workspace_files,
         bytes(l.workspace_bytes)
     );
-    let _ = writeln!(o, "  - print up to {} on stdout and {} on stderr per call; the rest is dropped", bytes(l.stdout_bytes), bytes(l.stderr_bytes));
+    let _ = writeln!(
+        o,
+        "  - print up to {} on stdout and {} on stderr per call; the rest is dropped",
+        bytes(l.stdout_bytes),
+        bytes(l.stderr_bytes)
+    );
     if f.sessions.max == 0 {
         let _ = writeln!(o, "  - not keep sessions: every call starts from nothing");
     } else {
@@ -111,14 +116,15 @@ pub fn explain(p: &Policy) -> String {
         l.concurrent_executions,
         millis(l.queue_timeout_ms)
     );
-    let _ = writeln!(
-        o,
-        "  - lets each principal start {} calls per minute and run {} at once",
-        l.calls_per_minute, l.concurrent_per_principal
-    );
+    let _ =
+        writeln!(o, "  - lets each principal start {} calls per minute and run {} at once", l.calls_per_minute, l.concurrent_per_principal);
     let _ = writeln!(o, "  - accepts code up to {}", bytes(l.code_bytes));
     if f.artifacts.retention_seconds == 0 {
-        let _ = writeln!(o, "  - does not keep files from one-shot calls after answering (only images up to {} come back inline)", bytes(f.artifacts.inline_image_bytes));
+        let _ = writeln!(
+            o,
+            "  - does not keep files from one-shot calls after answering (only images up to {} come back inline)",
+            bytes(f.artifacts.inline_image_bytes)
+        );
     } else {
         let _ = writeln!(
             o,
@@ -138,7 +144,8 @@ pub fn explain(p: &Policy) -> String {
         match f.hardening.mode {
             HardeningMode::Enforce => "enforce (landlock and seccomp applied fully; otherwise it refuses to start or to reload)",
             HardeningMode::BestEffort => "best-effort (landlock and seccomp as far as the kernel allows; gaps are reported)",
-            HardeningMode::Off => "off (this profile asks for no landlock or seccomp; `warden serve --hardening` or another profile may still apply them)",
+            HardeningMode::Off =>
+                "off (this profile asks for no landlock or seccomp; `warden serve --hardening` or another profile may still apply them)",
         }
     );
     let _ = writeln!(o, "\nEvery field (what `warden policy diff` compares):");

@@ -385,7 +385,10 @@ fn validate(f: &PolicyFile, invalid: &dyn Fn(&str, String) -> PolicyError) -> Re
     if s.max > 0 && (s.max_per_principal == 0 || s.max_per_principal > s.max) {
         return Err(invalid(
             "sessions.max_per_principal",
-            format!("must be between 1 and sessions.max ({}) when sessions are enabled: it is each principal's share of the session slots", s.max),
+            format!(
+                "must be between 1 and sessions.max ({}) when sessions are enabled: it is each principal's share of the session slots",
+                s.max
+            ),
         ));
     }
     for (name, value) in &f.env.set {
@@ -409,9 +412,8 @@ pub fn valid_tool_name(name: &str) -> bool {
 }
 
 fn check_env_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && !name.starts_with(|c: char| c.is_ascii_digit());
+    let ok =
+        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !name.starts_with(|c: char| c.is_ascii_digit());
     if !ok {
         return Err(format!("{name:?} is not a valid variable name"));
     }
@@ -539,7 +541,11 @@ mod tests {
         std::fs::create_dir_all(home.join("cache")).unwrap();
         let own = OwnFiles::of_home(&crate::home::Home::at(&home));
         let with_mount = |host: &Path| {
-            let text = format!("{}\n[[mounts]]\nhost = {:?}\nguest = \"/d\"\nmode = \"ro\"\n", include_str!("../../policies/default.toml"), host.display().to_string());
+            let text = format!(
+                "{}\n[[mounts]]\nhost = {:?}\nguest = \"/d\"\nmode = \"ro\"\n",
+                include_str!("../../policies/default.toml"),
+                host.display().to_string()
+            );
             Policy::parse(&text, "t").unwrap()
         };
         let err = with_mount(&root.join("home")).check_own_files(&own).unwrap_err().to_string();

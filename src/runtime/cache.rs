@@ -109,22 +109,13 @@ impl ModuleCache {
     }
 
     /// Compiles `wasm` unless a verified entry exists. Returns the entry path.
-    pub fn ensure(
-        &self,
-        engine: &Engine,
-        name: &str,
-        wasm: &[u8],
-        source_sha256: &str,
-        force: bool,
-    ) -> Result<PathBuf, CacheError> {
+    pub fn ensure(&self, engine: &Engine, name: &str, wasm: &[u8], source_sha256: &str, force: bool) -> Result<PathBuf, CacheError> {
         let path = self.entry_path(name, source_sha256);
         if !force && matches!(self.verify(name, source_sha256), EntryState::Ready { .. }) {
             return Ok(path);
         }
         Home::private_dir(&self.dir).map_err(|source| CacheError::Io { path: self.dir.clone(), source })?;
-        let code = engine
-            .precompile_module(wasm)
-            .map_err(|source| CacheError::Compile { name: name.to_string(), source })?;
+        let code = engine.precompile_module(wasm).map_err(|source| CacheError::Compile { name: name.to_string(), source })?;
         let io_err = |source| CacheError::Io { path: path.clone(), source };
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         fs::write(&tmp, &code).map_err(io_err)?;

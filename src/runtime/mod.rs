@@ -111,10 +111,7 @@ pub const PYTHON: RuntimeSpec = RuntimeSpec {
     build: Build::PythonSnapshot,
     compile_hint: "a few minutes on 2 cores, once",
     extra_files: &[],
-    ro_mounts: &[
-        ("lib", "/usr/local/lib"),
-        ("mpl-data", "/usr/local/lib/python315.zip/matplotlib/mpl-data"),
-    ],
+    ro_mounts: &[("lib", "/usr/local/lib"), ("mpl-data", "/usr/local/lib/python315.zip/matplotlib/mpl-data")],
 };
 
 pub const JS_PRELUDE: &str = include_str!("prelude.js");
@@ -136,12 +133,7 @@ impl RuntimeSpec {
     }
 
     pub fn module_sha256(&self) -> &'static str {
-        self.package
-            .files
-            .iter()
-            .find(|f| f.dest == self.module_file)
-            .map(|f| f.sha256)
-            .expect("every runtime pins its module file")
+        self.package.files.iter().find(|f| f.dest == self.module_file).map(|f| f.sha256).expect("every runtime pins its module file")
     }
 
     pub fn cache_name(&self) -> &'static str {
@@ -180,7 +172,9 @@ impl RuntimeSpec {
 pub enum LoadError {
     #[error("the {language} runtime is not installed in {dir:?}: run `warden runtimes install`")]
     NotInstalled { language: Language, dir: PathBuf },
-    #[error("the {language} runtime in {dir:?} does not match this warden build (its files changed, or another version installed them): run `warden runtimes install`")]
+    #[error(
+        "the {language} runtime in {dir:?} does not match this warden build (its files changed, or another version installed them): run `warden runtimes install`"
+    )]
     Changed { language: Language, dir: PathBuf },
     #[error(transparent)]
     Cache(#[from] CacheError),
@@ -230,10 +224,7 @@ pub struct Runtimes {
 impl Runtimes {
     pub fn load(home: &Home, engine: &Engine, languages: &[Language]) -> Result<Runtimes, LoadError> {
         let cache = ModuleCache::new(home, engine);
-        let loaded = languages
-            .iter()
-            .map(|&l| Runtime::load(home, engine, &cache, l).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
+        let loaded = languages.iter().map(|&l| Runtime::load(home, engine, &cache, l).map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
         Ok(Runtimes { engine: engine.clone(), loaded })
     }
 

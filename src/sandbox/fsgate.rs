@@ -400,7 +400,19 @@ fn path_open(
     with_parts(&mut caller, |wasi, mem, gate, fuel| {
         let real = |wasi: &mut WasiP1Ctx, mem: &mut GuestMemory<'_>| {
             wasi.set_hostcall_fuel(fuel);
-            in_tokio(abi::path_open(wasi, mem, dirfd, dirflags, path_ptr, path_len, oflags, rights_base, rights_inheriting, fdflags, fd_out))
+            in_tokio(abi::path_open(
+                wasi,
+                mem,
+                dirfd,
+                dirflags,
+                path_ptr,
+                path_len,
+                oflags,
+                rights_base,
+                rights_inheriting,
+                fdflags,
+                fd_out,
+            ))
         };
         if !gate.tracks(dirfd) {
             return real(wasi, mem);
@@ -451,7 +463,14 @@ fn path_create_directory(mut caller: Caller<'_, GuestState>, dirfd: i32, path_pt
     })
 }
 
-fn path_symlink(mut caller: Caller<'_, GuestState>, old_ptr: i32, old_len: i32, dirfd: i32, new_ptr: i32, new_len: i32) -> wasmtime::Result<i32> {
+fn path_symlink(
+    mut caller: Caller<'_, GuestState>,
+    old_ptr: i32,
+    old_len: i32,
+    dirfd: i32,
+    new_ptr: i32,
+    new_len: i32,
+) -> wasmtime::Result<i32> {
     with_parts(&mut caller, |wasi, mem, gate, fuel| {
         let real = |wasi: &mut WasiP1Ctx, mem: &mut GuestMemory<'_>| {
             wasi.set_hostcall_fuel(fuel);
@@ -508,7 +527,15 @@ fn path_link(
     })
 }
 
-fn path_rename(mut caller: Caller<'_, GuestState>, old_fd: i32, old_ptr: i32, old_len: i32, new_fd: i32, new_ptr: i32, new_len: i32) -> wasmtime::Result<i32> {
+fn path_rename(
+    mut caller: Caller<'_, GuestState>,
+    old_fd: i32,
+    old_ptr: i32,
+    old_len: i32,
+    new_fd: i32,
+    new_ptr: i32,
+    new_len: i32,
+) -> wasmtime::Result<i32> {
     with_parts(&mut caller, |wasi, mem, gate, fuel| {
         let real = |wasi: &mut WasiP1Ctx, mem: &mut GuestMemory<'_>| {
             wasi.set_hostcall_fuel(fuel);

@@ -16,9 +16,9 @@ use wasmtime::{Caller, Engine, Extern, Linker, Memory};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 
 use super::control::{Deadline, Stop};
+use super::fsgate::FsGate;
 use super::io::CappedPipe;
 use super::limits::TrackingLimiter;
-use super::fsgate::FsGate;
 use crate::engine::TICK;
 
 /// Handles requests a guest sends through `host.call`.
@@ -117,13 +117,7 @@ enum Wake {
 }
 
 /// `poll_oneoff(in, out, nsubscriptions, nevents) -> errno`, with sliced, interruptible waits.
-fn poll_oneoff(
-    mut caller: Caller<'_, GuestState>,
-    in_ptr: i32,
-    out_ptr: i32,
-    nsubs: i32,
-    nevents_ptr: i32,
-) -> wasmtime::Result<i32> {
+fn poll_oneoff(mut caller: Caller<'_, GuestState>, in_ptr: i32, out_ptr: i32, nsubs: i32, nevents_ptr: i32) -> wasmtime::Result<i32> {
     let Some(mem) = guest_memory(&mut caller) else { return Ok(ERRNO_FAULT) };
     let n = nsubs as u32 as usize;
     if n == 0 {
@@ -136,7 +130,10 @@ fn poll_oneoff(
     let data = mem.data(&caller);
     let in_end = in_at.checked_add(n * SUBSCRIPTION_SIZE);
     let out_end = out_at.checked_add(n * EVENT_SIZE);
-    if in_end.is_none_or(|e| e > data.len()) || out_end.is_none_or(|e| e > data.len()) || nev_at.checked_add(4).is_none_or(|e| e > data.len()) {
+    if in_end.is_none_or(|e| e > data.len())
+        || out_end.is_none_or(|e| e > data.len())
+        || nev_at.checked_add(4).is_none_or(|e| e > data.len())
+    {
         return Ok(ERRNO_FAULT);
     }
     let subs = data[in_at..in_at + n * SUBSCRIPTION_SIZE].to_vec();

@@ -188,11 +188,7 @@ impl Pollable for SharedInput {
 }
 
 impl tokio::io::AsyncRead for SharedInput {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<io::Result<()>> {
         let bytes = self.read_up_to(buf.remaining());
         buf.put_slice(&bytes);
         Poll::Ready(Ok(()))

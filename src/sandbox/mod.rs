@@ -47,7 +47,6 @@ use outcome::{Exit, RunFacts, classify};
 /// argv[0] CPython derives its prefix from: `/usr/local`, so it finds `lib/python315.zip`.
 pub const PYTHON_ARGV0: &str = "/usr/local/bin/python.wasm";
 
-
 /// Most artifacts reported for one call.
 pub const MAX_ARTIFACTS: usize = 256;
 
@@ -115,12 +114,7 @@ impl Sandbox {
     /// Starts a guest ready to run code in `ws` (for Python, past its setup turn). A start that
     /// fails because of the caller's limits (memory below the runtime's minimum, a deadline or
     /// cancel during setup) is returned as a report, not an error.
-    pub fn start_guest(
-        &self,
-        spec: &ExecSpec,
-        ws: &Workspace,
-        cancel: &CancelHandle,
-    ) -> Result<Result<Guest, RunReport>, SandboxError> {
+    pub fn start_guest(&self, spec: &ExecSpec, ws: &Workspace, cancel: &CancelHandle) -> Result<Result<Guest, RunReport>, SandboxError> {
         // (a start that fails because of the caller's limits is a report, not an error)
         let (rt, pre) = self.runtime(spec.language)?;
         let mut env = vec![("TMPDIR".to_string(), "/tmp".to_string()), ("HOME".to_string(), "/tmp".to_string())];
@@ -232,12 +226,7 @@ fn javascript_args(code: &str) -> Vec<String> {
     ["qjs", "--std", "-I", "/usr/local/lib/warden/prelude.js", "-e", code].map(String::from).to_vec()
 }
 
-fn setup_failure(
-    e: wasmtime::Error,
-    language: Option<Language>,
-    limits: &Limits,
-    started: Instant,
-) -> Result<RunReport, SandboxError> {
+fn setup_failure(e: wasmtime::Error, language: Option<Language>, limits: &Limits, started: Instant) -> Result<RunReport, SandboxError> {
     let facts = RunFacts { language, memory_refused: false, truncated: false, quota_refused: false, limits: limits.clone() };
     let exit = Exit::Failed(e);
     let (outcome, exit_code, message) = classify(&exit, &facts);

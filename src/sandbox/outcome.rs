@@ -148,11 +148,7 @@ pub fn classify(exit: &Exit, facts: &RunFacts) -> (Outcome, Option<i32>, Option<
     if let Some(stop) = e.downcast_ref::<Stop>() {
         return match stop {
             Stop::Cancelled => (Outcome::Cancelled, None, Some("the call was cancelled".into())),
-            Stop::Deadline => (
-                Outcome::Timeout,
-                None,
-                Some(format!("stopped at the {} ms wall-clock deadline", l.timeout.as_millis())),
-            ),
+            Stop::Deadline => (Outcome::Timeout, None, Some(format!("stopped at the {} ms wall-clock deadline", l.timeout.as_millis()))),
             Stop::WorkspaceQuota => (
                 Outcome::OutputLimit,
                 None,
@@ -170,18 +166,14 @@ pub fn classify(exit: &Exit, facts: &RunFacts) -> (Outcome, Option<i32>, Option<
     }
     if let Some(trap) = e.downcast_ref::<Trap>() {
         return match trap {
-            Trap::OutOfFuel => (
-                Outcome::OutOfFuel,
-                None,
-                Some(format!("stopped after using its budget of {} fuel (instructions)", l.fuel)),
-            ),
+            Trap::OutOfFuel => {
+                (Outcome::OutOfFuel, None, Some(format!("stopped after using its budget of {} fuel (instructions)", l.fuel)))
+            }
             Trap::Interrupt => (Outcome::Timeout, None, Some("the guest was interrupted".into())),
             Trap::StackOverflow => (Outcome::StackOverflow, None, Some("the call stack overflowed (too deep recursion)".into())),
-            _ if facts.memory_refused => (
-                Outcome::MemoryLimit,
-                None,
-                Some(format!("the program needed more than the {} MiB memory limit", l.memory_bytes >> 20)),
-            ),
+            _ if facts.memory_refused => {
+                (Outcome::MemoryLimit, None, Some(format!("the program needed more than the {} MiB memory limit", l.memory_bytes >> 20)))
+            }
             // QuickJS-NG cannot check its own stack depth under WASI: runaway recursion runs its
             // shadow stack off the bottom of linear memory, which traps as an out-of-bounds access.
             Trap::MemoryOutOfBounds if facts.language == Some(crate::runtime::Language::Javascript) => (
@@ -193,11 +185,7 @@ pub fn classify(exit: &Exit, facts: &RunFacts) -> (Outcome, Option<i32>, Option<
         };
     }
     if facts.memory_refused || is_memory_error(e) {
-        return (
-            Outcome::MemoryLimit,
-            None,
-            Some(format!("the program needed more than the {} MiB memory limit", l.memory_bytes >> 20)),
-        );
+        return (Outcome::MemoryLimit, None, Some(format!("the program needed more than the {} MiB memory limit", l.memory_bytes >> 20)));
     }
     tracing::warn!(error = ?e, "guest failed with a host error");
     (Outcome::Trap, None, Some("the guest failed inside the host; see the server log".into()))

@@ -135,7 +135,11 @@ impl Workspace {
                 let (what, needed, limit) = if have.files.saturating_add(inodes) > max_files {
                     ("files and directories", have.files.saturating_add(inodes), max_files)
                 } else {
-                    ("bytes of workspace (4 KiB per file and directory, plus contents in 4 KiB blocks)", have.bytes.saturating_add(bytes), max_bytes)
+                    (
+                        "bytes of workspace (4 KiB per file and directory, plus contents in 4 KiB blocks)",
+                        have.bytes.saturating_add(bytes),
+                        max_bytes,
+                    )
                 };
                 return Err(WorkspaceError::TooLarge { what, needed, limit });
             }
@@ -223,9 +227,7 @@ impl Workspace {
         for (rel, meta) in found {
             let key = rel.to_string_lossy().into_owned();
             let known = known_map.get(&key);
-            let unchanged_stamp = known.is_some_and(|k| {
-                k.size == meta.len() && k.mtime_ns == mtime_ns(&meta) && k.ino == ino(&meta)
-            });
+            let unchanged_stamp = known.is_some_and(|k| k.size == meta.len() && k.mtime_ns == mtime_ns(&meta) && k.ino == ino(&meta));
             if unchanged_stamp {
                 next.insert(key.clone(), known.cloned().expect("checked above"));
                 continue;

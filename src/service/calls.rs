@@ -109,8 +109,11 @@ impl Service {
             limits: grant.limits.clone(),
         };
         let start = self.audit.record(&Event::ExecutionStart(base.clone()))?;
-        let run =
-            self.executor.run_tool(&tool, &grant, args, &cancel).await.map_err(|e| self.audit_unfinished(&start, base.clone(), e.into()))?;
+        let run = self
+            .executor
+            .run_tool(&tool, &grant, args, &cancel)
+            .await
+            .map_err(|e| self.audit_unfinished(&start, base.clone(), e.into()))?;
         let mut report = run.report;
         for a in &mut report.artifacts {
             a.uri = call_uri(&call_id, &a.path);

@@ -48,11 +48,7 @@ impl Caller {
     /// The local operator, on a connection of its own (stdio, `warden exec`), with the profile
     /// given on the command line.
     pub fn operator(connection: Option<String>, profile: &str) -> Caller {
-        Caller {
-            principal: "operator".into(),
-            owner: Owner { principal: "operator".into(), connection },
-            profile: profile.to_string(),
-        }
+        Caller { principal: "operator".into(), owner: Owner { principal: "operator".into(), connection }, profile: profile.to_string() }
     }
 }
 

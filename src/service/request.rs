@@ -96,14 +96,7 @@ pub(crate) fn check_request(p: &Policy, args: &ExecuteCodeArgs) -> Result<(ExecS
     if stdin.len() as u64 > limits.workspace_bytes {
         return Err(invalid(format!("stdin is larger than the {} byte limit", limits.workspace_bytes)));
     }
-    let spec = ExecSpec {
-        language: args.language,
-        code: args.code.clone(),
-        stdin,
-        limits,
-        env: p.guest_env(),
-        mounts: p.mounts.clone(),
-    };
+    let spec = ExecSpec { language: args.language, code: args.code.clone(), stdin, limits, env: p.guest_env(), mounts: p.mounts.clone() };
     Ok((spec, files))
 }
 

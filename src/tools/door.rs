@@ -23,10 +23,10 @@ use super::{Grant, ToolPackage, descriptor, run_tool};
 use crate::audit::AuditLog;
 use crate::audit::bound::bound_str;
 use crate::audit::event::{Event, NestedCall, RunEnd, Via};
-use crate::service::admission::Admission;
-use crate::service::{Caller, ExecError, Profile};
 use crate::sandbox::control::Deadline;
 use crate::sandbox::{CancelHandle, Door, on_guest_thread};
+use crate::service::admission::Admission;
+use crate::service::{Caller, ExecError, Profile};
 
 /// The protocol version this door speaks.
 const PROTOCOL: u64 = 1;
@@ -79,12 +79,14 @@ impl CodeModeDoor {
     }
 
     fn answer(&mut self, deadline: &Deadline, frame: &[u8]) -> Value {
-        let err = |id: &Value, kind: &str, message: String| {
-            json!({"v": PROTOCOL, "id": id, "ok": false, "error": {"kind": kind, "message": message.chars().take(4096).collect::<String>()}})
-        };
+        let err = |id: &Value, kind: &str, message: String| json!({"v": PROTOCOL, "id": id, "ok": false, "error": {"kind": kind, "message": message.chars().take(4096).collect::<String>()}});
         self.request_bytes += frame.len() as u64;
         if self.request_bytes > MAX_REQUEST_BYTES {
-            return err(&Value::Null, "budget_exceeded", format!("this execution sent more than {MAX_REQUEST_BYTES} bytes of tool requests"));
+            return err(
+                &Value::Null,
+                "budget_exceeded",
+                format!("this execution sent more than {MAX_REQUEST_BYTES} bytes of tool requests"),
+            );
         }
         let request: Value = match serde_json::from_slice(frame) {
             Ok(Value::Object(m)) => Value::Object(m),
@@ -109,14 +111,19 @@ impl CodeModeDoor {
     }
 
     fn call(&mut self, deadline: &Deadline, id: &Value, request: &Value) -> Value {
-        let err = |kind: &str, message: String| {
-            json!({"v": PROTOCOL, "id": id, "ok": false, "error": {"kind": kind, "message": message.chars().take(4096).collect::<String>()}})
-        };
+        let err = |kind: &str, message: String| json!({"v": PROTOCOL, "id": id, "ok": false, "error": {"kind": kind, "message": message.chars().take(4096).collect::<String>()}});
         let Some(name) = request["tool"].as_str() else { return err("protocol", "a call names its tool with a string".into()) };
         let Some((tool, grant)) = self.tools.iter().find(|(t, _)| t.name() == name).cloned() else {
             let offered: Vec<&str> = self.tools.iter().map(|(t, _)| t.name()).collect();
             self.admission.deny(&self.caller, "tool_not_allowed", &bound_str(name, 128), Some(&self.parent_call));
-            return err("unknown_tool", format!("no tool named {:?} is available to you; available: {}", bound_str(name, 128).into_owned(), if offered.is_empty() { "none".into() } else { offered.join(", ") }));
+            return err(
+                "unknown_tool",
+                format!(
+                    "no tool named {:?} is available to you; available: {}",
+                    bound_str(name, 128).into_owned(),
+                    if offered.is_empty() { "none".into() } else { offered.join(", ") }
+                ),
+            );
         };
         if self.calls >= self.max_calls {
             return err("budget_exceeded", format!("this execution may call tools at most {} times", self.max_calls));

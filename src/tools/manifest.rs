@@ -130,7 +130,10 @@ impl Manifest {
         }
         for m in &self.capabilities.mounts {
             if !m.guest.starts_with('/') || m.guest.contains("..") {
-                return Err(ManifestError::Invalid { field: "capabilities.mounts", message: format!("{:?} is not an absolute guest path", m.guest) });
+                return Err(ManifestError::Invalid {
+                    field: "capabilities.mounts",
+                    message: format!("{:?} is not an absolute guest path", m.guest),
+                });
             }
         }
         let l = &self.capabilities.limits;
@@ -145,7 +148,8 @@ impl Manifest {
         let parse = |field: &'static str, text: &str| -> Result<serde_json::Value, ManifestError> {
             let v: serde_json::Value =
                 serde_json::from_str(text).map_err(|e| ManifestError::Invalid { field, message: format!("not JSON: {e}") })?;
-            jsonschema::validator_for(&v).map_err(|e| ManifestError::Invalid { field, message: format!("not a valid JSON Schema: {e}") })?;
+            jsonschema::validator_for(&v)
+                .map_err(|e| ManifestError::Invalid { field, message: format!("not a valid JSON Schema: {e}") })?;
             Ok(v)
         };
         let input = parse("input_schema", &self.input_schema)?;

@@ -240,12 +240,7 @@ fn load_package(dir: &Path, engine: &Engine, cache: &ModuleCache) -> Result<Tool
     }
     let schemas = manifest.schemas().map_err(|e| e.to_string())?;
     let input_validator = jsonschema::validator_for(&schemas.input).map_err(|e| format!("input_schema: {e}"))?;
-    let output_validator = schemas
-        .output
-        .as_ref()
-        .map(jsonschema::validator_for)
-        .transpose()
-        .map_err(|e| format!("output_schema: {e}"))?;
+    let output_validator = schemas.output.as_ref().map(jsonschema::validator_for).transpose().map_err(|e| format!("output_schema: {e}"))?;
     let pre = crate::sandbox::linker(engine)
         .and_then(|l| l.instantiate_pre(&module))
         .map_err(|e| format!("tool.wasm cannot be linked: {e:#}"))?;

@@ -109,13 +109,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr 
     }
     // Walk X-Forwarded-For from the right (nearest hop first), skipping trusted proxies. The
     // header may be split over several lines; hyper keeps them in order.
-    let hops = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .rev()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.rsplit(','))
-        .map(str::trim);
+    let hops = headers.get_all("x-forwarded-for").iter().rev().filter_map(|v| v.to_str().ok()).flat_map(|v| v.rsplit(',')).map(str::trim);
     for hop in hops.take(32) {
         match hop.parse::<IpAddr>() {
             Ok(ip) if trusted.iter().any(|c| c.contains(ip)) => continue,
@@ -130,11 +124,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr 
 /// The client address of `req` (its `ConnectInfo` peer, or loopback when served without one,
 /// as in tests of the router alone).
 pub fn request_client(req: &Request, trusted: &[Cidr]) -> IpAddr {
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()).unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
     client_ip(peer, req.headers(), trusted)
 }
 
@@ -239,7 +229,10 @@ pub async fn check(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Res
             None => None,
             Some(o) => match o.to_str() {
                 Ok(o) if origin_allowed(o, &g.allowed_origins) => None,
-                _ => Some((Class::Origin, "Forbidden: the Origin header is not allowed (pass --allowed-origin ORIGIN to allow a browser origin)\n")),
+                _ => Some((
+                    Class::Origin,
+                    "Forbidden: the Origin header is not allowed (pass --allowed-origin ORIGIN to allow a browser origin)\n",
+                )),
             },
         }
     };

@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::refusals::Refusals;
 use crate::auth::AuthConfig;
 use crate::auth::middleware::{AuthState, is_authenticated, protected_resource_metadata, require_auth};
-use crate::transport::guard::{self, Cidr, Guard};
-use crate::service::Service;
 use crate::mcp::WardenMcp;
+use crate::service::Service;
+use crate::transport::guard::{self, Cidr, Guard};
 
 #[derive(Clone, Debug)]
 pub struct HttpOptions {
@@ -66,13 +66,7 @@ struct AppState {
 /// The auth configuration in force, swapped on reload.
 pub type SharedAuth = Arc<std::sync::RwLock<Arc<AuthConfig>>>;
 
-pub fn router(
-    exec: Arc<Service>,
-    opts: &HttpOptions,
-    health: Health,
-    shutdown: &CancellationToken,
-    auth: Option<SharedAuth>,
-) -> Router {
+pub fn router(exec: Arc<Service>, opts: &HttpOptions, health: Health, shutdown: &CancellationToken, auth: Option<SharedAuth>) -> Router {
     let config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(opts.allowed_hosts.clone())
         .with_allowed_origins(opts.allowed_origins.clone())
@@ -85,8 +79,7 @@ pub fn router(
     let refusals = Arc::new(Refusals::default());
     spawn_refusal_flusher(exec.clone(), refusals.clone(), shutdown.clone());
     let trusted_proxies = Arc::new(opts.trusted_proxies.clone());
-    let mut mcp_routes =
-        Router::new().nest_service("/mcp", mcp).layer(axum::middleware::from_fn_with_state(sessions, session_end));
+    let mut mcp_routes = Router::new().nest_service("/mcp", mcp).layer(axum::middleware::from_fn_with_state(sessions, session_end));
     let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -185,11 +178,7 @@ async fn healthz(State(s): State<AppState>, headers: axum::http::HeaderMap) -> i
 /// Ready once the runtimes are loaded (they are before the listener serves) and until shutdown
 /// begins.
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    if s.exec.is_shutting_down() {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
-    } else {
-        (StatusCode::OK, "ready\n")
-    }
+    if s.exec.is_shutting_down() { (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n") } else { (StatusCode::OK, "ready\n") }
 }
 
 /// Serves until `shutdown` fires.

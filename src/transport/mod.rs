@@ -11,8 +11,8 @@ use std::sync::Arc;
 use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::service::Service;
 use crate::mcp::WardenMcp;
+use crate::service::Service;
 
 /// Serves MCP on stdin/stdout until the client closes stdin or `shutdown` fires. Nothing but
 /// JSON-RPC is written to stdout; logs go to stderr.

@@ -147,7 +147,9 @@ async fn bearer_tokens_map_through_roles_to_profiles() {
 async fn valid_jwts_of_each_algorithm_are_accepted() {
     let files = ServerFiles::new();
     let (s, _) = server(&files, 60).await;
-    for (alg, key, kid) in [(Algorithm::RS256, "rsa.pem", "rsa-1"), (Algorithm::ES256, "ec.pem", "ec-1"), (Algorithm::EdDSA, "ed25519.pem", "ed-1")] {
+    for (alg, key, kid) in
+        [(Algorithm::RS256, "rsa.pem", "rsa-1"), (Algorithm::ES256, "ec.pem", "ec-1"), (Algorithm::EdDSA, "ed25519.pem", "ed-1")]
+    {
         let token = jwt(alg, key, kid, claims("alice", &["analyst"]));
         let (status, _, body) = raw_initialize(&s.url, Some(&token)).await;
         assert_eq!(status, 200, "{alg:?}: {body}");

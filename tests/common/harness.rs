@@ -5,9 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rmcp::model::{
-    CallToolRequest, CallToolRequestParams, CallToolResult, ClientRequest, ProgressNotificationParam, ServerResult,
-};
+use rmcp::model::{CallToolRequest, CallToolRequestParams, CallToolResult, ClientRequest, ProgressNotificationParam, ServerResult};
 use rmcp::service::{NotificationContext, PeerRequestOptions, RequestHandle, RunningService};
 use rmcp::transport::TokioChildProcess;
 use rmcp::{ClientHandler, RoleClient, ServiceError, ServiceExt};
@@ -61,10 +59,7 @@ pub fn server_command(files: &ServerFiles, policy: Option<&Path>, extra: &[&str]
     if let Some(p) = policy {
         cmd.arg("--policy").arg(p);
     }
-    cmd.env("WARDEN_HOME", home().root())
-        .env("WARDEN_AUDIT_LOG", files.audit_log())
-        .env_remove("WARDEN_POLICY")
-        .kill_on_drop(true);
+    cmd.env("WARDEN_HOME", home().root()).env("WARDEN_AUDIT_LOG", files.audit_log()).env_remove("WARDEN_POLICY").kill_on_drop(true);
     cmd
 }
 
@@ -91,9 +86,8 @@ pub async fn exec(client: &Client, arguments: Value) -> (CallToolResult, Value) 
 
 /// Sends a tools/call that can be cancelled.
 pub async fn start_call(client: &Client, tool: &str, arguments: Value) -> RequestHandle<RoleClient> {
-    let req = ClientRequest::CallToolRequest(CallToolRequest::new(
-        CallToolRequestParams::new(tool.to_string()).with_arguments(args(arguments)),
-    ));
+    let req =
+        ClientRequest::CallToolRequest(CallToolRequest::new(CallToolRequestParams::new(tool.to_string()).with_arguments(args(arguments))));
     client.peer().send_request_with_option(req, PeerRequestOptions::no_options()).await.expect("send")
 }
 

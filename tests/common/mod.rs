@@ -29,7 +29,10 @@ pub fn sandbox() -> &'static Sandbox {
         let engine = build_engine(EngineSettings { max_instances: 32, parallel_compilation: false }).expect("engine");
         std::mem::forget(spawn_epoch_ticker(&engine).expect("ticker"));
         Sandbox::load(&home(), &engine, &Language::ALL).unwrap_or_else(|e| {
-            panic!("{e}\n(the tests need installed runtimes: run scripts/test, or `warden runtimes install` with WARDEN_HOME={:?})", home().root())
+            panic!(
+                "{e}\n(the tests need installed runtimes: run scripts/test, or `warden runtimes install` with WARDEN_HOME={:?})",
+                home().root()
+            )
         })
     })
 }
@@ -41,14 +44,7 @@ pub fn default_limits() -> Limits {
 /// A run request with the default policy's limits and environment.
 pub fn spec(language: Language, code: &str) -> ExecSpec {
     let policy = Policy::load("default").expect("default policy");
-    ExecSpec {
-        language,
-        code: code.to_string(),
-        stdin: Vec::new(),
-        limits: policy.limits(),
-        env: policy.guest_env(),
-        mounts: Vec::new(),
-    }
+    ExecSpec { language, code: code.to_string(), stdin: Vec::new(), limits: policy.limits(), env: policy.guest_env(), mounts: Vec::new() }
 }
 
 pub fn workspace() -> Workspace {

@@ -25,7 +25,8 @@ pub fn package(root: &Path, dir: &str, name: &str, wasm: &[u8], schema: &str, ex
 }
 
 pub const OBJECT: &str = r#"{"type": "object"}"#;
-pub const ECHO_SCHEMA: &str = r#"{"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"], "additionalProperties": false}"#;
+pub const ECHO_SCHEMA: &str =
+    r#"{"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"], "additionalProperties": false}"#;
 
 /// A profile like the default one that serves `tools` and lets code call them `calls` times.
 pub fn tool_policy(files: &ServerFiles, tools: &[&str], calls: u32, edits: &[(&str, &str)]) -> PathBuf {
@@ -48,4 +49,3 @@ pub async fn serve_tools(files: &ServerFiles, policy: &Path, dirs: &[&Path]) -> 
     use rmcp::ServiceExt;
     Recorder::default().serve(transport).await.expect("initialize")
 }
-

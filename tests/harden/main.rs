@@ -135,7 +135,10 @@ fn hardening_refuses_to_start_with_an_extra_thread() {
 async fn an_enforced_server_still_serves_everything_and_every_thread_is_filtered() {
     require_hardening!();
     let files = ServerFiles::new();
-    let policy = files.policy(&[("mode = \"best-effort\"", "mode = \"enforce\""), ("[hardening]", "[tools]\nallowed = [\"csv_summary\"]\ncalls_per_execution = 2\n\n[hardening]")]);
+    let policy = files.policy(&[
+        ("mode = \"best-effort\"", "mode = \"enforce\""),
+        ("[hardening]", "[tools]\nallowed = [\"csv_summary\"]\ncalls_per_execution = 2\n\n[hardening]"),
+    ]);
     let examples = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples");
     let server = start_http(&files, Some(&policy), &["--tools", examples.to_str().unwrap()]).await;
     let pid = server.child.id().unwrap();

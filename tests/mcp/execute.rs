@@ -3,10 +3,10 @@
 
 use std::time::{Duration, Instant};
 
+use rmcp::ClientServiceExt;
 use rmcp::model::{ReadResourceRequestParams, ResourceContents};
 use rmcp::service::ClientLifecycleMode;
 use rmcp::transport::TokioChildProcess;
-use rmcp::ClientServiceExt;
 use serde_json::{Value, json};
 
 use crate::harness::*;
@@ -169,7 +169,8 @@ async fn cancellation_stops_the_guest_within_100ms() {
 #[tokio::test]
 async fn the_concurrency_cap_queues_then_refuses_with_busy() {
     let files = ServerFiles::new();
-    let policy = files.policy(&[("concurrent_executions = 4", "concurrent_executions = 1"), ("queue_timeout_ms = 10_000", "queue_timeout_ms = 300")]);
+    let policy = files
+        .policy(&[("concurrent_executions = 4", "concurrent_executions = 1"), ("queue_timeout_ms = 10_000", "queue_timeout_ms = 300")]);
     let client = stdio(&files, Some(&policy)).await;
     let long = start_call(&client, "execute_code", py("import time\ntime.sleep(1.5)")).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -189,7 +190,10 @@ async fn a_2026_07_28_client_without_initialize_works() {
     let files = ServerFiles::new();
     let transport = TokioChildProcess::new(server_command(&files, None, &[])).unwrap();
     let client = Recorder::default()
-        .serve_with_lifecycle(transport, ClientLifecycleMode::Discover { preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28] })
+        .serve_with_lifecycle(
+            transport,
+            ClientLifecycleMode::Discover { preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28] },
+        )
         .await
         .expect("discover");
     let tools = client.list_all_tools().await.unwrap();

@@ -43,7 +43,13 @@ async fn ending_an_http_session_answers_no_content_and_ends_it() {
     let delete = |id: String| {
         let url = server.url.clone();
         async move {
-            reqwest::Client::new().delete(url).header("mcp-session-id", id).header("mcp-protocol-version", "2025-06-18").send().await.unwrap()
+            reqwest::Client::new()
+                .delete(url)
+                .header("mcp-session-id", id)
+                .header("mcp-protocol-version", "2025-06-18")
+                .send()
+                .await
+                .unwrap()
         }
     };
     let first = delete(id.clone()).await;

@@ -96,7 +96,11 @@ async fn another_client_cannot_use_a_session_or_its_artifacts() {
 #[tokio::test]
 async fn session_count_is_capped_and_idle_sessions_expire() {
     let files = ServerFiles::new();
-    let policy = files.policy(&[("max = 16", "max = 2"), ("max_per_principal = 4", "max_per_principal = 2"), ("idle_seconds = 900", "idle_seconds = 2")]);
+    let policy = files.policy(&[
+        ("max = 16", "max = 2"),
+        ("max_per_principal = 4", "max_per_principal = 2"),
+        ("idle_seconds = 900", "idle_seconds = 2"),
+    ]);
     let client = stdio(&files, Some(&policy)).await;
     let a = create(&client, "python").await;
     let _b = create(&client, "javascript").await;

@@ -166,7 +166,10 @@ fn diff_and_explain_report_a_change_to_every_field_of_the_profile_type() {
             .unwrap_or_else(|| panic!("{name}: `policy diff` does not report a change to it:\n{out}"));
         let explained = explain(&changed);
         assert_ne!(explained, base_explain, "{name}: `policy explain` shows no difference");
-        assert!(explained.lines().any(|l| l.trim_start().starts_with(&format!("{field} "))), "{name}: `policy explain` does not list {field}:\n{explained}");
+        assert!(
+            explained.lines().any(|l| l.trim_start().starts_with(&format!("{field} "))),
+            "{name}: `policy explain` does not list {field}:\n{explained}"
+        );
         covered.push(name);
     }
     eprintln!("fields changed and reported: {}", covered.join(", "));
@@ -177,7 +180,8 @@ fn each_field_is_classified_as_widening_or_narrowing() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().canonicalize().unwrap();
     std::fs::create_dir_all(d.join("m")).unwrap();
-    let mount = |mode: &str| format!("\n[[mounts]]\nhost = {:?}\nguest = \"/data\"\nmode = \"{mode}\"\n", d.join("m").display().to_string());
+    let mount =
+        |mode: &str| format!("\n[[mounts]]\nhost = {:?}\nguest = \"/data\"\nmode = \"{mode}\"\n", d.join("m").display().to_string());
     let write = |name: &str, edits: &[(&str, &str)], extra: &str| {
         let mut text = include_str!("../../policies/default.toml").to_string();
         for (a, b) in edits {
@@ -192,17 +196,66 @@ fn each_field_is_classified_as_widening_or_narrowing() {
     let tools = |n: u32| format!("\n[tools]\nallowed = [\"csv_summary\"]\ncalls_per_execution = {n}\n");
     let a = write("a", &[("allowed = [\"python\", \"javascript\"]", "allowed = [\"python\"]")], &tools(1));
     let cases: Vec<(PathBuf, &str, &str)> = vec![
-        (write("calls", &[("allowed = [\"python\", \"javascript\"]", "allowed = [\"python\"]")], &tools(50)), "WIDENS", "tools.calls_per_execution"),
+        (
+            write("calls", &[("allowed = [\"python\", \"javascript\"]", "allowed = [\"python\"]")], &tools(50)),
+            "WIDENS",
+            "tools.calls_per_execution",
+        ),
         (write("runtime", &[], &tools(1)), "WIDENS", "runtimes.allowed"),
-        (write("mount", &[("allowed = [\"python\", \"javascript\"]", "allowed = [\"python\"]")], &(tools(1) + &mount("ro"))), "WIDENS", "mounts"),
-        (write("pass", &[("allowed = [\"python\", \"javascript\"]", "allowed = [\"python\"]"), ("set = { LANG = \"C.UTF-8\" }", "set = { LANG = \"C.UTF-8\" }\npass = [\"PATH\"]")], &tools(1)), "WIDENS", "env.pass"),
-        (write("fewer", &[("allowed = [\"python\", \"javascript\"]", "allowed = [\"python\"]"), ("memory_mb = 512", "memory_mb = 256")], &tools(1)), "narrows", "limits.memory_mb"),
-        (write("queue", &[("allowed = [\"python\", \"javascript\"]", "allowed = [\"python\"]"), ("queue_timeout_ms = 10_000", "queue_timeout_ms = 20_000")], &tools(1)), "changes", "limits.queue_timeout_ms"),
-        (write("soft", &[("allowed = [\"python\", \"javascript\"]", "allowed = [\"python\"]"), ("mode = \"best-effort\"", "mode = \"off\"")], &tools(1)), "WIDENS", "hardening.mode"),
+        (
+            write("mount", &[("allowed = [\"python\", \"javascript\"]", "allowed = [\"python\"]")], &(tools(1) + &mount("ro"))),
+            "WIDENS",
+            "mounts",
+        ),
+        (
+            write(
+                "pass",
+                &[
+                    ("allowed = [\"python\", \"javascript\"]", "allowed = [\"python\"]"),
+                    ("set = { LANG = \"C.UTF-8\" }", "set = { LANG = \"C.UTF-8\" }\npass = [\"PATH\"]"),
+                ],
+                &tools(1),
+            ),
+            "WIDENS",
+            "env.pass",
+        ),
+        (
+            write(
+                "fewer",
+                &[("allowed = [\"python\", \"javascript\"]", "allowed = [\"python\"]"), ("memory_mb = 512", "memory_mb = 256")],
+                &tools(1),
+            ),
+            "narrows",
+            "limits.memory_mb",
+        ),
+        (
+            write(
+                "queue",
+                &[
+                    ("allowed = [\"python\", \"javascript\"]", "allowed = [\"python\"]"),
+                    ("queue_timeout_ms = 10_000", "queue_timeout_ms = 20_000"),
+                ],
+                &tools(1),
+            ),
+            "changes",
+            "limits.queue_timeout_ms",
+        ),
+        (
+            write(
+                "soft",
+                &[("allowed = [\"python\", \"javascript\"]", "allowed = [\"python\"]"), ("mode = \"best-effort\"", "mode = \"off\"")],
+                &tools(1),
+            ),
+            "WIDENS",
+            "hardening.mode",
+        ),
     ];
     for (b, label, field) in cases {
         let (status, out, err) = warden(&["policy", "diff", a.to_str().unwrap(), b.to_str().unwrap(), "--fail-on-widen"], &[]);
-        assert!(out.lines().any(|l| l.starts_with(label) && l.split_whitespace().nth(1) == Some(field)), "{field} should be {label}:\n{out}");
+        assert!(
+            out.lines().any(|l| l.starts_with(label) && l.split_whitespace().nth(1) == Some(field)),
+            "{field} should be {label}:\n{out}"
+        );
         assert_eq!(status, if label == "WIDENS" { 3 } else { 0 }, "{field}: {err}");
     }
     // A mount turned from read-only to read-write widens.

@@ -108,7 +108,11 @@ print(results)
 #[test]
 fn only_listed_environment_variables_reach_the_guest() {
     let dir = tempfile::tempdir().unwrap();
-    let p = profile(dir.path(), &[("set = { LANG = \"C.UTF-8\" }", "set = { LANG = \"C.UTF-8\", GREETING = \"hi\" }\npass = [\"WARDEN_TEST_PASSED\"]")], "");
+    let p = profile(
+        dir.path(),
+        &[("set = { LANG = \"C.UTF-8\" }", "set = { LANG = \"C.UTF-8\", GREETING = \"hi\" }\npass = [\"WARDEN_TEST_PASSED\"]")],
+        "",
+    );
     let (status, out, err) = warden(
         &["exec", "--policy", p.to_str().unwrap(), "--language", "python", "--code", "import os; print(sorted(os.environ))"],
         &[("WARDEN_TEST_PASSED", "yes"), ("WARDEN_TEST_SECRET", "no"), ("WARDEN_AUDIT_LOG", dir.path().join("a").to_str().unwrap())],
@@ -133,7 +137,11 @@ fn limits_come_from_the_profile() {
     let audit = dir.path().join("audit.jsonl");
     let p = profile(
         dir.path(),
-        &[("timeout_ms = 30_000", "timeout_ms = 400"), ("stdout_bytes = 1_048_576", "stdout_bytes = 10"), ("fuel = 40_000_000_000", "fuel = 300_000_000")],
+        &[
+            ("timeout_ms = 30_000", "timeout_ms = 400"),
+            ("stdout_bytes = 1_048_576", "stdout_bytes = 10"),
+            ("fuel = 40_000_000_000", "fuel = 300_000_000"),
+        ],
         "",
     );
     let r = exec_py(&p, "print('0123456789abcdef')", &audit);
@@ -155,14 +163,21 @@ fn the_audit_log_is_a_server_setting_and_records_code_only_when_asked() {
     let log = dir.path().join("elsewhere/log.jsonl");
     // `audit.path` moved out of profiles: a profile that still sets it is refused, naming the flag.
     let old = profile(dir.path(), &[("record_code = false", &format!("record_code = false\npath = {:?}", log.display().to_string()))], "");
-    for args in [vec!["policy", "check", old.to_str().unwrap()], vec!["exec", "--policy", old.to_str().unwrap(), "-l", "python", "-c", "1"]] {
+    for args in [vec!["policy", "check", old.to_str().unwrap()], vec!["exec", "--policy", old.to_str().unwrap(), "-l", "python", "-c", "1"]]
+    {
         let (status, _, err) = warden(&args, &[]);
         assert_eq!(status, 1, "{err}");
-        assert!(err.contains("audit.path") && err.contains("--audit-log") && err.contains("WARDEN_AUDIT_LOG") && err.contains("line"), "{err}");
+        assert!(
+            err.contains("audit.path") && err.contains("--audit-log") && err.contains("WARDEN_AUDIT_LOG") && err.contains("line"),
+            "{err}"
+        );
     }
     assert!(!log.exists());
     let p = profile(dir.path(), &[("record_code = false", "record_code = true")], "");
-    let (status, _, err) = warden(&["exec", "--policy", p.to_str().unwrap(), "--audit-log", log.to_str().unwrap(), "-l", "python", "-c", "print('kept')"], &[]);
+    let (status, _, err) = warden(
+        &["exec", "--policy", p.to_str().unwrap(), "--audit-log", log.to_str().unwrap(), "-l", "python", "-c", "print('kept')"],
+        &[],
+    );
     assert_eq!(status, 0, "{err}");
     let events = warden::audit::read_lines(&log).unwrap();
     let end = events.iter().find(|e| e["kind"] == "execution").expect("an execution event");
@@ -220,11 +235,19 @@ fn policy_check_names_the_line_of_a_refused_value() {
     let share = profile(dir.path(), &[("max_per_principal = 4", "max_per_principal = 17")], "");
     let text = std::fs::read_to_string(&share).unwrap();
     let err = check(&share);
-    let want = format!("{} line {}: sessions.max_per_principal: must be between 1 and sessions.max (16)", share.display(), line(&text, "max_per_principal = "));
+    let want = format!(
+        "{} line {}: sessions.max_per_principal: must be between 1 and sessions.max (16)",
+        share.display(),
+        line(&text, "max_per_principal = ")
+    );
     assert!(err.contains(&want), "want {want:?} in: {err}");
 
     // The second of two mounts, in an array of tables: its own `[[mounts]]` line.
-    let dup = profile(dir.path(), &[], "\n[[mounts]]\nhost = \"/tmp\"\nguest = \"/data\"\nmode = \"ro\"\n\n[[mounts]]\nhost = \"/tmp\"\nguest = \"/data/x\"\nmode = \"ro\"\n");
+    let dup = profile(
+        dir.path(),
+        &[],
+        "\n[[mounts]]\nhost = \"/tmp\"\nguest = \"/data\"\nmode = \"ro\"\n\n[[mounts]]\nhost = \"/tmp\"\nguest = \"/data/x\"\nmode = \"ro\"\n",
+    );
     let text = std::fs::read_to_string(&dup).unwrap();
     let second = text.lines().enumerate().filter(|(_, l)| *l == "[[mounts]]").nth(1).unwrap().0 + 1;
     let err = check(&dup);
@@ -264,7 +287,9 @@ fn policy_check_validates_and_points_at_the_field() {
 fn policy_explain_says_what_a_guest_can_and_cannot_do() {
     let (status, out, _) = warden(&["policy", "explain", "strict"], &[]);
     assert_eq!(status, 0);
-    for needle in ["run python and javascript", "5 s of wall-clock time", "256 MiB of memory", "not keep sessions", "cannot", "no sockets", "enforce"] {
+    for needle in
+        ["run python and javascript", "5 s of wall-clock time", "256 MiB of memory", "not keep sessions", "cannot", "no sockets", "enforce"]
+    {
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }
     let (_, out, _) = warden(&["policy", "explain", "tool-runner"], &[]);
@@ -295,7 +320,10 @@ async fn hardening_is_a_server_setting_that_profiles_can_only_require() {
     use harness::{ServerFiles, connect_http, exec, start_http};
     let files = ServerFiles::new();
     // Asking for less than a profile requires is refused at start, naming the profile and flag.
-    let (status, _, err) = warden(&["serve", "--policy", "strict", "--hardening", "best-effort"], &[("WARDEN_AUDIT_LOG", files.audit_log().to_str().unwrap())]);
+    let (status, _, err) = warden(
+        &["serve", "--policy", "strict", "--hardening", "best-effort"],
+        &[("WARDEN_AUDIT_LOG", files.audit_log().to_str().unwrap())],
+    );
     assert_eq!(status, 1, "{err}");
     assert!(err.contains("profile \"strict\" asks for host hardening enforce") && err.contains("--hardening enforce"), "{err}");
     let (status, _, err) = warden(&["serve", "--hardening", "sometimes"], &[]);
@@ -323,7 +351,11 @@ async fn hardening_is_a_server_setting_that_profiles_can_only_require() {
     assert!(events[0]["error"].as_str().unwrap().contains("asks for host hardening enforce"), "{:?}", events[0]);
     // A reload whose mount reaches the audit log is refused the same way.
     let mounted = files.dir.path().to_path_buf();
-    let text = format!("{}\n[[mounts]]\nhost = {:?}\nguest = \"/data\"\nmode = \"ro\"\n", include_str!("../../policies/default.toml"), mounted.display().to_string());
+    let text = format!(
+        "{}\n[[mounts]]\nhost = {:?}\nguest = \"/data\"\nmode = \"ro\"\n",
+        include_str!("../../policies/default.toml"),
+        mounted.display().to_string()
+    );
     std::fs::write(&policy, text).unwrap();
     unsafe { libc::kill(pid, libc::SIGHUP) };
     let events = reloads(2).await;

@@ -29,7 +29,9 @@ except OSError:
 #[test]
 fn absolute_host_paths_of_the_server_are_invisible() {
     let home = home().root().display().to_string();
-    let r = py(&format!("import os\nfor p in [{home:?}, {home:?} + '/cache', '/work', '/tmp/..']:\n    print(p, os.path.exists(p) and len(os.listdir(p)))"));
+    let r = py(&format!(
+        "import os\nfor p in [{home:?}, {home:?} + '/cache', '/work', '/tmp/..']:\n    print(p, os.path.exists(p) and len(os.listdir(p)))"
+    ));
     assert_outcome(&r, "ok");
     for line in r.stdout.lines().take(3) {
         assert!(line.ends_with("False"), "{line}");

@@ -1,8 +1,8 @@
 //! CPython guests: the language, its packages, files in and out.
 
 use crate::common::*;
-use warden::sandbox::{CancelHandle, InputFile};
 use warden::runtime::Language;
+use warden::sandbox::{CancelHandle, InputFile};
 
 #[test]
 fn python_hello() {

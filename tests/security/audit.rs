@@ -19,7 +19,8 @@ fn refusal_lines(files: &ServerFiles) -> Vec<(String, usize)> {
     text.lines()
         .filter(|l| {
             let v: Value = serde_json::from_str(l).unwrap();
-            (v["kind"] == "auth" && v["result"] == "deny") || ["authz.deny", "http.deny", "auth.refused"].contains(&v["kind"].as_str().unwrap())
+            (v["kind"] == "auth" && v["result"] == "deny")
+                || ["authz.deny", "http.deny", "auth.refused"].contains(&v["kind"].as_str().unwrap())
         })
         .map(|l| (serde_json::from_str::<Value>(l).unwrap()["kind"].as_str().unwrap().to_string(), l.len() + 1))
         .collect()
@@ -44,7 +45,8 @@ async fn unauthenticated_floods_grow_the_audit_log_by_a_bounded_amount() {
     let mut s = auth_server(&files, &[]).await;
     let before = std::fs::metadata(files.audit_log()).unwrap().len();
     let huge_kid = jwt_with_kid(20_000);
-    let kinds: Vec<Option<String>> = vec![None, Some("Bearer wrong-token".into()), Some(format!("Bearer {huge_kid}")), Some(format!("Bearer {ROLELESS_TOKEN}"))];
+    let kinds: Vec<Option<String>> =
+        vec![None, Some("Bearer wrong-token".into()), Some(format!("Bearer {huge_kid}")), Some(format!("Bearer {ROLELESS_TOKEN}"))];
     const REQUESTS: usize = 2000;
     let started = Instant::now();
     // Eight attackers in parallel, while the victim keeps calling.
@@ -85,7 +87,10 @@ async fn unauthenticated_floods_grow_the_audit_log_by_a_bounded_amount() {
     assert!(!log.contains(&"K".repeat(300)), "a caller-chosen key id reached the log unbounded");
     assert!(log.lines().all(|l| l.len() <= 64 * 1024 + 512), "every line is bounded");
     let metrics = reqwest::get(format!("{}/metrics", s.base)).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains(&format!(r#"warden_denials_total{{reason="unauthenticated"}} {}"#, REQUESTS / 4 * 3)), "every refusal is still counted: {metrics}");
+    assert!(
+        metrics.contains(&format!(r#"warden_denials_total{{reason="unauthenticated"}} {}"#, REQUESTS / 4 * 3)),
+        "every refusal is still counted: {metrics}"
+    );
     victim_served(&s.url).await;
 
     // At shutdown the interval's counts are written as one summary line.
@@ -103,7 +108,9 @@ async fn unauthenticated_floods_grow_the_audit_log_by_a_bounded_amount() {
     assert_eq!(sum(&|s| s["sources"][0]["reasons"]["forbidden"].as_u64().unwrap_or(0)), (REQUESTS / 4) as u64, "{summaries:?}");
     let grown = std::fs::metadata(files.audit_log()).unwrap().len() - before;
     let refusal_bytes: usize = refusal_lines(&files).iter().map(|(_, n)| n).sum();
-    eprintln!("the log grew {grown} bytes in all, {refusal_bytes} of them for {REQUESTS} refused requests (bound {REFUSAL_BOUND_BYTES} per interval)");
+    eprintln!(
+        "the log grew {grown} bytes in all, {refusal_bytes} of them for {REQUESTS} refused requests (bound {REFUSAL_BOUND_BYTES} per interval)"
+    );
     assert!(refusal_bytes <= REFUSAL_BOUND_BYTES * summaries.len(), "{refusal_bytes}");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden")).args(["audit", "verify"]).arg(files.audit_log()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -44,7 +44,8 @@ async fn sessions_are_bound_to_their_profile() {
     let refusal = r.to_string();
     assert!(refusal.contains("created under profile") && refusal.contains("wide"), "{r}");
     assert!(r["result"]["structuredContent"]["stdout"].is_null(), "nothing ran: {r}");
-    let r = stateless_call(&url, "alice-wide", "execute_code", json!({"language": "python", "code": "print(x + 1)", "session_id": id})).await;
+    let r =
+        stateless_call(&url, "alice-wide", "execute_code", json!({"language": "python", "code": "print(x + 1)", "session_id": id})).await;
     assert_eq!(r["result"]["structuredContent"]["stdout"], "42\n", "the owner's session is intact: {r}");
 
     case("reload_changes_a_sessions_profile", Layer::Policy);

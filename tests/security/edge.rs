@@ -64,7 +64,9 @@ async fn health_without_credentials_says_only_its_status() {
     let files = ServerFiles::new();
     let s = auth_server(&files, &[]).await;
     let home = crate::common::home().root().display().to_string();
-    for headers in [vec![], vec![("authorization", "Bearer wrong")], vec![("authorization", format!("Bearer {ROLELESS_TOKEN}").leak() as &str)]] {
+    for headers in
+        [vec![], vec![("authorization", "Bearer wrong")], vec![("authorization", format!("Bearer {ROLELESS_TOKEN}").leak() as &str)]]
+    {
         let (status, body) = get(&format!("{}/healthz", s.base), &headers).await;
         assert_eq!(status, 200);
         let v: Value = serde_json::from_str(&body).unwrap();

@@ -38,12 +38,19 @@ async fn endless_loops_in_wasm_and_in_host_calls() {
         ended(&s, "timeout", slack);
     }
     // Fuel stops a loop long before the deadline when the budget is small.
-    let s = attempt(&client, "python_fuel_budget", Layer::Limits, with_limits("python", "while True: pass", json!({"fuel": 50_000_000}))).await;
+    let s =
+        attempt(&client, "python_fuel_budget", Layer::Limits, with_limits("python", "while True: pass", json!({"fuel": 50_000_000}))).await;
     ended(&s, "out_of_fuel", Duration::from_secs(5));
     // Reading stdin never blocks: it is the request's bytes, then end-of-file.
     let s = attempt(&client, "python_blocking_stdin_read", Layer::Wasi, json!({"language": "python", "code": "import sys\nwhile True:\n    if not sys.stdin.read(1):\n        break\nprint('eof')", "stdin": "ab"})).await;
     assert_eq!(s["stdout"], "eof\n", "{s}");
-    let s = attempt(&client, "javascript_blocking_stdin_read", Layer::Wasi, json!({"language": "javascript", "code": "print(std.in.readAsString().length)"})).await;
+    let s = attempt(
+        &client,
+        "javascript_blocking_stdin_read",
+        Layer::Wasi,
+        json!({"language": "javascript", "code": "print(std.in.readAsString().length)"}),
+    )
+    .await;
     assert_eq!(s["stdout"], "0\n", "{s}");
 }
 
@@ -65,9 +72,25 @@ async fn memory_and_stack_exhaustion() {
         // memory cap is what stopped it and the outcome says so.
         assert_eq!(s["outcome"], "memory_limit", "{name}: {s}");
     }
-    let s = attempt(&client, "python_unbounded_recursion", Layer::Limits, with_limits("python", "import sys\nsys.setrecursionlimit(10**8)\ndef f(n): return f(n + 1) + 1\nf(0)", json!({"fuel": 2_000_000_000}))).await;
+    let s = attempt(
+        &client,
+        "python_unbounded_recursion",
+        Layer::Limits,
+        with_limits(
+            "python",
+            "import sys\nsys.setrecursionlimit(10**8)\ndef f(n): return f(n + 1) + 1\nf(0)",
+            json!({"fuel": 2_000_000_000}),
+        ),
+    )
+    .await;
     assert!(matches!(s["outcome"].as_str().unwrap(), "stack_overflow" | "memory_limit" | "out_of_fuel" | "error"), "{s}");
-    let s = attempt(&client, "javascript_unbounded_recursion", Layer::Wasi, json!({"language": "javascript", "code": "function f(n) { return f(n + 1) + 1 }\nf(0)"})).await;
+    let s = attempt(
+        &client,
+        "javascript_unbounded_recursion",
+        Layer::Wasi,
+        json!({"language": "javascript", "code": "function f(n) { return f(n + 1) + 1 }\nf(0)"}),
+    )
+    .await;
     assert!(matches!(s["outcome"].as_str().unwrap(), "stack_overflow" | "trap" | "error"), "{s}");
     assert!(!s["stderr"].as_str().unwrap().contains("wasmtime"), "host internals leaked: {s}");
 }
@@ -104,7 +127,11 @@ async fn disk_and_file_count_floods() {
         ("python_sparse_file", "python", "f = open('sparse', 'wb')\nf.seek(1 << 40)\nf.write(b'x')\nf.close()\nwhile True: pass"),
         ("python_file_count_flood", "python", "i = 0\nwhile True:\n    open(f'f{i}', 'w').close()\n    i += 1"),
         ("python_directory_flood", "python", "import os\ni = 0\nwhile True:\n    os.mkdir(f'd{i}')\n    i += 1"),
-        ("javascript_disk_fill", "javascript", "const f = std.open('/workspace/big', 'w'); const s = 'z'.repeat(1 << 20); for (;;) f.puts(s)"),
+        (
+            "javascript_disk_fill",
+            "javascript",
+            "const f = std.open('/workspace/big', 'w'); const s = 'z'.repeat(1 << 20); for (;;) f.puts(s)",
+        ),
     ];
     for (name, language, code) in cases {
         let s = attempt(&client, name, Layer::Limits, with_limits(language, code, json!({"timeout_ms": 20_000}))).await;
@@ -136,13 +163,19 @@ async fn archive_bombs_are_bounded_by_the_workspace_quota() {
 #[tokio::test]
 async fn cancellation_is_prompt_under_load() {
     let files = ServerFiles::new();
-    let policy = files.policy(&[("concurrent_per_principal = 4", "concurrent_per_principal = 8"), ("concurrent_executions = 4", "concurrent_executions = 8")]);
+    let policy = files.policy(&[
+        ("concurrent_per_principal = 4", "concurrent_per_principal = 8"),
+        ("concurrent_executions = 4", "concurrent_executions = 8"),
+    ]);
     let client = stdio(&files, Some(&policy)).await;
     crate::case("cancel_under_load", Layer::Limits);
     // Six busy guests keep both cores saturated while one more is cancelled.
     let mut busy = Vec::new();
     for _ in 0..6 {
-        busy.push(start_call(&client, "execute_code", json!({"language": "python", "code": "while True: pass", "limits": {"timeout_ms": 8000}})).await);
+        busy.push(
+            start_call(&client, "execute_code", json!({"language": "python", "code": "while True: pass", "limits": {"timeout_ms": 8000}}))
+                .await,
+        );
     }
     audit_events(&files, "execution.start", 6, Duration::from_secs(10)).await;
     let victim = start_call(&client, "execute_code", json!({"language": "javascript", "code": "for (;;) {}"})).await;

@@ -21,10 +21,7 @@ const RUN: Duration = Duration::from_secs(15);
 
 /// The first resource link of a result.
 fn first_link(r: &rmcp::model::CallToolResult) -> String {
-    r.content
-        .iter()
-        .find_map(|c| c.as_resource_link().map(|l| l.uri.clone()))
-        .unwrap_or_else(|| panic!("no resource link in {r:?}"))
+    r.content.iter().find_map(|c| c.as_resource_link().map(|l| l.uri.clone())).unwrap_or_else(|| panic!("no resource link in {r:?}"))
 }
 
 async fn read(client: &Client, uri: &str) -> Result<usize, String> {
@@ -99,7 +96,12 @@ async fn a_saturated_principal_cannot_starve_another() {
                     move || {
                         let conn = conn.clone();
                         async move {
-                            let _ = call(&conn, "execute_code", json!({"language": "python", "code": "while True: pass", "limits": {"timeout_ms": 4000}})).await;
+                            let _ = call(
+                                &conn,
+                                "execute_code",
+                                json!({"language": "python", "code": "while True: pass", "limits": {"timeout_ms": 4000}}),
+                            )
+                            .await;
                         }
                     }
                 }));
@@ -119,7 +121,8 @@ async fn a_saturated_principal_cannot_starve_another() {
                         let (conn, big) = (conn.clone(), big.clone());
                         async move {
                             let _ = read(&conn, &big).await;
-                            let _ = call(&conn, "execute_code", json!({"language": "python", "code": "open('a.txt', 'w').write('x')"})).await;
+                            let _ =
+                                call(&conn, "execute_code", json!({"language": "python", "code": "open('a.txt', 'w').write('x')"})).await;
                         }
                     }
                 }));
@@ -166,7 +169,11 @@ async fn a_saturated_principal_cannot_starve_another() {
     latencies.sort();
     let p95 = latencies[(latencies.len() - 1) * 95 / 100];
     let p50 = latencies[latencies.len() / 2];
-    eprintln!("victim under attack: {} operations, p50 {p50:?}, p95 {p95:?}; attacker made {} attempts", latencies.len(), attacks.load(Ordering::Relaxed));
+    eprintln!(
+        "victim under attack: {} operations, p50 {p50:?}, p95 {p95:?}; attacker made {} attempts",
+        latencies.len(),
+        attacks.load(Ordering::Relaxed)
+    );
     assert!(p95 < VICTIM_P95, "the victim's p95 latency was {p95:?} under attack (bound {VICTIM_P95:?})");
     assert!(attacks.load(Ordering::Relaxed) > 20, "the attacker was not kept busy");
     assert_eq!(read(&victim, &kept).await, Ok(4), "the attacker evicted the victim's artifact");

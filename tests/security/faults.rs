@@ -34,7 +34,12 @@ async fn kill_9_during_executions_then_restart() {
     let url = server.url.clone();
     tokio::spawn(async move {
         let c = connect_http(&url, None).await;
-        let _ = call(&c, "execute_code", json!({"language": "python", "code": "open('partial.txt', 'w').write('y')\nimport time\ntime.sleep(60)"})).await;
+        let _ = call(
+            &c,
+            "execute_code",
+            json!({"language": "python", "code": "open('partial.txt', 'w').write('y')\nimport time\ntime.sleep(60)"}),
+        )
+        .await;
     });
     audit_events(&files, "execution.start", 2, Duration::from_secs(10)).await;
     let dir = process_workspaces(pid).expect("the server's workspace directory");
@@ -87,7 +92,12 @@ async fn kill_9_during_audit_writes_leaves_a_verifiable_or_detectably_torn_log()
         // torn last line is reported). Anything else is a broken chain.
         assert!(ok || report.contains("torn last line"), "round {round}: {report}");
         if !ok {
-            let out = Command::new(env!("CARGO_BIN_EXE_warden")).arg("serve").env("WARDEN_HOME", common::home().root()).env("WARDEN_AUDIT_LOG", files.audit_log()).output().unwrap();
+            let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+                .arg("serve")
+                .env("WARDEN_HOME", common::home().root())
+                .env("WARDEN_AUDIT_LOG", files.audit_log())
+                .output()
+                .unwrap();
             assert!(!out.status.success(), "a server must not append to a torn log");
         }
     }

@@ -107,7 +107,13 @@ async fn read_only_mounts_cannot_be_bypassed() {
     let client = stdio(&files, Some(&policy)).await;
     let os = "__import__('os')";
 
-    let s = attempt(&client, "read_only_mount_is_readable", Layer::Policy, json!({"language": "python", "code": "print(open('/data/f.txt').read())"})).await;
+    let s = attempt(
+        &client,
+        "read_only_mount_is_readable",
+        Layer::Policy,
+        json!({"language": "python", "code": "print(open('/data/f.txt').read())"}),
+    )
+    .await;
     assert_eq!(s["stdout"], "original\n", "{s}");
 
     let probes = [

@@ -36,7 +36,9 @@ async fn the_host_environment_and_its_secrets_stay_out() {
 
     // A caller cannot ask for a host variable either: `env` is not a request field.
     crate::case("requested_host_variable", Layer::Policy);
-    let e = call(&client, "execute_code", json!({"language": "python", "code": "1", "env": {"X": "$WARDEN_SECURITY_SECRET"}})).await.unwrap_err();
+    let e = call(&client, "execute_code", json!({"language": "python", "code": "1", "env": {"X": "$WARDEN_SECURITY_SECRET"}}))
+        .await
+        .unwrap_err();
     assert_eq!(error_code(&e), -32602);
     crate::alive(&client).await;
 

@@ -117,7 +117,8 @@ fn existing_files_and_git_config_are_never_replaced() {
     assert_eq!(std::fs::read_to_string(t.join(".git/config")).unwrap(), "[core]\n\trepositoryformatversion = 0\n");
     assert_eq!(std::fs::read_to_string(t.join("result.txt")).unwrap(), "fine");
     let r: Value = serde_json::from_str(&out).unwrap();
-    let saved: Vec<&Value> = r["artifacts"].as_array().unwrap().iter().filter(|a| a["uri"].as_str().unwrap().starts_with("file://")).collect();
+    let saved: Vec<&Value> =
+        r["artifacts"].as_array().unwrap().iter().filter(|a| a["uri"].as_str().unwrap().starts_with("file://")).collect();
     assert_eq!(saved.len(), 1, "only result.txt is on the host: {r:#}");
 
     // With the flag, dot-names are allowed but the existing .git/config is still not replaced,

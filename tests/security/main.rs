@@ -20,12 +20,12 @@ mod host;
 mod hostwrites;
 mod isolation;
 mod ownfiles;
+#[path = "../common/packages.rs"]
+mod packages;
 mod quota;
 mod requests;
 mod soak;
 mod tools;
-#[path = "../common/packages.rs"]
-mod packages;
 
 use std::io::Write;
 
@@ -98,8 +98,22 @@ pub fn js_probes<S: AsRef<str>>(probes: &[(&str, S)]) -> Value {
 /// descriptor (`ENOTCAPABLE`, `EBADF`, `ENOENT` outside every preopen), an operation preview1
 /// or the preopen's permissions do not offer (`ENOSYS`, `ENOTSUP`, `EPERM`, `EACCES`, `EROFS`),
 /// and the path-resolution refusals of escapes (`ELOOP`, `ENOTDIR`, `EXDEV`, `EINVAL`, `EISDIR`).
-pub const WASI_ERRNOS: &[&str] =
-    &["ENOTCAPABLE", "EBADF", "ENOENT", "ENOSYS", "ENOTSUP", "EOPNOTSUPP", "EPERM", "EACCES", "EROFS", "ELOOP", "ENOTDIR", "EXDEV", "EINVAL", "EISDIR"];
+pub const WASI_ERRNOS: &[&str] = &[
+    "ENOTCAPABLE",
+    "EBADF",
+    "ENOENT",
+    "ENOSYS",
+    "ENOTSUP",
+    "EOPNOTSUPP",
+    "EPERM",
+    "EACCES",
+    "EROFS",
+    "ELOOP",
+    "ENOTDIR",
+    "EXDEV",
+    "EINVAL",
+    "EISDIR",
+];
 
 /// Python exceptions that say the WASI build has no such facility at all (no `fork`, no
 /// threads, no `ctypes`).
@@ -111,7 +125,8 @@ pub async fn all_blocked<S>(client: &Client, name: &str, layer: Layer, args: Val
     let s = attempt(client, name, layer, args).await;
     let out = s["stdout"].as_str().unwrap_or_default();
     for (probe, _) in probes {
-        let line = out.lines().find(|l| l.starts_with(&format!("{probe} "))).unwrap_or_else(|| panic!("{name}/{probe}: no result line in {s}"));
+        let line =
+            out.lines().find(|l| l.starts_with(&format!("{probe} "))).unwrap_or_else(|| panic!("{name}/{probe}: no result line in {s}"));
         assert!(line.contains(" BLOCKED"), "{name}/{probe} was not contained: {line}\n{s}");
         if let Layer::Wasi = layer {
             // WASI refuses inside the guest: the probe got an error and the guest went on (a
@@ -121,7 +136,8 @@ pub async fn all_blocked<S>(client: &Client, name: &str, layer: Layer, args: Val
             // Python: `NAME BLOCKED TYPE ERRNO`.
             if words.len() == 4 {
                 let (kind, errno) = (words[2], words[3]);
-                let wasi = if errno == "-" { WASI_MISSING.contains(&kind) || kind.ends_with("Error") } else { WASI_ERRNOS.contains(&errno) };
+                let wasi =
+                    if errno == "-" { WASI_MISSING.contains(&kind) || kind.ends_with("Error") } else { WASI_ERRNOS.contains(&errno) };
                 assert!(wasi, "{name}/{probe}: refused by something other than WASI? {line}");
             }
         }

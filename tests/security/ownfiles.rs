@@ -88,11 +88,13 @@ fn mounts_reaching_the_data_directory_audit_log_or_credentials_are_refused() {
     let (status, out, err) = warden(&data, &["policy", "check", p.to_str().unwrap()], &envs);
     assert_eq!(status, 0, "policy check cannot know the auth file: {err}");
     assert!(out.contains("OK"));
-    let (status, _, err) = warden(&data, &["serve", "--policy", p.to_str().unwrap(), "--http", "127.0.0.1:0", "--auth", auth.to_str().unwrap()], &envs);
+    let (status, _, err) =
+        warden(&data, &["serve", "--policy", p.to_str().unwrap(), "--http", "127.0.0.1:0", "--auth", auth.to_str().unwrap()], &envs);
     assert_eq!(status, 1, "{err}");
     assert!(err.contains("auth configuration"), "{err}");
     std::fs::remove_file(&auth).unwrap();
-    let (status, _, err) = warden(&data, &["serve", "--policy", p.to_str().unwrap(), "--tools", secrets.join("tools").to_str().unwrap()], &envs);
+    let (status, _, err) =
+        warden(&data, &["serve", "--policy", p.to_str().unwrap(), "--tools", secrets.join("tools").to_str().unwrap()], &envs);
     assert_eq!(status, 1, "{err}");
     assert!(err.contains("tool package"), "{err}");
     let p = mount_profile(&profiles, "own-profile", &profiles, "rw");

@@ -82,9 +82,20 @@ impl Monitor {
     fn assert_held(mut self, name: &str) -> (u64, u64) {
         self.stop.store(true, Ordering::Relaxed);
         let peak = self.thread.take().unwrap().join().unwrap();
-        assert!(peak.0 <= QUOTA_BYTES + SLACK_BYTES, "{name}: the workspace reached {} bytes on the host (quota {QUOTA_BYTES} + slack {SLACK_BYTES})", peak.0);
-        assert!(peak.1 <= QUOTA_FILES + SLACK_INODES, "{name}: the workspace reached {} inodes on the host (quota {QUOTA_FILES} + slack {SLACK_INODES})", peak.1);
-        assert!(peak.0 > QUOTA_BYTES / 2 || peak.1 > QUOTA_FILES / 2, "{name}: the attack never came near the quota ({peak:?}); it proves nothing");
+        assert!(
+            peak.0 <= QUOTA_BYTES + SLACK_BYTES,
+            "{name}: the workspace reached {} bytes on the host (quota {QUOTA_BYTES} + slack {SLACK_BYTES})",
+            peak.0
+        );
+        assert!(
+            peak.1 <= QUOTA_FILES + SLACK_INODES,
+            "{name}: the workspace reached {} inodes on the host (quota {QUOTA_FILES} + slack {SLACK_INODES})",
+            peak.1
+        );
+        assert!(
+            peak.0 > QUOTA_BYTES / 2 || peak.1 > QUOTA_FILES / 2,
+            "{name}: the attack never came near the quota ({peak:?}); it proves nothing"
+        );
         peak
     }
 }
@@ -122,7 +133,9 @@ async fn the_quota_holds_at_write_time_on_every_exit_path() {
     assert!(s["stdout"].as_str().unwrap().contains("refused"), "{s}");
     assert!(s["message"].as_str().unwrap().contains("may hold at most"), "{s}");
 
-    let unlinked = format!("import os\n{fill}f = open('x', 'wb')\nos.unlink('x')\ntry:\n    while True:\n        f.write(b'x' * (1 << 20))\nfinally:\n    time.sleep(0.3)\n");
+    let unlinked = format!(
+        "import os\n{fill}f = open('x', 'wb')\nos.unlink('x')\ntry:\n    while True:\n        f.write(b'x' * (1 << 20))\nfinally:\n    time.sleep(0.3)\n"
+    );
     attack(&t, "python_unlinked_open_file_uncaught", json!({"language": "python", "code": unlinked}), "output_limit").await;
 
     let proc_exit = format!("import os\n{fill}f = open('y', 'wb')\nos.unlink('y')\nfill(f)\nos._exit(3)\n");
@@ -133,7 +146,8 @@ async fn the_quota_holds_at_write_time_on_every_exit_path() {
     attack(&t, "python_fill_then_sys_exit", json!({"language": "python", "code": sys_exit}), "ok").await;
 
     let timeout = format!("import os\n{fill}f = open('w', 'wb')\nos.unlink('w')\nfill(f)\nwhile True: pass\n");
-    attack(&t, "python_unlinked_then_timeout", json!({"language": "python", "code": timeout, "limits": {"timeout_ms": 3000}}), "timeout").await;
+    attack(&t, "python_unlinked_then_timeout", json!({"language": "python", "code": timeout, "limits": {"timeout_ms": 3000}}), "timeout")
+        .await;
 
     let files = "import os, time\ni = 0\ntry:\n    while True:\n        os.mkdir(f'd{i}')\n        open(f'd{i}/e', 'w').close()\n        i += 1\nexcept OSError as e:\n    print('refused at', i)\ntime.sleep(0.3)\n";
     attack(&t, "python_inode_flood", json!({"language": "python", "code": files}), "ok").await;
@@ -144,10 +158,14 @@ async fn the_quota_holds_at_write_time_on_every_exit_path() {
     assert!(s["stdout"].as_str().unwrap().contains("refused at"), "hard-link flood: {s}");
 
     let hold = "const t0 = Date.now(); while (Date.now() - t0 < 300) {}";
-    let js_flood = format!("const f = std.open('/workspace/big', 'w'); os.remove('/workspace/big'); const s = 'z'.repeat(1 << 20); for (let i = 0; i < 12; i++) {{ f.puts(s); f.flush(); }} {hold} for (;;) f.puts(s);");
+    let js_flood = format!(
+        "const f = std.open('/workspace/big', 'w'); os.remove('/workspace/big'); const s = 'z'.repeat(1 << 20); for (let i = 0; i < 12; i++) {{ f.puts(s); f.flush(); }} {hold} for (;;) f.puts(s);"
+    );
     attack(&t, "javascript_unlinked_flood", json!({"language": "javascript", "code": js_flood}), "output_limit").await;
 
-    let js_trap = format!("const f = std.open('/workspace/big', 'w'); os.remove('/workspace/big'); const s = 'z'.repeat(1 << 20); for (let i = 0; i < 12; i++) {{ f.puts(s); f.flush(); }} {hold} function r(n) {{ return r(n + 1) + 1; }} r(0);");
+    let js_trap = format!(
+        "const f = std.open('/workspace/big', 'w'); os.remove('/workspace/big'); const s = 'z'.repeat(1 << 20); for (let i = 0; i < 12; i++) {{ f.puts(s); f.flush(); }} {hold} function r(n) {{ return r(n + 1) + 1; }} r(0);"
+    );
     let s = attack(&t, "javascript_unlinked_then_trap", json!({"language": "javascript", "code": js_trap}), "trap").await;
     assert!(s["message"].is_string(), "{s}");
     drop(t.server);
@@ -196,10 +214,15 @@ async fn session_turns_and_inputs_share_one_quota() {
     let (_, s) = exec(&t.attacker, json!({"language": "python", "code": keep, "session_id": id})).await;
     assert_eq!(s["stdout"], "full\n", "{s}");
     // The unlinked file still holds the quota while it is open...
-    let (_, s) = exec(&t.attacker, json!({"language": "python", "code": "open('more', 'wb').write(b'x' * (4 << 20))", "session_id": id})).await;
+    let (_, s) =
+        exec(&t.attacker, json!({"language": "python", "code": "open('more', 'wb').write(b'x' * (4 << 20))", "session_id": id})).await;
     assert_eq!(s["outcome"], "output_limit", "an unlinked open file stays charged: {s}");
     // ...and is released when closed.
-    let (_, s) = exec(&t.attacker, json!({"language": "python", "code": "f.close()\nopen('more', 'wb').write(b'x' * (4 << 20))\nprint('ok')", "session_id": id})).await;
+    let (_, s) = exec(
+        &t.attacker,
+        json!({"language": "python", "code": "f.close()\nopen('more', 'wb').write(b'x' * (4 << 20))\nprint('ok')", "session_id": id}),
+    )
+    .await;
     assert_eq!(s["stdout"], "ok\n", "closing the unlinked file released it: {s}");
     monitor.assert_held("session_unlinked_file_held_across_turns");
     victim_served(&t.victim).await;

@@ -22,11 +22,8 @@ impl Raw {
         let mut cmd = server_command(files, None, &[]);
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
         let mut child = cmd.spawn().unwrap();
-        let mut raw = Raw {
-            stdin: child.stdin.take().unwrap(),
-            stdout: BufReader::new(child.stdout.take().unwrap()).lines(),
-            _child: child,
-        };
+        let mut raw =
+            Raw { stdin: child.stdin.take().unwrap(), stdout: BufReader::new(child.stdout.take().unwrap()).lines(), _child: child };
         raw.send(&json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}).to_string()).await;
         assert!(raw.recv().await.unwrap()["result"]["serverInfo"].is_object());
         raw.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).await;
@@ -105,9 +102,18 @@ async fn hostile_files_and_limits_are_invalid_params() {
         ("files_empty_path", file("")),
         ("files_dot_path", file(".")),
         ("files_long_path", file(&"d/".repeat(3000))),
-        ("files_invalid_base64", json!({"language": "python", "code": "1", "files": [{"path": "a", "content": "!!notbase64", "encoding": "base64"}]})),
-        ("files_too_many", json!({"language": "python", "code": "1", "files": (0..2001).map(|i| json!({"path": format!("f{i}"), "content": ""})).collect::<Vec<_>>()})),
-        ("files_duplicate_into_directory", json!({"language": "python", "code": "1", "files": [{"path": "a", "content": "x"}, {"path": "a/b", "content": "y"}]})),
+        (
+            "files_invalid_base64",
+            json!({"language": "python", "code": "1", "files": [{"path": "a", "content": "!!notbase64", "encoding": "base64"}]}),
+        ),
+        (
+            "files_too_many",
+            json!({"language": "python", "code": "1", "files": (0..2001).map(|i| json!({"path": format!("f{i}"), "content": ""})).collect::<Vec<_>>()}),
+        ),
+        (
+            "files_duplicate_into_directory",
+            json!({"language": "python", "code": "1", "files": [{"path": "a", "content": "x"}, {"path": "a/b", "content": "y"}]}),
+        ),
         ("limits_above_policy", json!({"language": "python", "code": "1", "limits": {"fuel": u64::MAX}})),
         ("limits_zero", json!({"language": "python", "code": "1", "limits": {"timeout_ms": 0}})),
         ("limits_negative", json!({"language": "python", "code": "1", "limits": {"memory_mb": -1}})),
@@ -139,7 +145,12 @@ async fn hostile_bodies_over_http() {
         ("http_garbage_body", b"\x00\x01not json".to_vec()),
         ("http_deeply_nested_body", nested.into_bytes()),
         ("http_huge_body", vec![b' '; 64 << 20]),
-        ("http_batch_of_initializes", json!((0..1000).map(|i| json!({"jsonrpc": "2.0", "id": i, "method": "initialize", "params": {}})).collect::<Vec<_>>()).to_string().into_bytes()),
+        (
+            "http_batch_of_initializes",
+            json!((0..1000).map(|i| json!({"jsonrpc": "2.0", "id": i, "method": "initialize", "params": {}})).collect::<Vec<_>>())
+                .to_string()
+                .into_bytes(),
+        ),
     ];
     for (name, body) in cases {
         case(name, Layer::Policy);

@@ -115,7 +115,12 @@ async fn two_thousand_mixed_calls_from_sixteen_clients_leak_nothing() {
     tokio::time::sleep(Duration::from_millis(3000)).await;
     let (rss1, fds1) = (rss_kib(pid), open_fds(pid));
     eprintln!("soak: RSS {rss0} KiB -> {rss1} KiB; open fds {fds0} -> {fds1}");
-    assert_eq!(entries(&workspaces), 0, "workspaces leaked: {:?}", std::fs::read_dir(&workspaces).unwrap().flatten().map(|e| e.file_name()).collect::<Vec<_>>());
+    assert_eq!(
+        entries(&workspaces),
+        0,
+        "workspaces leaked: {:?}",
+        std::fs::read_dir(&workspaces).unwrap().flatten().map(|e| e.file_name()).collect::<Vec<_>>()
+    );
     assert!(fds1 <= fds0 + 4, "file descriptors leaked: {fds0} -> {fds1}");
     assert!(rss1 <= rss0 + RSS_BOUND_KIB, "RSS grew from {rss0} KiB to {rss1} KiB");
     let client = connect_http(&server.url, None).await;

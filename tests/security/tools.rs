@@ -22,7 +22,14 @@ async fn hostile_packages_are_refused_or_contained() {
     package(&root, "squatter", "execute_code", &echo, OBJECT, "");
     package(&root, "shadow", "echo", &fixture("spin"), OBJECT, "");
     package(&root, "door", "door", &fixture("sneaky"), OBJECT, "");
-    package(&root, "greedy", "greedy", &echo, OBJECT, "[capabilities]\nenv = [\"AWS_SECRET_ACCESS_KEY\"]\n[[capabilities.mounts]]\nguest = \"/host\"\nmode = \"rw\"\n");
+    package(
+        &root,
+        "greedy",
+        "greedy",
+        &echo,
+        OBJECT,
+        "[capabilities]\nenv = [\"AWS_SECRET_ACCESS_KEY\"]\n[[capabilities.mounts]]\nguest = \"/host\"\nmode = \"rw\"\n",
+    );
     package(&root, "probe", "probe", &fixture("probe"), OBJECT, "");
     package(&root, "redos", "redos", &echo, r#"{"type": "object", "properties": {"s": {"type": "string", "pattern": "^(a+)+$"}}}"#, "");
     let allowed = ["echo", "tampered", "garbage", "door", "greedy", "probe", "redos"];
@@ -30,7 +37,12 @@ async fn hostile_packages_are_refused_or_contained() {
     let client = serve_tools(&files, &policy, &[&root]).await;
 
     let names: Vec<String> = client.list_all_tools().await.unwrap().into_iter().map(|t| t.name.to_string()).collect();
-    for (name, refused) in [("tampered_wasm_digest", "tampered"), ("malformed_wasm", "garbage"), ("host_door_import", "door"), ("capabilities_beyond_grant", "greedy")] {
+    for (name, refused) in [
+        ("tampered_wasm_digest", "tampered"),
+        ("malformed_wasm", "garbage"),
+        ("host_door_import", "door"),
+        ("capabilities_beyond_grant", "greedy"),
+    ] {
         case(name, Layer::Policy);
         assert!(!names.contains(&refused.to_string()), "{refused} was served: {names:?}");
         let e = call(&client, refused, json!({})).await.unwrap_err();

@@ -51,7 +51,9 @@ async fn bad_packages_are_refused_with_reasons_and_the_rest_load() {
         .iter()
         .map(|r| (r["path"].as_str().unwrap().rsplit('/').next().unwrap().to_string(), r["reason"].as_str().unwrap().to_string()))
         .collect();
-    let reason = |dir: &str| refused.iter().find(|(d, _)| d == dir).map(|(_, r)| r.clone()).unwrap_or_else(|| panic!("{dir} not refused: {refused:?}"));
+    let reason = |dir: &str| {
+        refused.iter().find(|(d, _)| d == dir).map(|(_, r)| r.clone()).unwrap_or_else(|| panic!("{dir} not refused: {refused:?}"))
+    };
     assert!(reason("b-echo-again").contains("already taken"));
     assert!(reason("bad-name").contains("name"));
     assert!(reason("reserved").contains("warden's own"));
@@ -90,7 +92,14 @@ async fn a_package_asking_beyond_its_grant_is_not_served() {
 async fn tool_calls_are_schema_checked_and_return_structured_results() {
     let files = ServerFiles::new();
     let root = files.dir.path().join("tools");
-    package(&root, "echo", "echo", &fixture("echo"), ECHO_SCHEMA, "[annotations]\nread_only = true\ndestructive = false\nidempotent = true\nopen_world = false\n");
+    package(
+        &root,
+        "echo",
+        "echo",
+        &fixture("echo"),
+        ECHO_SCHEMA,
+        "[annotations]\nread_only = true\ndestructive = false\nidempotent = true\nopen_world = false\n",
+    );
     let policy = tool_policy(&files, &["echo"], 0, &[]);
     let client = serve_tools(&files, &policy, &[&root]).await;
     let tools = client.list_all_tools().await.unwrap();
@@ -191,7 +200,9 @@ async fn code_mode_is_off_unless_the_profile_allows_it() {
     package(&root, "echo", "echo", &fixture("echo"), ECHO_SCHEMA, "");
     let policy = tool_policy(&files, &["echo"], 0, &[]);
     let client = serve_tools(&files, &policy, &[&root]).await;
-    let (_, s) = exec(&client, py("try:\n    from host import tools\n    tools.echo(x=1)\nexcept ImportError as e:\n    print('no tools:', e)")).await;
+    let (_, s) =
+        exec(&client, py("try:\n    from host import tools\n    tools.echo(x=1)\nexcept ImportError as e:\n    print('no tools:', e)"))
+            .await;
     assert_eq!(s["outcome"], "ok", "{s:#}");
     assert!(s["stdout"].as_str().unwrap().starts_with("no tools:"), "{s:#}");
     assert!(audit_events(&files, "tool.call", 0, Duration::ZERO).await.is_empty());
