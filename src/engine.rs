@@ -54,17 +54,24 @@ impl Default for EngineSettings {
     }
 }
 
-/// Builds the engine: fuel and epoch interruption on, exceptions on (CPython needs them), the
-/// pooling allocator with copy-on-write memory images.
-pub fn build_engine(settings: EngineSettings) -> wasmtime::Result<Engine> {
+/// What every engine that runs guests has: fuel, epoch interruption, exceptions (CPython needs
+/// them) and the stack limits; the serving engine and the install-time one differ only beyond it.
+fn guest_features(opt: OptLevel) -> Config {
     let mut cfg = Config::new();
     cfg.consume_fuel(true)
         .epoch_interruption(true)
         .wasm_exceptions(true)
         .max_wasm_stack(MAX_WASM_STACK)
         .async_stack_size(MAX_WASM_STACK + (2 << 20))
-        .cranelift_opt_level(OptLevel::Speed)
-        .memory_init_cow(true)
+        .cranelift_opt_level(opt);
+    cfg
+}
+
+/// Builds the engine: fuel and epoch interruption on, exceptions on (CPython needs them), the
+/// pooling allocator with copy-on-write memory images.
+pub fn build_engine(settings: EngineSettings) -> wasmtime::Result<Engine> {
+    let mut cfg = guest_features(OptLevel::Speed);
+    cfg.memory_init_cow(true)
         // Wizer snapshots have sparse data segments; without this Wasmtime may judge the image too
         // sparse for copy-on-write and copy it into every new instance instead.
         .memory_guaranteed_dense_image_size(MAX_GUEST_MEMORY)
@@ -94,14 +101,8 @@ pub fn build_engine(settings: EngineSettings) -> wasmtime::Result<Engine> {
 /// serving engine, but compiled without optimisation, since the code runs for a few seconds and
 /// is thrown away.
 pub fn init_engine() -> wasmtime::Result<Engine> {
-    let mut cfg = Config::new();
-    cfg.consume_fuel(true)
-        .epoch_interruption(true)
-        .wasm_exceptions(true)
-        .max_wasm_stack(MAX_WASM_STACK)
-        .async_stack_size(MAX_WASM_STACK + (2 << 20))
-        .cranelift_opt_level(OptLevel::None)
-        .parallel_compilation(true);
+    let mut cfg = guest_features(OptLevel::None);
+    cfg.parallel_compilation(true);
     Engine::new(&cfg)
 }
 

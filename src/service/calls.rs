@@ -36,22 +36,15 @@ impl Service {
         let _admitted = self.admission.call(caller, &profile, &cancel).await?;
 
         let call_id = uuid::Uuid::new_v4().to_string();
-        let base = Call {
-            call_id: call_id.clone(),
-            principal: caller.principal.clone(),
-            connection: caller.owner.connection.clone(),
-            what: CallWhat::Code {
-                session_id: args.session_id.clone(),
-                tool: "execute_code",
-                language: spec.language,
-                code_sha256: sha256_hex(spec.code.as_bytes()),
-                inputs_sha256: inputs_digest(&files, &spec.stdin),
-                code: policy.file.audit.record_code.then(|| spec.code.clone()),
-            },
-            profile: policy.name().to_string(),
-            profile_sha256: policy.sha256.clone(),
-            limits: spec.limits.clone(),
+        let what = CallWhat::Code {
+            session_id: args.session_id.clone(),
+            tool: "execute_code",
+            language: spec.language,
+            code_sha256: sha256_hex(spec.code.as_bytes()),
+            inputs_sha256: inputs_digest(&files, &spec.stdin),
+            code: policy.file.audit.record_code.then(|| spec.code.clone()),
         };
+        let base = call_record(&call_id, caller, policy, what, &spec.limits);
         // Fail closed: if the start cannot be recorded, nothing runs.
         let start = self.audit.record(&Event::ExecutionStart(base.clone()))?;
 
@@ -94,20 +87,13 @@ impl Service {
         let (tool, grant) = self.prepare_tool(caller, policy, name, &args)?;
         let _admitted = self.admission.call(caller, &profile, &cancel).await?;
         let call_id = uuid::Uuid::new_v4().to_string();
-        let base = Call {
-            call_id: call_id.clone(),
-            principal: caller.principal.clone(),
-            connection: caller.owner.connection.clone(),
-            what: CallWhat::Tool {
-                tool: name.to_string(),
-                tool_version: tool.manifest.version.clone(),
-                tool_sha256: tool.manifest.wasm_sha256.clone(),
-                args_sha256: sha256_hex(args.to_string().as_bytes()),
-            },
-            profile: policy.name().to_string(),
-            profile_sha256: policy.sha256.clone(),
-            limits: grant.limits.clone(),
+        let what = CallWhat::Tool {
+            tool: name.to_string(),
+            tool_version: tool.manifest.version.clone(),
+            tool_sha256: tool.manifest.wasm_sha256.clone(),
+            args_sha256: sha256_hex(args.to_string().as_bytes()),
         };
+        let base = call_record(&call_id, caller, policy, what, &grant.limits);
         let start = self.audit.record(&Event::ExecutionStart(base.clone()))?;
         let run = self
             .executor
@@ -183,6 +169,19 @@ impl Service {
             Ok(_) => e,
             Err(audit) => audit.into(),
         }
+    }
+}
+
+/// The audit record of a call: who, what, under which profile and limits.
+fn call_record(call_id: &str, caller: &Caller, policy: &Policy, what: CallWhat, limits: &crate::sandbox::Limits) -> Call {
+    Call {
+        call_id: call_id.to_string(),
+        principal: caller.principal.clone(),
+        connection: caller.owner.connection.clone(),
+        what,
+        profile: policy.name().to_string(),
+        profile_sha256: policy.sha256.clone(),
+        limits: limits.clone(),
     }
 }
 
