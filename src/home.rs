@@ -72,9 +72,16 @@ impl Home {
     }
 
     /// Creates `dir` (and parents) and makes it private to this user.
+    ///
+    /// chmod only when the mode is wrong: an executor compiles tool modules into the cache while
+    /// still under its spawner's seccomp filter, which has no chmod.
     pub fn private_dir(dir: &Path) -> io::Result<()> {
-        fs::create_dir_all(dir)?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        if fs::metadata(dir)?.permissions().mode() & 0o777 != 0o700 {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(())
     }
 }
 

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub denials: Family<ReasonLabel, Counter>,
     pub rate_limited: Counter,
     pub busy: Counter,
+    /// Executor processes that ended unexpectedly and were replaced.
+    pub executor_restarts: Counter,
 }
 
 impl Default for Metrics {
@@ -56,6 +58,7 @@ impl Metrics {
         let denials = Family::<ReasonLabel, Counter>::default();
         let rate_limited = Counter::default();
         let busy = Counter::default();
+        let executor_restarts = Counter::default();
         registry.register("executions", "Executions by language and outcome", executions.clone());
         registry.register("execution_duration_seconds", "Wall-clock time of executions", duration.clone());
         registry.register("execution_fuel", "Fuel (instructions) used by executions", fuel.clone());
@@ -64,7 +67,8 @@ impl Metrics {
         registry.register("denials", "Requests refused by authentication or policy, by reason", denials.clone());
         registry.register("rate_limited", "Calls refused by per-principal rate or concurrency limits", rate_limited.clone());
         registry.register("busy", "Calls refused because every execution slot stayed taken", busy.clone());
-        Metrics { registry, executions, duration, fuel, active_executions, active_sessions, denials, rate_limited, busy }
+        registry.register("executor_restarts", "Executor processes that ended unexpectedly and were replaced", executor_restarts.clone());
+        Metrics { registry, executions, duration, fuel, active_executions, active_sessions, denials, rate_limited, busy, executor_restarts }
     }
 
     pub fn record_execution(&self, language: &str, outcome: &str, duration_ms: u64, fuel: u64) {

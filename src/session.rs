@@ -1,4 +1,6 @@
-//! Sessions: a workspace kept across `execute_code` calls, and for Python a live interpreter.
+//! Sessions as the front keeps them: a workspace kept across `execute_code` calls on one
+//! executor process, which holds the session's live interpreter (Python). If that executor dies
+//! the session is lost: the next call is told to create a new one.
 //!
 //! A session belongs to the caller that created it ([`Owner`]); any other caller gets the same
 //! "unknown session" answer as for an id that never existed, so ids cannot be probed. It is bound
@@ -13,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::runtime::Language;
-use crate::sandbox::{Guest, Workspace};
+use crate::sandbox::Workspace;
+use crate::service::executors::Conn;
 
 /// Who may use a session or read an artifact: the authenticated principal, plus the MCP
 /// connection when the transport has one (stdio, or a stateful HTTP session).
@@ -35,6 +38,10 @@ pub enum SessionError {
     PrincipalFull(usize),
     #[error("sessions are disabled by this server's policy (sessions.max = 0)")]
     Disabled,
+    #[error(
+        "session {0:?} was lost: the executor process that held it ended (its interpreter state is gone). Create a new session with create_session"
+    )]
+    Lost(String),
 }
 
 pub struct Session {
@@ -46,6 +53,9 @@ pub struct Session {
     /// That profile's sha256 when the session was created.
     pub profile_sha256: String,
     pub created: SystemTime,
+    /// The executor that holds it, and its directory's name there.
+    pub conn: Arc<Conn>,
+    pub dir: String,
     idle: Duration,
     lifetime: Duration,
     started: Instant,
@@ -55,9 +65,8 @@ pub struct Session {
 }
 
 pub struct SessionState {
+    /// The front's handle on the session's directory (to read artifacts; removed with the session).
     pub workspace: Arc<Workspace>,
-    /// The live interpreter (Python only); `None` until the first turn or after it ended.
-    pub guest: Option<Guest>,
     /// Turns run so far.
     pub turns: u64,
 }
@@ -109,11 +118,13 @@ impl Sessions {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn create(
         &self,
         owner: Owner,
         language: Language,
         workspace: Workspace,
+        (conn, dir): (Arc<Conn>, String),
         profile: (&str, &str),
         limits: SessionLimits,
     ) -> Result<Arc<Session>, SessionError> {
@@ -138,11 +149,13 @@ impl Sessions {
             profile: profile.to_string(),
             profile_sha256: profile_sha256.to_string(),
             created: SystemTime::now(),
+            conn,
+            dir,
             idle: limits.idle,
             lifetime: limits.lifetime,
             started: now,
             last_used: Mutex::new(now),
-            state: tokio::sync::Mutex::new(SessionState { workspace: Arc::new(workspace), guest: None, turns: 0 }),
+            state: tokio::sync::Mutex::new(SessionState { workspace: Arc::new(workspace), turns: 0 }),
         });
         map.insert(id, session.clone());
         Ok(session)
@@ -204,6 +217,10 @@ mod tests {
         Workspace::create(&parent, "s-").unwrap()
     }
 
+    fn placed() -> (Arc<Conn>, String) {
+        (Conn::for_tests(), "s-dir".into())
+    }
+
     fn owner(p: &str) -> Owner {
         Owner { principal: p.into(), connection: None }
     }
@@ -216,12 +233,12 @@ mod tests {
     fn sessions_are_bound_to_their_owner_and_capped_per_profile() {
         let s = Sessions::new();
         let l = limits(1, Duration::from_secs(60));
-        let a = s.create(owner("alice"), Language::Python, ws(), ("p", "h"), l).unwrap();
+        let a = s.create(owner("alice"), Language::Python, ws(), placed(), ("p", "h"), l).unwrap();
         assert!(s.get(&a.id, &owner("alice")).is_ok());
         assert_eq!(s.get(&a.id, &owner("bob")).unwrap_err(), SessionError::Unknown(a.id.clone()));
         assert_eq!(s.close(&a.id, &owner("bob")).unwrap_err(), SessionError::Unknown(a.id.clone()));
-        assert_eq!(s.create(owner("bob"), Language::Python, ws(), ("p", "h"), l).unwrap_err(), SessionError::Full(1));
-        assert!(s.create(owner("bob"), Language::Python, ws(), ("other", "h"), l).is_ok(), "the cap is per profile");
+        assert_eq!(s.create(owner("bob"), Language::Python, ws(), placed(), ("p", "h"), l).unwrap_err(), SessionError::Full(1));
+        assert!(s.create(owner("bob"), Language::Python, ws(), placed(), ("other", "h"), l).is_ok(), "the cap is per profile");
         s.close(&a.id, &owner("alice")).unwrap();
         assert_eq!(s.len(), 1);
     }
@@ -231,10 +248,13 @@ mod tests {
         let s = Sessions::new();
         let l = SessionLimits { max: 4, per_principal: 2, idle: Duration::from_secs(60), lifetime: Duration::from_secs(60) };
         for _ in 0..2 {
-            s.create(owner("attacker"), Language::Python, ws(), ("p", "h"), l).unwrap();
+            s.create(owner("attacker"), Language::Python, ws(), placed(), ("p", "h"), l).unwrap();
         }
-        assert_eq!(s.create(owner("attacker"), Language::Python, ws(), ("p", "h"), l).unwrap_err(), SessionError::PrincipalFull(2));
-        assert!(s.create(owner("victim"), Language::Python, ws(), ("p", "h"), l).is_ok());
+        assert_eq!(
+            s.create(owner("attacker"), Language::Python, ws(), placed(), ("p", "h"), l).unwrap_err(),
+            SessionError::PrincipalFull(2)
+        );
+        assert!(s.create(owner("victim"), Language::Python, ws(), placed(), ("p", "h"), l).is_ok());
         let gone = s.remove_if(|x| x.owner.principal == "attacker");
         assert_eq!(gone.len(), 2);
         assert_eq!(s.len(), 1);
@@ -243,7 +263,7 @@ mod tests {
     #[test]
     fn idle_sessions_expire() {
         let s = Sessions::new();
-        let a = s.create(owner("a"), Language::Javascript, ws(), ("p", "h"), limits(4, Duration::from_millis(1))).unwrap();
+        let a = s.create(owner("a"), Language::Javascript, ws(), placed(), ("p", "h"), limits(4, Duration::from_millis(1))).unwrap();
         std::thread::sleep(Duration::from_millis(5));
         assert!(s.get(&a.id, &owner("a")).is_err());
         assert_eq!(s.expire().len(), 1);

@@ -1,26 +1,36 @@
 //! `warden doctor`: what this machine's kernel offers, what a profile would enforce, and a live
 //! self-test of the confinement in child processes.
 //!
-//! The self-test runs `warden __harden-probe` (a hidden subcommand, also used by the tests): it
-//! sets up like `warden serve`, confines itself with the same code, then tries what must fail
-//! (reading outside its roots, opening sockets, starting processes) and what must still work
-//! (Python and JavaScript executions), and prints what happened as JSON.
+//! The self-test has two parts. The executor path: a confined spawner starts a `warden
+//! executor` exactly as `serve` does, Python and JavaScript run in it through the service, and
+//! a probe from inside shows its confinement (the report's `processes` is the process tree).
+//! And the in-process probe, `warden __harden-probe` (a hidden subcommand, also used by the
+//! tests): it confines itself with the same code, then tries what must fail (reading outside
+//! its roots, opening sockets, starting processes, from threads made before and after) and what
+//! must still work (Python and JavaScript executions), and prints what happened as JSON.
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 use serde_json::{Value, json};
 
 use super::Failure;
+use crate::api::ExecuteCodeArgs;
+use crate::audit::AuditLog;
 use crate::engine::{EngineSettings, build_engine, spawn_epoch_ticker};
 use crate::harden::landlock::LandlockStatus;
 use crate::harden::{Plan, landlock, seccomp};
 use crate::home::{Home, process_workspaces};
 use crate::policy::{HardeningMode, Policy};
 use crate::runtime::Language;
-use crate::sandbox::{CancelHandle, ExecSpec, Sandbox, Workspace, on_guest_thread};
+use crate::sandbox::{CancelHandle, ExecSpec, Outcome, Sandbox, Workspace, on_guest_thread};
+use crate::server::ExecutorPlan;
+use crate::service::{Caller, Profiles, Service};
+use crate::spawner::Spawner;
+use crate::tools::ToolRegistry;
 
 #[derive(Args, Debug)]
 pub struct DoctorArgs {
@@ -71,7 +81,16 @@ pub fn run(home: &Home, args: DoctorArgs) -> Result<(), Failure> {
     });
     let mut failures = Vec::new();
     if !args.no_self_test {
-        let checks = self_test();
+        let mut checks = self_test();
+        match executor_self_test(home, &args.policy) {
+            Ok((more, tree)) => {
+                checks.as_array_mut().expect("an array").extend(more);
+                report["processes"] = tree;
+            }
+            Err(e) => checks.as_array_mut().expect("an array").push(json!({
+                "check": "the executor path runs", "ok": false, "detail": e.message,
+            })),
+        }
         for c in checks.as_array().into_iter().flatten() {
             if c["ok"] == false {
                 failures.push(c["check"].as_str().unwrap_or("").to_string());
@@ -93,6 +112,14 @@ pub fn run(home: &Home, args: DoctorArgs) -> Result<(), Failure> {
             "would enforce   landlock {}; seccomp: {tripwire} syscalls kill the process, {allowed} allowed, the rest fail with ENOSYS",
             report["would_enforce"]["landlock"].as_str().unwrap_or("")
         );
+        if let Some(tree) = report.get("processes") {
+            println!(
+                "processes       doctor {} -> spawner {} -> executor(s) {}",
+                tree["doctor"]["pid"],
+                tree["spawner"]["pid"],
+                tree["executors"].as_array().into_iter().flatten().map(|e| e["pid"].to_string()).collect::<Vec<_>>().join(", ")
+            );
+        }
         for c in report["self_test"].as_array().into_iter().flatten() {
             let mark = if c["ok"] == true { "PASS" } else { "FAIL" };
             println!("{mark}  {}: {}", c["check"].as_str().unwrap_or(""), c["detail"].as_str().unwrap_or(""));
@@ -156,6 +183,85 @@ fn self_test() -> Value {
         }
     }
     Value::Array(checks)
+}
+
+/// The path `serve` takes, live: a confined spawner starts one executor for the profile, Python
+/// and JavaScript run in it through the same service an MCP call goes through, and a probe from
+/// inside the executor shows its confinement. Returns the checks and the process tree.
+fn executor_self_test(home: &Home, profile: &str) -> Result<(Vec<Value>, Value), Failure> {
+    let policy = Policy::load(profile)?;
+    // A profile that turns hardening off still gets its executor confined here: the self-test
+    // is about what this kernel can enforce.
+    let mode = if policy.file.hardening.mode == HardeningMode::Enforce { HardeningMode::Enforce } else { HardeningMode::BestEffort };
+    let languages: Vec<Language> = policy.file.runtimes.allowed.clone();
+    let profile = policy.name().to_string();
+    let workspaces = process_workspaces(home)?;
+    // The self-test's own audit trail, removed with its workspaces: doctor leaves the real log alone.
+    let audit = Arc::new(AuditLog::open(&workspaces.join("doctor-audit.jsonl"))?);
+    let profiles = Profiles::single(policy);
+    let plan = ExecutorPlan::new(home, &profiles, languages.clone(), &[], mode, 1);
+    let spawner = Spawner::start(&std::env::current_exe()?, mode, &plan.spawner_plan(home, &workspaces))?;
+    let spawner_view = json!({"pid": spawner.pid(), "hardening": spawner.report()});
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let _enter = rt.enter();
+    let mut tools = ToolRegistry::load(&[], None);
+    let executors = rt.block_on(plan.start(Arc::new(spawner), workspaces.clone(), &mut tools))?;
+    let service = Service::new(executors.clone(), profiles, audit, Arc::new(tools));
+
+    let mut checks = Vec::new();
+    let mut check = |name: String, ok: bool, detail: String| checks.push(json!({"check": name, "ok": ok, "detail": detail}));
+    let caller = Caller::operator(Some(format!("doctor-{}", std::process::id())), &profile);
+    for lang in languages {
+        let code = match lang {
+            Language::Python => "print(6 * 7)",
+            Language::Javascript => "console.log(6 * 7)",
+        };
+        let request = ExecuteCodeArgs { language: lang, code: code.into(), session_id: None, files: Vec::new(), stdin: None, limits: None };
+        let (ok, detail) = match rt.block_on(service.execute(&caller, request, CancelHandle::new())) {
+            Ok(r) => (r.outcome == Outcome::Ok && r.stdout == "42\n", format!("{}: {:?} {:?}", r.outcome, r.stdout, r.stderr)),
+            Err(e) => (false, e.to_string()),
+        };
+        check(format!("{} runs in a confined executor process", lang.as_str()), ok, detail);
+    }
+    // From inside the executor: /etc/passwd and the audit log are outside its Landlock domain.
+    let probes = [PathBuf::from("/etc/passwd"), home.audit_log()];
+    let views = rt.block_on(executors.describe(&probes));
+    for v in &views {
+        let pid = v.pid.map(|p| p.to_string()).unwrap_or_else(|| "none".into());
+        check(
+            format!("executor {pid}: every thread has Seccomp 2 and NoNewPrivs 1"),
+            v.all_threads_filtered == Some(true),
+            format!("{:?}", v.all_threads_filtered),
+        );
+        check(
+            format!("executor {pid}: creating a TCP socket is refused"),
+            v.socket_refused == Some(true),
+            format!("{:?}", v.socket_refused),
+        );
+        for p in &v.opens {
+            // A missing audit log proves nothing about Landlock; only a denial counts.
+            let denied = p.error.as_deref().is_some_and(|e| e.contains("denied"));
+            let absent = p.error.as_deref().is_some_and(|e| e.contains("No such file"));
+            if !absent {
+                check(
+                    format!("executor {pid}: reading {} is refused", p.path.display()),
+                    denied,
+                    p.error.clone().unwrap_or_else(|| "ALLOWED".into()),
+                );
+            }
+        }
+    }
+    if views.is_empty() {
+        check("an executor started".into(), false, "none is live".into());
+    }
+    let tree = json!({
+        "doctor": {"pid": std::process::id()},
+        "spawner": spawner_view,
+        "executors": views,
+    });
+    rt.block_on(service.shutdown(Duration::ZERO));
+    let _ = std::fs::remove_dir_all(&workspaces);
+    Ok((checks, tree))
 }
 
 fn attempt(r: std::io::Result<impl Sized>) -> String {

@@ -10,13 +10,12 @@ use clap::Args;
 use super::Failure;
 use crate::api::{Encoding, ExecuteCodeArgs, FileArg};
 use crate::audit::AuditLog;
-use crate::engine::{EngineSettings, build_engine, spawn_epoch_ticker};
-use crate::executor::Executor;
 use crate::home::{Home, OwnFiles, process_workspaces};
 use crate::policy::Policy;
 use crate::runtime::Language;
-use crate::runtime::cache::ModuleCache;
-use crate::sandbox::{CancelHandle, RequestedLimits, Sandbox};
+use crate::sandbox::{CancelHandle, RequestedLimits};
+use crate::server::ExecutorPlan;
+use crate::service::executors::DirectLauncher;
 use crate::service::{Caller, ExecError, Profiles, Service};
 use crate::tools::ToolRegistry;
 
@@ -117,19 +116,23 @@ pub fn run(home: &Home, args: ExecArgs) -> Result<(), Failure> {
         limits: Some(RequestedLimits { timeout_ms: args.timeout_ms, memory_mb: args.memory_mb, fuel: args.fuel }),
     };
 
+    // Only the runtime this call needs is loaded, by one executor process confined like the
+    // server's: the same plan as `serve`, for a single profile.
     let languages: Vec<Language> = policy.file.runtimes.allowed.iter().copied().filter(|l| *l == args.language).collect();
-    let engine = build_engine(EngineSettings { max_instances: 4, parallel_compilation: false })
-        .map_err(|e| format!("building the engine: {e:#}"))?;
-    let _ticker = spawn_epoch_ticker(&engine)?;
-    let sandbox = Sandbox::load(home, &engine, &languages)?;
+    let hardening = policy.file.hardening.mode;
     let audit = Arc::new(AuditLog::open(&audit_path)?);
     let workspaces = process_workspaces(home)?;
     let profile = policy.name().to_string();
-    let tools = Arc::new(ToolRegistry::load(&args.tools, &engine, &ModuleCache::new(home, &engine)));
-    let exec = Service::new(Executor::new(sandbox, workspaces.clone()), Profiles::single(policy), audit, tools);
+    let profiles = Profiles::single(policy);
+    let plan = ExecutorPlan::new(home, &profiles, languages, &args.tools, hardening, 1);
+    let mut tools = ToolRegistry::load(&args.tools, None);
+    let launcher = Arc::new(DirectLauncher::new(std::env::current_exe()?));
     let caller = Caller::operator(Some(format!("exec-{}", std::process::id())), &profile);
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let _enter = rt.enter();
+    let executors = rt.block_on(plan.start(launcher, workspaces.clone(), &mut tools))?;
+    let exec = Service::new(executors, profiles, audit, Arc::new(tools));
     let outcome = rt.block_on(exec.execute(&caller, request, CancelHandle::new()));
     let mut result = match outcome {
         Ok(r) => r,
@@ -147,7 +150,7 @@ pub fn run(home: &Home, args: ExecArgs) -> Result<(), Failure> {
     }
     println!("{}", serde_json::to_string_pretty(&result)?);
     drop(result);
-    drop(exec);
+    rt.block_on(exec.shutdown(std::time::Duration::ZERO));
     let _ = std::fs::remove_dir_all(&workspaces);
     Ok(())
 }

@@ -63,6 +63,23 @@ pub enum Command {
         #[command(subcommand)]
         command: runtimes::RuntimesCommand,
     },
+    /// (internal) The spawner that starts executors for `serve`, on the socket it inherited as
+    /// descriptor FD (see src/spawner.rs).
+    #[command(hide = true)]
+    Spawner {
+        #[arg(long)]
+        fd: i32,
+    },
+    /// (internal) An executor process, started by the spawner, talking to the front on the
+    /// socket it inherited as descriptor CHANNEL_FD.
+    #[command(hide = true)]
+    Executor {
+        #[arg(long)]
+        channel_fd: i32,
+        /// Names the executor in `ps` and logs.
+        #[arg(long, default_value = "executor")]
+        label: String,
+    },
 }
 
 /// An error already explained to the user; carries the exit status.
@@ -81,6 +98,17 @@ impl<E: std::fmt::Display> From<E> for Failure {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    // The internal processes read no data directory of their own choosing: the spawner needs
+    // none, an executor learns everything, its data directory included, from the front.
+    match cli.command {
+        Command::Spawner { fd } => {
+            return finish(crate::spawner::inherited_socket(fd).and_then(crate::spawner::serve).map_err(Failure::from));
+        }
+        Command::Executor { channel_fd, label: _ } => {
+            return finish(executor(channel_fd));
+        }
+        _ => {}
+    }
     let home = match Home::resolve(cli.home.clone()) {
         Ok(h) => h,
         Err(e) => return fail(Failure { message: e.to_string(), status: 1 }),
@@ -94,11 +122,23 @@ pub fn main() -> ExitCode {
         Command::Tools { command } => tools::run(&home, command),
         Command::Doctor(args) => doctor::run(&home, args),
         Command::HardenProbe(args) => doctor::probe(&home, args),
+        Command::Spawner { .. } | Command::Executor { .. } => unreachable!("handled above"),
     };
+    finish(result)
+}
+
+fn finish(result: Result<(), Failure>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => fail(f),
     }
+}
+
+/// The executor process's body, on the inherited channel descriptor.
+fn executor(fd: i32) -> Result<(), Failure> {
+    let fd = crate::spawner::inherited_socket(fd)
+        .map_err(|e| Failure { message: format!("{e}; executors are started by `warden serve`"), status: 2 })?;
+    crate::executor::process::main(fd).map_err(|e| Failure { message: format!("executor: {e:#}"), status: 1 })
 }
 
 fn fail(f: Failure) -> ExitCode {

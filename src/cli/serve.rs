@@ -1,8 +1,12 @@
 //! `warden serve`: the MCP server, over stdio (default) or streamable HTTP.
 //!
+//! This process is the front: it holds connections, authentication, admission, sessions and
+//! the audit log, and never loads an engine or runs guest code. Guests run in executor
+//! processes (see [`crate::service::executors`]), one group per set of profile mounts.
+//!
 //! Startup order matters for the host confinement that follows (see the hardening module):
-//! everything privileged happens first on the main thread, then the tokio runtime is built by
-//! hand.
+//! everything privileged happens first on the main thread (including starting the executor
+//! processes, the last `execve` this process makes), then the tokio runtime is built by hand.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -18,8 +22,6 @@ use super::Failure;
 use crate::audit::AuditLog;
 use crate::audit::event::{AuthSource, Done, Event, Failed, ServerStart, ToolIdentity, ToolRefused};
 use crate::auth::AuthConfig;
-use crate::engine::{EngineSettings, build_engine, spawn_epoch_ticker};
-use crate::executor::Executor;
 use crate::harden::landlock::{LandlockReport, LandlockStatus};
 use crate::harden::seccomp::SeccompStatus;
 use crate::harden::{HardenError, Plan, Report};
@@ -27,9 +29,9 @@ use crate::home::{Home, OwnFiles, process_workspaces};
 use crate::policy::HardeningMode;
 use crate::policy::Policy;
 use crate::runtime::Language;
-use crate::runtime::cache::ModuleCache;
-use crate::sandbox::Sandbox;
+use crate::server::{ExecutorPlan, default_per_group};
 use crate::service::{Profile, Profiles, Service};
+use crate::spawner::Spawner;
 use crate::tools::ToolRegistry;
 use crate::transport::http::{Health, HttpOptions, SharedAuth};
 
@@ -72,6 +74,9 @@ pub struct ServeArgs {
     /// that any loaded profile's `[hardening] mode` asks for; it may not be weaker than that.
     #[arg(long, value_name = "MODE", env = "WARDEN_HARDENING")]
     pub hardening: Option<HardeningMode>,
+    /// Executor processes per group of profiles with the same mounts (default: one per core).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub executors: Option<u16>,
 }
 
 /// What every profile this process serves must satisfy, now and after a reload: no mount reaches
@@ -81,6 +86,10 @@ struct Guard {
     /// The data directory, audit log and tool packages; the auth and profile files are added per load.
     own: OwnFiles,
     mode: HardeningMode,
+    /// The mounts (read-only, read-write) the spawner was given at start: executors it starts
+    /// later inherit its Landlock domain, so a reloaded profile may mount only within these.
+    /// `None` until the spawner exists.
+    reach: Option<(Vec<PathBuf>, Vec<PathBuf>)>,
 }
 
 impl Guard {
@@ -96,6 +105,23 @@ impl Guard {
         }
         for p in profiles.by_name.values() {
             p.policy.check_own_files(&own)?;
+        }
+        if let Some((read_only, read_write)) = &self.reach {
+            for p in profiles.by_name.values() {
+                for m in &p.policy.mounts {
+                    let within = |roots: &[PathBuf]| roots.iter().any(|r| m.host.starts_with(r));
+                    if !(within(read_write) || (!m.writable && within(read_only))) {
+                        return Err(format!(
+                            "profile {:?} mounts {} {}, which executors of this server cannot reach (they are confined to the mounts \
+                             loaded at start); restart the server to add a mount",
+                            p.policy.name(),
+                            m.host.display(),
+                            if m.writable { "read-write" } else { "read-only" },
+                        )
+                        .into());
+                    }
+                }
+            }
         }
         hardening_mode(Some(self.mode), profiles).map(|_| ())
     }
@@ -196,19 +222,12 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
     for t in &args.tools {
         own.add("a tool package directory", t);
     }
-    let guard = Guard { own, mode: hardening_mode(args.hardening, &profiles)? };
+    let mut guard = Guard { own, mode: hardening_mode(args.hardening, &profiles)?, reach: None };
     // Before anything is loaded or mapped: no mount may reach warden's own files.
     guard.check(&profiles, auth.as_ref())?;
-    let langs = languages(&profiles);
-    // Each running execution may hold a nested code-mode tool guest besides its own (the nested
-    // one runs under the parent's slot), and each session a live interpreter.
-    let instances: u32 =
-        profiles.by_name.values().map(|p| 2 * p.policy.file.limits.concurrent_executions + p.policy.file.sessions.max).sum();
-    let engine = build_engine(EngineSettings { max_instances: instances + 4, parallel_compilation: false })
-        .map_err(|e| format!("building the engine: {e:#}"))?;
-    let sandbox = Sandbox::load(home, &engine, &langs)?;
-    let tools = Arc::new(ToolRegistry::load(&args.tools, &engine, &ModuleCache::new(home, &engine)));
-    report_tool_grants(&tools, &profiles);
+    // The front never builds an engine: it checks tool packages by manifest and digest, and the
+    // executors compile them.
+    let mut tools = ToolRegistry::load(&args.tools, None);
     let audit = Arc::new(AuditLog::open(&audit_path)?);
     let workspaces = process_workspaces(home)?;
     let listener = match args.http {
@@ -219,52 +238,71 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
         }
         None => None,
     };
+    let mode = guard.mode;
+    let per_group = args.executors.map(usize::from).unwrap_or_else(default_per_group);
+    let plan = ExecutorPlan::new(home, &profiles, languages(&profiles), &args.tools, mode, per_group);
+    // Executors are started, now and whenever one must be replaced, by the spawner: started
+    // here, before this process gives up execve, and confined to what executors need.
+    let launcher = Arc::new(Spawner::start(&std::env::current_exe()?, mode, &plan.spawner_plan(home, &workspaces))?);
+    guard.reach = Some((
+        plan.groups.iter().flat_map(|g| g.read_only.iter().cloned()).collect(),
+        plan.groups.iter().flat_map(|g| g.read_write.iter().cloned()).collect(),
+    ));
 
     // Confinement: Landlock now, while single-threaded; seccomp once the runtime exists.
-    let mode = guard.mode;
-    let plan = hardening_plan(home, &args, &profiles, &workspaces, &audit_path, mode, listener.as_ref(), auth.as_ref());
+    let hplan = hardening_plan(&args, &workspaces, &audit_path, mode, listener.as_ref(), auth.as_ref());
     let landlock = if mode == HardeningMode::Off {
         LandlockReport { status: LandlockStatus::Off, ..Default::default() }
     } else {
         crate::harden::assert_single_threaded()?;
-        crate::harden::landlock::restrict(&plan)?
+        crate::harden::landlock::restrict(&hplan)?
     };
     if mode == HardeningMode::Enforce && landlock.status != LandlockStatus::Full {
         return Err(HardenError::NotEnforced(format!("Landlock is {} ({})", landlock.status, landlock.gaps.join("; "))).into());
     }
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("warden-rt").build()?;
-    let _ticker = spawn_epoch_ticker(&engine)?;
-    let start_event = ServerStart {
-        version: env!("CARGO_PKG_VERSION"),
-        transport: if listener.is_some() { "http" } else { "stdio" },
-        default_profile: profiles.default.clone(),
-        profiles: describe(&profiles),
-        auth: auth.as_ref().map(auth_source),
-        tools: tools
-            .all()
-            .map(|t| ToolIdentity {
-                name: t.name().to_string(),
-                version: t.manifest.version.clone(),
-                sha256: t.manifest.wasm_sha256.clone(),
-            })
-            .collect(),
-        tools_refused: tools.refusals.iter().map(|r| ToolRefused { path: r.path.clone(), reason: r.reason.clone() }).collect(),
-        hardening: Report::off(),
-    };
-    let exec = Arc::new(Service::new(Executor::new(sandbox, workspaces), profiles, audit, tools));
-    // With authentication, callers are principals that must not starve one another.
-    exec.set_multi_tenant(auth.is_some());
+    // What an executor must not open (the front's files, other groups' mounts) or may (its own
+    // group's mounts), probed from inside each when an operator asks `/healthz`.
+    let mut probe_paths = vec![audit_path.clone()];
+    probe_paths.extend(auth.as_ref().map(|a| a.files()).unwrap_or_default());
+    probe_paths.extend(profiles.by_name.values().flat_map(|p| p.policy.mounts.iter().map(|m| m.host.clone())));
+    probe_paths.sort();
+    probe_paths.dedup();
+    let auth_event = auth.as_ref().map(auth_source);
+    let multi_tenant = auth.is_some();
     let shared_auth: Option<SharedAuth> = auth.map(|a| Arc::new(RwLock::new(Arc::new(a))));
     let grace = Duration::from_millis(args.shutdown_grace_ms);
 
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
+        let executors = plan.start(launcher, workspaces, &mut tools).await.map_err(anyhow::Error::msg)?;
+        report_tool_grants(&tools, &profiles);
+        let start_event = ServerStart {
+            version: env!("CARGO_PKG_VERSION"),
+            transport: if listener.is_some() { "http" } else { "stdio" },
+            default_profile: profiles.default.clone(),
+            profiles: describe(&profiles),
+            auth: auth_event,
+            tools: tools
+                .all()
+                .map(|t| ToolIdentity {
+                    name: t.name().to_string(),
+                    version: t.manifest.version.clone(),
+                    sha256: t.manifest.wasm_sha256.clone(),
+                })
+                .collect(),
+            tools_refused: tools.refusals.iter().map(|r| ToolRefused { path: r.path.clone(), reason: r.reason.clone() }).collect(),
+            hardening: Report::off(),
+        };
+        let exec = Arc::new(Service::new(executors, profiles, audit, Arc::new(tools)));
+        // With authentication, callers are principals that must not starve one another.
+        exec.set_multi_tenant(multi_tenant);
         // Everything that registers with the kernel (signal handlers, the listener's epoll
         // registration) happens before seccomp, which refuses rt_sigaction and friends.
         spawn_signal_handlers(exec.clone(), shutdown.clone(), grace, args.clone(), shared_auth.clone(), guard)?;
         let listener = listener.map(tokio::net::TcpListener::from_std).transpose()?;
-        let seccomp = crate::harden::seccomp::install(&plan)?;
+        let seccomp = crate::harden::seccomp::install(&hplan)?;
         if mode == HardeningMode::Enforce && (seccomp.status != SeccompStatus::Enforced || !seccomp.all_threads_filtered) {
             return Err(HardenError::NotEnforced(format!(
                 "seccomp is {} ({})",
@@ -298,7 +336,7 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
                 opts.allowed_hosts.extend(args.allowed_hosts.clone());
                 opts.allowed_origins.extend(args.allowed_origins.clone());
                 opts.trusted_proxies = args.trusted_proxies.clone();
-                let health = Health { hardening: Some(hardening) };
+                let health = Health { hardening: Some(hardening), probe_paths: probe_paths.clone() };
                 let app = crate::transport::http::router(exec.clone(), &opts, health, &shutdown, shared_auth);
                 eprintln!("warden: serving MCP at http://{addr}/mcp (policy {})", exec.profiles().default);
                 tracing::info!(%addr, "listening");
@@ -318,12 +356,10 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Everything the confined process must still reach: read-only runtimes, cache, tool packages
-/// and profile files; read-write workspaces and audit log; and the mounts of every profile.
+/// Everything the confined front must still reach: the profile and auth files (re-read on
+/// SIGHUP), the workspaces and the audit log.
 fn hardening_plan(
-    home: &Home,
     args: &ServeArgs,
-    profiles: &Profiles,
     workspaces: &std::path::Path,
     audit_log: &std::path::Path,
     mode: HardeningMode,
@@ -331,19 +367,16 @@ fn hardening_plan(
     auth: Option<&AuthConfig>,
 ) -> Plan {
     use std::os::fd::AsRawFd;
-    let mut read_only = vec![home.runtimes(), home.cache(), crate::harden::own_tasks_dir()];
-    read_only.extend(args.tools.iter().filter_map(|t| t.canonicalize().ok()));
+    // No runtimes, module cache, tool packages or profile mounts: those are the executors'.
+    let mut read_only = vec![crate::harden::own_tasks_dir()];
     // Profiles, the auth file and what it names are re-read on SIGHUP.
     let mut reread = vec![PathBuf::from(&args.policy)];
     reread.extend(auth.map(|a| a.files()).unwrap_or_default());
     read_only.extend(reread.iter().filter_map(|f| f.canonicalize().ok()));
     // The audit log itself (already open), not its directory: nothing else there is writable.
+    // The workspaces: the front makes each call's directory, writes its inputs, reads its
+    // artifacts and removes it.
     let mut read_write = vec![workspaces.to_path_buf(), audit_log.to_path_buf()];
-    for p in profiles.by_name.values() {
-        for m in &p.policy.mounts {
-            if m.writable { read_write.push(m.host.clone()) } else { read_only.push(m.host.clone()) }
-        }
-    }
     read_only.sort();
     read_only.dedup();
     read_write.sort();
@@ -376,7 +409,7 @@ fn reload(exec: &Service, args: &ServeArgs, auth: &Option<SharedAuth>, guard: &G
             role_names(a, &profiles)?;
         }
         guard.check(&profiles, new_auth.as_ref())?;
-        let missing: Vec<Language> = languages(&profiles).into_iter().filter(|l| exec.executor().runtimes().get(*l).is_none()).collect();
+        let missing: Vec<Language> = languages(&profiles).into_iter().filter(|l| !exec.executors().languages().contains(l)).collect();
         if !missing.is_empty() {
             return Err(format!("the new profiles need runtimes this process did not load ({missing:?}); restart instead").into());
         }

@@ -58,7 +58,7 @@ fn list(home: &Home, dirs: &[PathBuf], policy: &str, as_json: bool) -> Result<()
     let policy = Policy::load(policy)?;
     let engine = build_engine(EngineSettings { max_instances: 1, parallel_compilation: true }).map_err(|e| format!("{e:#}"))?;
     Home::private_dir(home.root())?;
-    let reg = ToolRegistry::load(dirs, &engine, &ModuleCache::new(home, &engine));
+    let reg = ToolRegistry::load(dirs, Some((&engine, &ModuleCache::new(home, &engine))));
     let rows: Vec<_> = reg
         .all()
         .map(|t| {
@@ -217,14 +217,8 @@ fn ask_schemas(name: &str, wasm: &[u8]) -> Result<serde_json::Value, Failure> {
             workspace_bytes: 1 << 20,
             workspace_files: 10,
         };
-        let spec = CommandSpec {
-            pre: &pre,
-            args: vec![name, "--warden-schema".into()],
-            stdin: Vec::new(),
-            limits,
-            env: Vec::new(),
-            mounts: Vec::new(),
-        };
+        let spec =
+            CommandSpec { pre, args: vec![name, "--warden-schema".into()], stdin: Vec::new(), limits, env: Vec::new(), mounts: Vec::new() };
         run_command(&spec, &ws, &CancelHandle::new())
     })??;
     if report.outcome.as_str() != "ok" {

@@ -1,23 +1,24 @@
 //! The executor side: runs guests. Given a call that the front has already validated,
-//! admitted and audited, it makes the workspace, writes the inputs, runs the guest (fresh, as a
-//! session turn, or as a package tool) on a guest thread, and hands back the run's report and
-//! workspace.
+//! admitted and audited, and a workspace directory the front made for it, it writes the inputs,
+//! runs the guest (fresh, as a session turn, or as a package tool) on a guest thread, and hands
+//! back the run's report.
 //!
-//! Owns the sandbox (engine, loaded runtimes, compiled modules) and the workspaces directory. It
-//! knows nothing of principals, profiles, rate limits, the audit log or MCP: everything it needs
-//! arrives in an [`ExecSpec`] or a tool [`Grant`], and requests its guests make to the outside
-//! (code-mode tool calls) go through a [`Door`] the front supplies. This is the seam along which
-//! executors become processes of their own.
+//! Owns the sandbox (engine, loaded runtimes, compiled modules). It knows nothing of
+//! principals, profiles, rate limits, the audit log or MCP: everything it needs arrives in an
+//! [`ExecSpec`] or a tool [`Grant`], and requests its guests make to the outside (code-mode tool
+//! calls) go through a [`Door`] the caller supplies. [`process`] serves it to the front over a
+//! channel as a process of its own; in-process use is left to benchmarks and tests.
 
-use std::path::{Path, PathBuf};
+pub mod process;
+
 use std::sync::Arc;
 
 use crate::runtime::{Language, Runtimes};
 use crate::sandbox::{
-    CancelHandle, Door, ExecSpec, InputFile, MAX_ARTIFACTS, RunReport, Sandbox, SandboxError, Workspace, on_guest_thread_async,
+    CancelHandle, CommandSpec, Door, ExecSpec, Guest, InputFile, MAX_ARTIFACTS, RunReport, Sandbox, SandboxError, Workspace,
+    on_guest_thread_async,
 };
-use crate::session::Session;
-use crate::tools::{Grant, ToolPackage, ToolRun};
+use crate::tools::{Grant, ToolPackage};
 
 /// Why a run produced no report.
 #[derive(Debug, thiserror::Error)]
@@ -39,17 +40,22 @@ impl From<SandboxError> for RunError {
     }
 }
 
-/// A finished run: its report and the workspace it ran in (still on disk while this is held).
-pub type Run = (RunReport, Arc<Workspace>);
+/// A session's state on the executor: its workspace (with the quota ledger its guests share)
+/// and, for Python, the live interpreter. Turns of one session run one at a time.
+pub struct LiveSession {
+    pub workspace: Arc<Workspace>,
+    /// `None` until the first turn, or after the interpreter ended.
+    pub guest: Option<Guest>,
+    pub turns: u64,
+}
 
 pub struct Executor {
     sandbox: Sandbox,
-    workspaces: PathBuf,
 }
 
 impl Executor {
-    pub fn new(sandbox: Sandbox, workspaces: PathBuf) -> Executor {
-        Executor { sandbox, workspaces }
+    pub fn new(sandbox: Sandbox) -> Executor {
+        Executor { sandbox }
     }
 
     pub fn sandbox(&self) -> &Sandbox {
@@ -60,45 +66,32 @@ impl Executor {
         self.sandbox.runtimes()
     }
 
-    /// Where every workspace of this executor lives.
-    pub fn workspaces(&self) -> &Path {
-        &self.workspaces
-    }
-
-    /// A fresh, empty workspace for a session.
-    pub fn session_workspace(&self) -> Result<Workspace, RunError> {
-        Workspace::create(&self.workspaces, "session-").map_err(|e| RunError::Internal(e.to_string()))
-    }
-
-    /// A one-shot call: a fresh workspace with the inputs and a fresh guest.
+    /// A one-shot call: the inputs written into the fresh workspace `ws`, then a fresh guest.
     pub async fn run_fresh(
         &self,
+        ws: Arc<Workspace>,
         spec: &ExecSpec,
         files: &[InputFile],
         cancel: &CancelHandle,
         door: Option<Box<dyn Door>>,
-    ) -> Result<Run, RunError> {
-        let ws = Arc::new(Workspace::create(&self.workspaces, "call-").map_err(|e| RunError::Internal(e.to_string()))?);
+    ) -> Result<RunReport, RunError> {
         ws.write_inputs(files, spec.limits.workspace_bytes, spec.limits.workspace_files).map_err(|e| RunError::Rejected(e.to_string()))?;
-        let (sandbox, ws2, spec2, cancel2) = (self.sandbox.clone(), ws.clone(), spec.clone(), cancel.clone());
+        let (sandbox, spec2, cancel2) = (self.sandbox.clone(), spec.clone(), cancel.clone());
         let door = if spec.language == Language::Python { door } else { None };
-        let report = on_guest_thread_async(move || sandbox.run_fresh(&spec2, &ws2, &cancel2, door)).await??;
-        Ok((report, ws))
+        Ok(on_guest_thread_async(move || sandbox.run_fresh(&spec2, &ws, &cancel2, door)).await??)
     }
 
     /// One turn of a session: its inputs written into the kept workspace, then for Python the
     /// live interpreter (started on the first turn, and again after it ended), for JavaScript a
-    /// fresh guest in the same workspace. Turns of one session run one at a time.
+    /// fresh guest in the same workspace.
     pub async fn session_turn(
         &self,
-        session: &Session,
+        state: &mut LiveSession,
         spec: &ExecSpec,
         files: &[InputFile],
         cancel: &CancelHandle,
         door: Option<Box<dyn Door>>,
-    ) -> Result<Run, RunError> {
-        let mut state = session.state.lock().await;
-        session.touch();
+    ) -> Result<RunReport, RunError> {
         state
             .workspace
             .write_inputs(files, spec.limits.workspace_bytes, spec.limits.workspace_files)
@@ -136,30 +129,32 @@ impl Executor {
                 state.guest = guest;
                 report
             }
-            Language::Javascript => {
-                let ws2 = ws.clone();
-                on_guest_thread_async(move || sandbox.run_fresh(&spec2, &ws2, &cancel2, None)).await??
-            }
+            Language::Javascript => on_guest_thread_async(move || sandbox.run_fresh(&spec2, &ws, &cancel2, None)).await??,
         };
         state.turns += 1;
-        session.touch();
-        Ok((report, state.workspace.clone()))
+        Ok(report)
     }
 
-    /// A package tool's run in a fresh workspace of its own, under what its grant allows.
+    /// A package tool's run in the fresh workspace `ws`, under what its grant allows: the raw
+    /// report, which [`crate::tools::interpret`] reads the tool's result from.
     pub async fn run_tool(
         &self,
         tool: &Arc<ToolPackage>,
         grant: &Grant,
-        args: serde_json::Value,
+        args: &serde_json::Value,
+        ws: Arc<Workspace>,
         cancel: &CancelHandle,
-    ) -> Result<ToolRun, RunError> {
-        let (workspaces, cancel, tool, grant) = (self.workspaces.clone(), cancel.clone(), tool.clone(), grant.clone());
-        Ok(on_guest_thread_async(move || crate::tools::run_tool(&tool, &grant, &args, &workspaces, &cancel)).await??)
-    }
-
-    /// Removes every workspace (at shutdown, after the last call and session ended).
-    pub fn remove_workspaces(&self) {
-        let _ = std::fs::remove_dir_all(&self.workspaces);
+    ) -> Result<RunReport, RunError> {
+        let pre = tool.pre.clone().ok_or_else(|| RunError::Internal(format!("{} is not compiled in this process", tool.name())))?;
+        let spec = CommandSpec {
+            pre,
+            args: vec![tool.name().to_string()],
+            stdin: serde_json::to_vec(args).expect("JSON serializes"),
+            limits: grant.limits.clone(),
+            env: grant.env.clone(),
+            mounts: grant.mounts.clone(),
+        };
+        let cancel = cancel.clone();
+        Ok(on_guest_thread_async(move || crate::sandbox::run_command(&spec, &ws, &cancel)).await??)
     }
 }

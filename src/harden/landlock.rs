@@ -1,12 +1,12 @@
 //! Landlock: the filesystem paths and TCP ports the process can still reach after lockdown.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use landlock::{
     ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, LandlockStatus as KernelStatus, PathBeneath, PathFd,
     RestrictSelfAttr, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{HardenError, Plan};
 use crate::policy::HardeningMode;
@@ -18,7 +18,7 @@ pub const TARGET_ABI: ABI = ABI::V6;
 /// How much of warden's ruleset the kernel enforces. Serialised as `"full"`, `"partial"`,
 /// `"not_enforced"`, `"unavailable"` or `"off"`: the words of the `server.start` audit line,
 /// authenticated `/healthz` and the hardening probe.
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum LandlockStatus {
     /// Every right warden asks for is enforced.
@@ -64,7 +64,7 @@ impl std::fmt::Display for LandlockStatus {
     }
 }
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LandlockReport {
     pub status: LandlockStatus,
     /// The kernel's Landlock ABI (0 when Landlock is not available).
@@ -75,6 +75,9 @@ pub struct LandlockReport {
     pub gaps: Vec<String>,
     pub read_only: Vec<String>,
     pub read_write: Vec<String>,
+    /// Files that may also be executed (only the spawner has any; absent when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub execute: Vec<String>,
     /// The ruleset also binds threads that existed before (Landlock ABI 8).
     pub all_threads: bool,
 }
@@ -109,15 +112,27 @@ fn write_rights(path: &Path) -> BitFlags<AccessFs> {
     }
 }
 
+/// Read and execute: for the spawner's warden binary and dynamic loader, and nothing else.
+fn execute_rights(_: &Path) -> BitFlags<AccessFs> {
+    AccessFs::ReadFile | AccessFs::Execute
+}
+
 /// Restricts this thread (and every thread it creates later) to `plan`'s paths, with no TCP
-/// bind or connect. Call it while the process is single-threaded.
+/// bind or connect, and nothing executable. Call it while the process is single-threaded.
 pub fn restrict(plan: &Plan) -> Result<LandlockReport, HardenError> {
+    restrict_with_execute(plan, &[])
+}
+
+/// Like [`restrict`], and the files in `execute` may also be read and executed (the spawner's
+/// warden binary and dynamic loader).
+pub fn restrict_with_execute(plan: &Plan, execute: &[PathBuf]) -> Result<LandlockReport, HardenError> {
     let kernel = kernel_abi();
     let mut report = LandlockReport {
         kernel_abi: kernel,
         target_abi: TARGET_ABI as i32,
         read_only: plan.read_only.iter().map(|p| p.display().to_string()).collect(),
         read_write: plan.read_write.iter().map(|p| p.display().to_string()).collect(),
+        execute: execute.iter().map(|p| p.display().to_string()).collect(),
         ..Default::default()
     };
     if plan.mode == HardeningMode::Off {
@@ -137,9 +152,12 @@ pub fn restrict(plan: &Plan) -> Result<LandlockReport, HardenError> {
         .create()
         .map_err(err)?;
     let removable = |_: &Path| AccessFs::ReadDir | AccessFs::RemoveDir;
-    for (paths, rights) in
-        [(&plan.read_only, read_rights as fn(&Path) -> _), (&plan.read_write, write_rights), (&plan.removable, removable)]
-    {
+    for (paths, rights) in [
+        (plan.read_only.as_slice(), read_rights as fn(&Path) -> _),
+        (&plan.read_write, write_rights),
+        (&plan.removable, removable),
+        (execute, execute_rights),
+    ] {
         for p in paths {
             let fd = PathFd::new(p).map_err(|e| HardenError::Landlock(format!("{}: {e}", p.display())))?;
             ruleset = ruleset.add_rule(PathBeneath::new(fd, rights(p))).map_err(err)?;

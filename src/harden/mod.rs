@@ -19,7 +19,7 @@ pub mod seccomp;
 
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::policy::HardeningMode;
 
@@ -54,7 +54,7 @@ pub struct Plan {
 /// What was achieved; reported by `/healthz`, the startup audit event and `warden doctor`.
 /// Every state is an enum serialised to the same words the JSON has always carried (`"mode":
 /// "enforce"`, `"status": "full"`, `"status": "enforced"`, ...).
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Report {
     pub mode: HardeningMode,
     pub landlock: landlock::LandlockReport,

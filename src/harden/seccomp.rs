@@ -15,7 +15,21 @@ pub const POLICY: &str = include_str!("syscalls.toml");
 struct PolicyFile {
     tripwire: Group,
     allow: Vec<Group>,
+    channel: Group,
     http: Group,
+    spawner: SpawnerSection,
+}
+
+/// The spawner's changes to the filters (see `[spawner]` in syscalls.toml).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpawnerSection {
+    #[allow(dead_code)]
+    why: String,
+    /// Tripwire syscalls the spawner's tripwire leaves out.
+    untripped: Vec<String>,
+    /// Groups that replace the base allowlist's rules for the syscalls they name.
+    allow: Vec<Group>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,7 +73,7 @@ struct ArgIn {
 
 /// Whether the filters are installed. Serialised as `"enforced"`, `"failed"` or `"off"`: the
 /// words of the `server.start` audit line, authenticated `/healthz` and the hardening probe.
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum SeccompStatus {
     /// Both filters are installed on every thread.
@@ -87,7 +101,7 @@ impl std::fmt::Display for SeccompStatus {
     }
 }
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SeccompReport {
     pub status: SeccompStatus,
     pub arch: String,
@@ -143,14 +157,20 @@ fn rules(g: &Group, arch: &str) -> Vec<Value> {
     out
 }
 
+fn policy() -> Result<PolicyFile, HardenError> {
+    toml::from_str(POLICY).map_err(|e| HardenError::Seccomp(format!("syscalls.toml: {e}")))
+}
+
 /// The two filters as seccompiler JSON: (tripwire, allowlist).
 pub fn filters_json(plan_http_fd: Option<i32>) -> Result<(Value, Value, usize, usize), HardenError> {
-    let policy: PolicyFile = toml::from_str(POLICY).map_err(|e| HardenError::Seccomp(format!("syscalls.toml: {e}")))?;
+    let policy = policy()?;
     let arch = std::env::consts::ARCH;
     let tripwire_rules = rules(&policy.tripwire, arch);
-    let mut allow: Vec<Value> = policy.allow.iter().flat_map(|g| rules(g, arch)).collect();
+    let mut allow: Vec<Value> = policy.allow.iter().chain([&policy.channel]).flat_map(|g| rules(g, arch)).collect();
     if let Some(fd) = plan_http_fd {
-        allow.extend(rules(&policy.http, arch));
+        let http: Vec<Value> =
+            rules(&policy.http, arch).into_iter().filter(|r| !allow.iter().any(|a| a["syscall"] == r["syscall"])).collect();
+        allow.extend(http);
         allow
             .push(json!({"syscall": "accept4", "args": [{"index": 0, "type": "dword", "op": "eq", "val": fd, "comment": "the listener"}]}));
         for call in ["getsockopt", "setsockopt"] {
@@ -159,6 +179,33 @@ pub fn filters_json(plan_http_fd: Option<i32>) -> Result<(Value, Value, usize, u
             }
         }
     }
+    finish(tripwire_rules, allow)
+}
+
+/// The spawner's two filters as seccompiler JSON: the server's, with `[spawner]` applied (its
+/// `untripped` syscalls leave the tripwire; its groups replace the allowlist's rules for the
+/// syscalls they name). No `[http]`: the spawner serves no network.
+pub fn spawner_filters_json() -> Result<(Value, Value, usize, usize), HardenError> {
+    let policy = policy()?;
+    let arch = std::env::consts::ARCH;
+    let trip = rules(&policy.tripwire, arch);
+    for name in &policy.spawner.untripped {
+        if !trip.iter().any(|r| r["syscall"] == name.as_str()) {
+            return Err(HardenError::Seccomp(format!("[spawner] untrips {name}, which is not a tripwire")));
+        }
+    }
+    let trip = trip.into_iter().filter(|r| !policy.spawner.untripped.iter().any(|n| r["syscall"] == n.as_str())).collect();
+    let added: Vec<Value> = policy.spawner.allow.iter().flat_map(|g| rules(g, arch)).collect();
+    let replaced = |r: &Value| added.iter().any(|a| a["syscall"] == r["syscall"]);
+    let mut allow: Vec<Value> =
+        policy.allow.iter().chain([&policy.channel]).flat_map(|g| rules(g, arch)).filter(|r| !replaced(r)).collect();
+    allow.extend(added);
+    finish(trip, allow)
+}
+
+/// Counts the syscalls, checks no syscall is both a tripwire and allowed, and wraps the rules
+/// as seccompiler filters.
+fn finish(tripwire_rules: Vec<Value>, allow: Vec<Value>) -> Result<(Value, Value, usize, usize), HardenError> {
     let count = |rs: &[Value]| {
         let mut n: Vec<&str> = rs.iter().filter_map(|r| r["syscall"].as_str()).collect();
         n.sort();
@@ -195,12 +242,23 @@ pub fn check(listener_fd: Option<i32>) -> Result<(usize, usize), HardenError> {
 /// Installs the tripwire, then the allowlist, on every thread of the process (TSYNC). The
 /// order matters: installing a filter needs `prctl` and `seccomp`, which the allowlist refuses.
 pub fn install(plan: &Plan) -> Result<SeccompReport, HardenError> {
+    apply(plan.mode, || filters_json(plan.listener_fd))
+}
+
+/// Installs the spawner's filters ([`spawner_filters_json`]) like [`install`] does the server's.
+pub fn install_spawner(mode: HardeningMode) -> Result<SeccompReport, HardenError> {
+    apply(mode, spawner_filters_json)
+}
+
+type Filters = (Value, Value, usize, usize);
+
+fn apply(mode: HardeningMode, filters: impl FnOnce() -> Result<Filters, HardenError>) -> Result<SeccompReport, HardenError> {
     let mut report = SeccompReport { arch: std::env::consts::ARCH.into(), ..Default::default() };
-    if plan.mode == HardeningMode::Off {
+    if mode == HardeningMode::Off {
         report.status = SeccompStatus::Off;
         return Ok(report);
     }
-    let (t, a, tn, an) = filters_json(plan.listener_fd)?;
+    let (t, a, tn, an) = filters()?;
     let tripwire = compile(&t, "tripwire")?;
     let allow = compile(&a, "allow")?;
     report.tripwire = tn;
@@ -245,5 +303,42 @@ mod tests {
         for s in ["socket", "connect", "bind", "listen", "clone3", "kill", "execve"] {
             assert!(!allow.contains(&s.to_string()), "{s} must not be allowed");
         }
+    }
+
+    /// The spawner may fork, exec and reap, and let an executor narrow its own confinement; it
+    /// still gets no network and keeps the rest of the tripwire.
+    #[test]
+    fn the_spawner_filter_starts_processes_but_has_no_network() {
+        let (t, a, tn, an) = spawner_filters_json().unwrap();
+        compile(&t, "tripwire").unwrap();
+        compile(&a, "allow").unwrap();
+        let names = |v: &Value, k: &str| -> Vec<String> {
+            v[k]["filter"].as_array().unwrap().iter().map(|r| r["syscall"].as_str().unwrap().to_string()).collect()
+        };
+        let (trip, allow) = (names(&t, "tripwire"), names(&a, "allow"));
+        let (server_trip, server_allow) = check(None).unwrap();
+        assert!(tn == server_trip - 4 && an > server_allow, "{tn} {an}");
+        for s in
+            ["execve", "clone", "wait4", "kill", "socketpair", "sendmsg", "recvmsg", "close_range", "seccomp", "landlock_restrict_self"]
+        {
+            assert!(allow.contains(&s.to_string()), "{s} must be allowed");
+        }
+        for s in ["socket", "connect", "bind", "listen", "accept", "accept4", "clone3", "sendto"] {
+            assert!(!allow.contains(&s.to_string()), "{s} must not be allowed");
+        }
+        for s in ["execveat", "ptrace", "process_vm_readv", "bpf", "unshare", "setns", "mount", "io_uring_setup", "pidfd_getfd"] {
+            assert!(trip.contains(&s.to_string()), "{s} stays a tripwire");
+        }
+        let rules_of = |name: &str| -> Vec<Value> {
+            a["allow"]["filter"].as_array().unwrap().iter().filter(|r| r["syscall"] == name).cloned().collect()
+        };
+        // Replaced, not added to: one rule each, the spawner's.
+        assert_eq!(rules_of("clone").len(), 1);
+        assert_eq!(rules_of("clone")[0]["args"][0]["val"], 0, "no namespace flags");
+        assert_eq!(rules_of("mmap"), [json!({"syscall": "mmap"})]);
+        let kill = rules_of("kill");
+        assert!(kill.len() == 1 && kill[0]["args"][0]["val"] == 9, "SIGKILL only: {kill:?}");
+        let pair = rules_of("socketpair");
+        assert!(pair.len() == 1 && pair[0]["args"][0]["val"] == 1, "AF_UNIX only: {pair:?}");
     }
 }

@@ -176,7 +176,7 @@ impl ServerHandler for WardenMcp {
             }
             tools::CREATE_SESSION if sessions_on => {
                 let args: CreateSessionArgs = parse_args(&req)?;
-                match self.exec.create_session(&caller, args.language) {
+                match self.exec.create_session(&caller, args.language).await {
                     Ok(info) => Ok(content::structured(
                         &info,
                         format!("session {} ({}) expires at {}", info.session_id, info.language, info.expires_at),

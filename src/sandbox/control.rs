@@ -8,20 +8,32 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use tokio_util::sync::CancellationToken;
+
 /// A cheap, cloneable handle that stops a running guest. Cancellation is observed within one
-/// tick ([`crate::engine::TICK`]) or one sleep slice of the call.
+/// tick ([`crate::engine::TICK`]) or one sleep slice of the call; async waiters (the front
+/// relaying a cancel to an executor) are woken at once by [`CancelHandle::cancelled`].
 #[derive(Clone, Debug, Default)]
-pub struct CancelHandle(Arc<AtomicBool>);
+pub struct CancelHandle {
+    /// Read on every epoch tick, so a plain atomic rather than the token's mutex.
+    flag: Arc<AtomicBool>,
+    token: CancellationToken,
+}
 
 impl CancelHandle {
     pub fn new() -> Self {
         Self::default()
     }
     pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.flag.store(true, Ordering::SeqCst);
+        self.token.cancel();
     }
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.flag.load(Ordering::SeqCst)
+    }
+    /// Completes when [`CancelHandle::cancel`] is called (at once if it already was).
+    pub async fn cancelled(&self) {
+        self.token.cancelled().await
     }
 }
 

@@ -18,7 +18,7 @@ use super::outcome::{Exit, RunFacts, classify};
 use crate::runtime::Language;
 
 /// A directory the policy mounts into guests.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Mount {
     pub host: std::path::PathBuf,
     pub guest: String,

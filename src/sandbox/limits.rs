@@ -9,10 +9,10 @@ use serde::Serialize;
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 
 /// Effective limits for one call (or one session turn).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Limits {
     /// Wall-clock deadline, enforced in wasm (epoch ticks) and in host calls (`poll_oneoff`).
-    #[serde(rename = "timeout_ms", serialize_with = "as_millis")]
+    #[serde(rename = "timeout_ms", serialize_with = "as_millis", deserialize_with = "from_millis")]
     pub timeout: Duration,
     /// Cap on each linear memory, in bytes.
     pub memory_bytes: u64,
@@ -26,6 +26,10 @@ pub struct Limits {
     pub workspace_bytes: u64,
     /// Total files and directories the guest may leave in `/workspace` and `/tmp`.
     pub workspace_files: u64,
+}
+
+fn from_millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    <u64 as serde::Deserialize>::deserialize(d).map(Duration::from_millis)
 }
 
 fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

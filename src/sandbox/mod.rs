@@ -168,8 +168,9 @@ impl Sandbox {
 }
 
 /// A plain WASI command to run (a tool package): arguments on stdin, result on stdout.
-pub struct CommandSpec<'a> {
-    pub pre: &'a wasmtime::InstancePre<GuestState>,
+pub struct CommandSpec {
+    /// Cheap to clone (reference-counted), so a spec can move to a guest thread.
+    pub pre: wasmtime::InstancePre<GuestState>,
     /// argv, starting with the program name.
     pub args: Vec<String>,
     pub stdin: Vec<u8>,
@@ -179,12 +180,12 @@ pub struct CommandSpec<'a> {
 }
 
 /// Runs a command in a fresh guest on the calling thread, like [`Sandbox::run_fresh`].
-pub fn run_command(spec: &CommandSpec<'_>, ws: &Workspace, cancel: &CancelHandle) -> Result<RunReport, SandboxError> {
+pub fn run_command(spec: &CommandSpec, ws: &Workspace, cancel: &CancelHandle) -> Result<RunReport, SandboxError> {
     let started = Instant::now();
     let mut env = vec![("TMPDIR".to_string(), "/tmp".to_string()), ("HOME".to_string(), "/tmp".to_string())];
     env.extend(spec.env.iter().filter(|(k, _)| k != "TMPDIR" && k != "HOME").cloned());
     let gspec = GuestSpec {
-        pre: spec.pre,
+        pre: &spec.pre,
         language: None,
         ro_mounts: Vec::new(),
         workspace: ws,
@@ -234,18 +235,7 @@ fn setup_failure(e: wasmtime::Error, language: Option<Language>, limits: &Limits
         let Exit::Failed(e) = exit else { unreachable!() };
         return Err(SandboxError::Internal(format!("{e:#}")));
     }
-    Ok(RunReport {
-        outcome,
-        exit_code,
-        stdout: String::new(),
-        stderr: String::new(),
-        truncated: false,
-        duration_ms: started.elapsed().as_millis() as u64,
-        fuel_used: 0,
-        artifacts: Vec::new(),
-        message,
-        ended_session: true,
-    })
+    Ok(RunReport::not_run(outcome, exit_code, message, started))
 }
 
 /// Runs `f` on a fresh OS thread with a stack big enough for guests, and waits for it. A panic

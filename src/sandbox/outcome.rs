@@ -12,7 +12,7 @@ use super::control::Stop;
 use super::workspace::Artifact;
 
 /// The `outcome` field of a result.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 #[schemars(inline)]
 pub enum Outcome {
@@ -34,6 +34,9 @@ pub enum Outcome {
     Trap,
     /// The caller cancelled the call.
     Cancelled,
+    /// The executor process running the call ended before the call did (it crashed, was killed,
+    /// or broke the channel protocol). Only the front reports this; the call may be retried.
+    Crashed,
 }
 
 impl Outcome {
@@ -48,10 +51,11 @@ impl Outcome {
             Outcome::StackOverflow => "stack_overflow",
             Outcome::Trap => "trap",
             Outcome::Cancelled => "cancelled",
+            Outcome::Crashed => "crashed",
         }
     }
 
-    pub const ALL: [Outcome; 9] = [
+    pub const ALL: [Outcome; 10] = [
         Outcome::Ok,
         Outcome::Error,
         Outcome::Timeout,
@@ -61,6 +65,7 @@ impl Outcome {
         Outcome::StackOverflow,
         Outcome::Trap,
         Outcome::Cancelled,
+        Outcome::Crashed,
     ];
 }
 
@@ -89,6 +94,25 @@ pub struct RunReport {
     /// A Python session's interpreter ended (`exit()`, a trap): the next turn starts fresh.
     #[serde(skip)]
     pub ended_session: bool,
+}
+
+impl RunReport {
+    /// The report of a guest that never ran its code (it failed to start, or its process died):
+    /// no output, no fuel, no artifacts, and any session interpreter gone.
+    pub fn not_run(outcome: Outcome, exit_code: Option<i32>, message: Option<String>, started: std::time::Instant) -> RunReport {
+        RunReport {
+            outcome,
+            exit_code,
+            stdout: String::new(),
+            stderr: String::new(),
+            truncated: false,
+            duration_ms: started.elapsed().as_millis() as u64,
+            fuel_used: 0,
+            artifacts: Vec::new(),
+            message,
+            ended_session: true,
+        }
+    }
 }
 
 /// What the guest's entry point returned, before limits are taken into account.

@@ -73,8 +73,24 @@ pub struct Workspace {
     known: Mutex<BTreeMap<String, Stamp>>,
     /// What `/workspace` and `/tmp` hold, charged against the quota (shared with the guests).
     quota: Arc<Mutex<Quota>>,
-    /// Removed when dropped.
-    _guard: tempfile::TempDir,
+    /// Removes the directory when dropped, if this handle owns it.
+    _guard: DirGuard,
+}
+
+/// Removes a workspace directory on drop when `remove` is set: the handle that created it (or
+/// adopted it on the front's side) owns it, while an executor's handle on a directory the front
+/// made does not.
+struct DirGuard {
+    path: PathBuf,
+    remove: bool,
+}
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        if self.remove {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
 }
 
 impl std::fmt::Debug for Workspace {
@@ -86,10 +102,44 @@ impl std::fmt::Debug for Workspace {
 impl Workspace {
     /// Creates a fresh private directory under `parent` (which must exist and be private).
     pub fn create(parent: &Path, prefix: &str) -> Result<Workspace, WorkspaceError> {
-        let guard = tempfile::Builder::new().prefix(prefix).tempdir_in(parent).map_err(WorkspaceError::Create)?;
-        let root = guard.path().to_path_buf();
-        std::fs::create_dir(root.join("workspace")).map_err(WorkspaceError::Create)?;
-        std::fs::create_dir(root.join("tmp")).map_err(WorkspaceError::Create)?;
+        let dir = tempfile::Builder::new().prefix(prefix).tempdir_in(parent).map_err(WorkspaceError::Create)?;
+        let guard = DirGuard { path: dir.keep(), remove: true };
+        Self::make_in(guard)
+    }
+
+    /// Creates the directory `parent/name`, which must not exist yet (the front, making a call's
+    /// directory for an executor). Removed when the handle is dropped.
+    pub fn create_named(parent: &Path, name: &str) -> Result<Workspace, WorkspaceError> {
+        let path = parent.join(name);
+        std::fs::create_dir(&path).map_err(WorkspaceError::Create)?;
+        Self::make_in(DirGuard { path, remove: true })
+    }
+
+    /// Opens a directory made by [`Workspace::create_named`] whose `workspace/` and `tmp/` are
+    /// still empty (an executor, given a call's directory by the front). Not removed on drop: the
+    /// front owns it.
+    pub fn adopt_empty(path: &Path) -> Result<Workspace, WorkspaceError> {
+        let bad = |why: &str| WorkspaceError::Create(io::Error::new(io::ErrorKind::InvalidInput, format!("{}: {why}", path.display())));
+        for sub in ["workspace", "tmp"] {
+            let meta = std::fs::symlink_metadata(path.join(sub)).map_err(WorkspaceError::Create)?;
+            if !meta.is_dir() {
+                return Err(bad("not a call directory"));
+            }
+            if std::fs::read_dir(path.join(sub)).map_err(WorkspaceError::Create)?.next().is_some() {
+                return Err(bad("not empty"));
+            }
+        }
+        Self::open(DirGuard { path: path.to_path_buf(), remove: false })
+    }
+
+    fn make_in(guard: DirGuard) -> Result<Workspace, WorkspaceError> {
+        std::fs::create_dir(guard.path.join("workspace")).map_err(WorkspaceError::Create)?;
+        std::fs::create_dir(guard.path.join("tmp")).map_err(WorkspaceError::Create)?;
+        Self::open(guard)
+    }
+
+    fn open(guard: DirGuard) -> Result<Workspace, WorkspaceError> {
+        let root = guard.path.clone();
         let open = |p: &Path| Dir::open_ambient_dir(p, ambient_authority()).map_err(WorkspaceError::Create);
         let roots = [root.join("workspace"), root.join("tmp")]
             .iter()

@@ -1,12 +1,13 @@
 //! Calls that run a guest: `execute_code` (fresh or in a session) and package tools. Each one is
-//! validated, admitted, audited at its start (fail closed), run by the executor, audited at its
-//! end, and shaped into the result the caller gets; its artifacts are retained for
-//! `resources/read`.
+//! validated, admitted, audited at its start (fail closed), placed on an executor process and
+//! run there, audited at its end, and shaped into the result the caller gets; its artifacts are
+//! retained for `resources/read`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::admission::MAX_AUDIT_REASON;
+use super::executors::{DoorHandler, Executors, GroupKey, Ran, crashed, finish};
 use super::request::inputs_digest;
 use super::{Caller, ExecError, Service};
 use crate::api::{ExecResult, ExecuteCodeArgs, InlineImage};
@@ -14,10 +15,15 @@ use crate::artifacts::{call_uri, session_uri};
 use crate::audit::Recorded;
 use crate::audit::bound::bound_str;
 use crate::audit::event::{ArtifactDigest, Call, CallWhat, Event, RunEnd};
+use crate::channel::inputs;
+use crate::channel::proto::{GrantSpec, Job, Spec};
 use crate::digest::sha256_hex;
 use crate::policy::Policy;
-use crate::sandbox::{CancelHandle, Door, RunReport, Workspace};
+use crate::runtime::Language;
+use crate::sandbox::{CancelHandle, ExecSpec, InputFile, Limits, RunReport, Workspace};
+use crate::session::{Session, SessionError};
 use crate::tools::door::CodeModeDoor;
+use crate::tools::{Grant, ToolPackage, interpret};
 
 /// Most images returned inline per call; the rest are resource links.
 const MAX_INLINE_IMAGES: usize = 4;
@@ -48,12 +54,13 @@ impl Service {
         // Fail closed: if the start cannot be recorded, nothing runs.
         let start = self.audit.record(&Event::ExecutionStart(base.clone()))?;
 
-        let door = self.door(caller, &profile, &call_id, &cancel);
+        let mut door = self.door(caller, &profile, &call_id, &cancel, &spec);
+        let door = door.as_mut().map(|d| d as &mut dyn DoorHandler);
         let run = match &session {
-            None => self.executor.run_fresh(&spec, &files, &cancel, door).await,
-            Some(s) => self.executor.session_turn(s, &spec, &files, &cancel, door).await,
+            None => self.run_fresh(&GroupKey::of(policy), &spec, &files, &cancel, door).await,
+            Some(s) => self.run_turn(s, &spec, &files, &cancel, door).await,
         };
-        let (mut report, workspace) = run.map_err(|e| self.audit_unfinished(&start, base.clone(), e.into()))?;
+        let (mut report, workspace) = run.map_err(|e| self.audit_unfinished(&start, base.clone(), e))?;
         let images = inline_images(&workspace, &report, policy.file.artifacts.inline_image_bytes);
         for a in &mut report.artifacts {
             a.uri = match &session {
@@ -70,6 +77,49 @@ impl Service {
         result.inline_images = images;
         result.workspace = Some(workspace);
         Ok(result)
+    }
+
+    async fn run_fresh(
+        &self,
+        key: &GroupKey,
+        spec: &ExecSpec,
+        files: &[InputFile],
+        cancel: &CancelHandle,
+        door: Option<&mut dyn DoorHandler>,
+    ) -> Result<(RunReport, Arc<Workspace>), ExecError> {
+        run_fresh(&self.executors, key, spec, files, cancel, door).await
+    }
+
+    /// A session turn on the executor that holds the session. If that executor died, the
+    /// session is lost and ended.
+    async fn run_turn(
+        &self,
+        s: &Arc<Session>,
+        spec: &ExecSpec,
+        files: &[InputFile],
+        cancel: &CancelHandle,
+        door: Option<&mut dyn DoorHandler>,
+    ) -> Result<(RunReport, Arc<Workspace>), ExecError> {
+        let started = Instant::now();
+        let mut state = s.state.lock().await;
+        s.touch();
+        if s.conn.is_dead() {
+            self.lose(s);
+            return Err(SessionError::Lost(s.id.clone()).into());
+        }
+        let inputs = inputs::stage(state.workspace.root(), &spec.stdin, files).map_err(internal)?;
+        let job = Job::Turn { session: s.id.clone(), dir: s.dir.clone(), spec: wire_spec(spec, door.is_some()), inputs };
+        let ran = self.executors.run(&s.conn.busy(), job, cancel, spec.limits.timeout, door).await;
+        let mut report = settle(&s.conn, ran, &spec.limits, started)?;
+        if report.outcome == crate::sandbox::Outcome::Crashed {
+            self.lose(s);
+        }
+        if report.ended_session && report.message.is_none() {
+            report.message = Some("the interpreter ended; the next call in this session starts a fresh one (files are kept)".into());
+        }
+        state.turns += 1;
+        s.touch();
+        Ok((report, state.workspace.clone()))
     }
 
     /// Runs a tool package as an MCP `tools/call`: the result, or the message explaining why
@@ -95,43 +145,48 @@ impl Service {
         };
         let base = call_record(&call_id, caller, policy, what, &grant.limits);
         let start = self.audit.record(&Event::ExecutionStart(base.clone()))?;
-        let run = self
-            .executor
-            .run_tool(&tool, &grant, args, &cancel)
+        let (mut report, workspace, value) = run_tool(&self.executors, &GroupKey::of(policy), &tool, &grant, &args, &cancel)
             .await
-            .map_err(|e| self.audit_unfinished(&start, base.clone(), e.into()))?;
-        let mut report = run.report;
+            .map_err(|e| self.audit_unfinished(&start, base.clone(), e))?;
         for a in &mut report.artifacts {
             a.uri = call_uri(&call_id, &a.path);
         }
-        let images = inline_images(&run.workspace, &report, policy.file.artifacts.inline_image_bytes);
-        self.retain(&call_id, caller, policy, &run.workspace, &mut report);
+        let images = inline_images(&workspace, &report, policy.file.artifacts.inline_image_bytes);
+        self.retain(&call_id, caller, policy, &workspace, &mut report);
         let recorded = self.audit_end(&start, base, &report)?;
         self.metrics.record_execution(&format!("tool:{name}"), report.outcome.as_str(), report.duration_ms, report.fuel_used);
         let mut result = to_result(report, recorded, None);
         result.inline_images = images;
-        result.workspace = Some(run.workspace);
-        Ok((result, run.value))
+        result.workspace = Some(workspace);
+        Ok((result, value))
     }
 
     /// The code-mode door for one execution, when its profile allows tool calls from code.
-    fn door(&self, caller: &Caller, profile: &Arc<super::Profile>, call_id: &str, cancel: &CancelHandle) -> Option<Box<dyn Door>> {
+    fn door(
+        &self,
+        caller: &Caller,
+        profile: &Arc<super::Profile>,
+        call_id: &str,
+        cancel: &CancelHandle,
+        spec: &ExecSpec,
+    ) -> Option<CodeModeDoor> {
         let max = profile.policy.file.tools.calls_per_execution;
         let tools = self.granted_tools(&profile.policy);
-        if max == 0 || tools.is_empty() {
+        if max == 0 || tools.is_empty() || spec.language != Language::Python {
             return None;
         }
-        Some(Box::new(CodeModeDoor::new(
+        Some(CodeModeDoor::new(
             tools,
             self.audit.clone(),
             self.admission.clone(),
+            self.executors.clone(),
             caller.clone(),
             profile.clone(),
             call_id,
-            self.executor.workspaces().to_path_buf(),
             cancel.clone(),
+            Instant::now() + spec.limits.timeout,
             max,
-        )))
+        ))
     }
 
     /// Keeps a one-shot call's artifacts readable, or says in the report why they are not.
@@ -170,6 +225,88 @@ impl Service {
             Err(audit) => audit.into(),
         }
     }
+}
+
+/// Runs `tool` once with `args` on an executor of `key`'s group, in a directory made for it, and
+/// reads its result: the report, the workspace, and the value or why there is none. Used by
+/// `tools/call` and by code mode's nested calls alike.
+pub(crate) async fn run_tool(
+    executors: &Arc<Executors>,
+    key: &GroupKey,
+    tool: &Arc<ToolPackage>,
+    grant: &Grant,
+    args: &serde_json::Value,
+    cancel: &CancelHandle,
+) -> Result<(RunReport, Arc<Workspace>, Result<serde_json::Value, String>), ExecError> {
+    let started = Instant::now();
+    let conn = executors.place(key).await?;
+    let dir = format!("tool-{}", uuid::Uuid::new_v4().simple());
+    let ws = Arc::new(Workspace::create_named(conn.dir(), &dir).map_err(internal)?);
+    let job = Job::Tool {
+        dir,
+        tool: tool.name().to_string(),
+        sha256: tool.manifest.wasm_sha256.clone(),
+        grant: GrantSpec { env: grant.env.clone(), mounts: grant.mounts.clone(), limits: grant.limits.clone() },
+        args: args.clone(),
+    };
+    let ran = executors.run(&conn, job, cancel, grant.limits.timeout, None).await;
+    let mut report = settle(&conn, ran, &grant.limits, started)?;
+    let value = interpret(tool, &mut report);
+    Ok((report, ws, value))
+}
+
+/// What the front makes of a run's end: the checked report, a `crashed` report if the executor
+/// died or lied about the run (it is then killed), or the error it gave.
+fn settle(conn: &super::executors::Conn, ran: Ran, limits: &Limits, started: Instant) -> Result<RunReport, ExecError> {
+    match ran {
+        Ran::Done(Ok(f)) => match finish(*f, limits) {
+            Ok(r) => Ok(r),
+            Err(lie) => {
+                conn.kill(&lie);
+                Ok(crashed("it broke the protocol", started))
+            }
+        },
+        Ran::Done(Err(e)) => Err(e.into()),
+        Ran::Crashed(why) => Ok(crashed(&why, started)),
+    }
+}
+
+/// The channel's form of a spec (stdin travels in the inputs blob).
+/// A one-shot call on the least loaded executor of `key`'s group, in a directory made for it:
+/// the front's whole share of running a guest, without admission or audit (public for the
+/// channel-cost benchmark, which compares it with [`crate::executor::Executor::run_fresh`]).
+pub async fn run_fresh(
+    executors: &Arc<Executors>,
+    key: &GroupKey,
+    spec: &ExecSpec,
+    files: &[InputFile],
+    cancel: &CancelHandle,
+    door: Option<&mut dyn DoorHandler>,
+) -> Result<(RunReport, Arc<Workspace>), ExecError> {
+    let started = Instant::now();
+    let conn = executors.place(key).await?;
+    let dir = format!("call-{}", uuid::Uuid::new_v4().simple());
+    // The front makes and removes the directory, so a crashed executor leaves nothing behind.
+    let ws = Arc::new(Workspace::create_named(conn.dir(), &dir).map_err(internal)?);
+    let inputs = inputs::stage(ws.root(), &spec.stdin, files).map_err(internal)?;
+    let job = Job::Fresh { dir, spec: wire_spec(spec, door.is_some()), inputs };
+    let ran = executors.run(&conn, job, cancel, spec.limits.timeout, door).await;
+    Ok((settle(&conn, ran, &spec.limits, started)?, ws))
+}
+
+fn wire_spec(spec: &ExecSpec, door: bool) -> Spec {
+    Spec {
+        language: spec.language,
+        code: spec.code.clone(),
+        limits: spec.limits.clone(),
+        env: spec.env.clone(),
+        mounts: spec.mounts.clone(),
+        door,
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ExecError {
+    ExecError::Internal(e.to_string())
 }
 
 /// The audit record of a call: who, what, under which profile and limits.

@@ -3,16 +3,18 @@
 //!
 //! [`Service`] is what the MCP handler (stdio or HTTP) and `warden exec` talk to. It owns the
 //! served profiles, the session registry, the retained artifacts, admission and the audit of
-//! every call; it hands the running of guests to the [`Executor`]. Its parts:
+//! every call; it hands the running of guests to executor processes ([`executors`]). Its parts:
 //!
 //! * [`request`]: is the request well-formed and allowed by the caller's profile?
 //! * [`admission`]: rate, per-principal shares and execution slots; refusals; draining.
 //! * [`calls`]: `execute_code` and package tools, from admission to the audited result.
 //! * [`sessions`]: opening, closing and expiring sessions, and binding a call to one.
 //! * [`reads`]: `resources/read` of retained artifacts, bounded in size and concurrency.
+//! * [`executors`]: the executor processes, placement, and replacing the ones that die.
 
 pub mod admission;
-mod calls;
+pub mod calls;
+pub mod executors;
 mod reads;
 pub(crate) mod request;
 mod sessions;
@@ -26,10 +28,12 @@ use tokio::sync::Semaphore;
 use self::admission::Admission;
 use crate::artifacts::ArtifactStore;
 use crate::audit::{AuditError, AuditLog};
-use crate::executor::{Executor, RunError};
+use crate::channel::proto::Failure;
+use crate::executor::RunError;
 use crate::limiter::{Limited, Shares};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
+use crate::service::executors::{Executors, GroupKey};
 use crate::session::{Owner, SessionError, Sessions};
 use crate::tools::{Grant, ToolPackage, ToolRegistry, grant};
 
@@ -106,12 +110,21 @@ impl From<RunError> for ExecError {
     }
 }
 
+impl From<Failure> for ExecError {
+    fn from(e: Failure) -> Self {
+        match e {
+            Failure::Rejected(m) => ExecError::InvalidRequest(m),
+            Failure::Internal(m) => ExecError::Internal(m),
+        }
+    }
+}
+
 pub(crate) fn invalid(msg: impl Into<String>) -> ExecError {
     ExecError::InvalidRequest(msg.into())
 }
 
 pub struct Service {
-    executor: Arc<Executor>,
+    executors: Arc<Executors>,
     profiles: RwLock<Arc<Profiles>>,
     pub sessions: Sessions,
     pub artifacts: ArtifactStore,
@@ -126,10 +139,11 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn new(executor: Executor, profiles: Profiles, audit: Arc<AuditLog>, tools: Arc<ToolRegistry>) -> Service {
-        let metrics = Arc::new(Metrics::new());
+    /// A service on running `executors` (whose metrics it shares).
+    pub fn new(executors: Arc<Executors>, profiles: Profiles, audit: Arc<AuditLog>, tools: Arc<ToolRegistry>) -> Service {
+        let metrics = executors.metrics().clone();
         Service {
-            executor: Arc::new(executor),
+            executors,
             profiles: RwLock::new(Arc::new(profiles)),
             sessions: Sessions::new(),
             artifacts: ArtifactStore::new(),
@@ -174,6 +188,8 @@ impl Service {
             self.audit_close(&s, "profile_changed");
         }
         self.metrics.active_sessions.set(self.sessions.len() as i64);
+        let in_use: Vec<GroupKey> = profiles.by_name.values().map(|p| GroupKey::of(&p.policy)).collect();
+        self.executors.retire_unused(&in_use);
     }
 
     /// Declares that callers are authenticated principals who must not starve one another (see
@@ -188,8 +204,8 @@ impl Service {
         self.tools.all().filter_map(|t| grant(t, policy).ok().map(|g| (t.clone(), g))).collect()
     }
 
-    pub fn executor(&self) -> &Executor {
-        &self.executor
+    pub fn executors(&self) -> &Arc<Executors> {
+        &self.executors
     }
 
     pub fn audit_log(&self) -> &AuditLog {
@@ -213,14 +229,14 @@ impl Service {
     }
 
     /// Stops taking calls, lets running ones finish for up to `grace`, cancels the rest, then
-    /// closes every session and removes all workspaces.
+    /// closes every session, stops the executors and removes all workspaces.
     pub async fn shutdown(&self, grace: Duration) {
         self.admission.drain(grace).await;
         for s in self.sessions.drain() {
             self.audit_close(&s, "shutdown");
         }
         self.artifacts.clear();
-        self.executor.remove_workspaces();
+        self.executors.shutdown();
     }
 
     pub fn is_shutting_down(&self) -> bool {

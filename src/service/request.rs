@@ -26,7 +26,7 @@ impl Service {
             self.admission.deny(caller, "runtime_not_allowed", &msg, None);
             return Err(invalid(msg));
         }
-        if self.executor.runtimes().get(args.language).is_none() {
+        if !self.executors.languages().contains(&args.language) {
             return Err(invalid(format!("the {} runtime is not loaded on this server", args.language)));
         }
         check_request(p, args)

@@ -12,20 +12,23 @@
 //! parent's guest is blocked in `host.call` while the tool runs, so the pair never uses more than
 //! one core, and waiting for a second slot while holding the first could deadlock a full server.
 //! The engine's instance pool has room for one nested guest per execution slot.
+//!
+//! The door lives on the front: the executor running the parent relays each request frame over
+//! its channel, and the nested tool runs on an executor of the same profile group like any tool
+//! call. So admission, audit and the budget are decided where the guest cannot reach them.
 
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::{Grant, ToolPackage, descriptor, run_tool};
+use super::{Grant, ToolPackage, descriptor};
 use crate::audit::AuditLog;
 use crate::audit::bound::bound_str;
 use crate::audit::event::{Event, NestedCall, RunEnd, Via};
-use crate::sandbox::control::Deadline;
-use crate::sandbox::{CancelHandle, Door, on_guest_thread};
+use crate::sandbox::CancelHandle;
 use crate::service::admission::Admission;
+use crate::service::executors::{DoorHandler, Executors, GroupKey};
 use crate::service::{Caller, ExecError, Profile};
 
 /// The protocol version this door speaks.
@@ -40,11 +43,14 @@ pub struct CodeModeDoor {
     audit: Arc<AuditLog>,
     /// The same admission as every call: nested calls spend the caller's calls per minute.
     admission: Arc<Admission>,
+    executors: Arc<Executors>,
     caller: Caller,
     profile: Arc<Profile>,
     parent_call: String,
-    workspaces: PathBuf,
     cancel: CancelHandle,
+    /// The parent's deadline as the front reckons it (the executor's word is only an upper
+    /// bound on what is left).
+    deadline: Instant,
     calls: u32,
     max_calls: u32,
     request_bytes: u64,
@@ -56,29 +62,31 @@ impl CodeModeDoor {
         tools: Vec<(Arc<ToolPackage>, Grant)>,
         audit: Arc<AuditLog>,
         admission: Arc<Admission>,
+        executors: Arc<Executors>,
         caller: Caller,
         profile: Arc<Profile>,
         parent_call: &str,
-        workspaces: PathBuf,
         cancel: CancelHandle,
+        deadline: Instant,
         max_calls: u32,
     ) -> Self {
         CodeModeDoor {
             tools,
             audit,
             admission,
+            executors,
             caller,
             profile,
             parent_call: parent_call.into(),
-            workspaces,
             cancel,
+            deadline,
             calls: 0,
             max_calls,
             request_bytes: 0,
         }
     }
 
-    fn answer(&mut self, deadline: &Deadline, frame: &[u8]) -> Value {
+    async fn answer_frame(&mut self, remaining: Duration, frame: &[u8]) -> Value {
         let err = |id: &Value, kind: &str, message: String| json!({"v": PROTOCOL, "id": id, "ok": false, "error": {"kind": kind, "message": message.chars().take(4096).collect::<String>()}});
         self.request_bytes += frame.len() as u64;
         if self.request_bytes > MAX_REQUEST_BYTES {
@@ -105,12 +113,12 @@ impl CodeModeDoor {
                 let tools: Vec<Value> = self.tools.iter().map(|(t, _)| descriptor(t)).collect();
                 json!({"v": PROTOCOL, "id": id, "ok": true, "tools": tools})
             }
-            Some("call") => self.call(deadline, &id, &request),
+            Some("call") => self.call(remaining, &id, &request).await,
             other => err(&id, "protocol", format!("unknown operation {other:?}; this host serves list and call")),
         }
     }
 
-    fn call(&mut self, deadline: &Deadline, id: &Value, request: &Value) -> Value {
+    async fn call(&mut self, remaining: Duration, id: &Value, request: &Value) -> Value {
         let err = |kind: &str, message: String| json!({"v": PROTOCOL, "id": id, "ok": false, "error": {"kind": kind, "message": message.chars().take(4096).collect::<String>()}});
         let Some(name) = request["tool"].as_str() else { return err("protocol", "a call names its tool with a string".into()) };
         let Some((tool, grant)) = self.tools.iter().find(|(t, _)| t.name() == name).cloned() else {
@@ -141,7 +149,7 @@ impl CodeModeDoor {
         if let Err(m) = tool.check_args(&args) {
             return err("invalid_arguments", m);
         }
-        let remaining = deadline.remaining().saturating_sub(DEADLINE_MARGIN);
+        let remaining = remaining.min(self.deadline.saturating_duration_since(Instant::now())).saturating_sub(DEADLINE_MARGIN);
         if remaining.is_zero() {
             return err("timeout", "no time is left in this execution for a tool call".into());
         }
@@ -160,10 +168,9 @@ impl CodeModeDoor {
         if let Err(e) = self.audit.record(&Event::ToolCallStart(base.clone())) {
             return err("denied", format!("the audit log cannot be written, so the tool did not run: {e}"));
         }
-        let (workspaces, cancel, args2, tool2, grant2) =
-            (self.workspaces.clone(), self.cancel.clone(), args.clone(), tool.clone(), grant.clone());
-        let run = on_guest_thread(move || run_tool(&tool2, &grant2, &args2, &workspaces, &cancel)).and_then(|r| r);
-        let run = match run {
+        let key = GroupKey::of(&self.profile.policy);
+        let run = crate::service::calls::run_tool(&self.executors, &key, &tool, &grant, &args, &self.cancel).await;
+        let (report, _workspace, value) = match run {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, tool = %bound_str(name, 128).into_owned(), "nested tool call failed in the host");
@@ -175,10 +182,10 @@ impl CodeModeDoor {
                 return err("tool_error", format!("{name} failed (internal error)"));
             }
         };
-        if let Err(e) = self.audit.record(&Event::ToolCall { call: base, end: RunEnd::of(&run.report) }) {
+        if let Err(e) = self.audit.record(&Event::ToolCall { call: base, end: RunEnd::of(&report) }) {
             return err("denied", format!("the audit log cannot be written: {e}"));
         }
-        match (run.value, run.report.outcome) {
+        match (value, report.outcome) {
             (Ok(v), _) => json!({"v": PROTOCOL, "id": id, "ok": true, "value": v}),
             (Err(m), crate::sandbox::Outcome::Timeout) => err("timeout", m),
             (Err(m), crate::sandbox::Outcome::Cancelled) => err("cancelled", m),
@@ -187,9 +194,15 @@ impl CodeModeDoor {
     }
 }
 
-impl Door for CodeModeDoor {
-    fn call(&mut self, deadline: &Deadline, request: &[u8]) -> Result<Vec<u8>, String> {
-        let answer = self.answer(deadline, request);
-        Ok(serde_json::to_vec(&answer).expect("JSON serializes"))
+impl DoorHandler for CodeModeDoor {
+    fn answer<'a>(
+        &'a mut self,
+        remaining: Duration,
+        request: &'a [u8],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u8>> + Send + 'a>> {
+        Box::pin(async move {
+            let answer = self.answer_frame(remaining, request).await;
+            serde_json::to_vec(&answer).expect("JSON serializes")
+        })
     }
 }

@@ -32,7 +32,10 @@ pub struct ToolPackage {
     pub output_schema: Option<serde_json::Value>,
     input_validator: jsonschema::Validator,
     output_validator: Option<jsonschema::Validator>,
-    pub pre: InstancePre<GuestState>,
+    /// The compiled, linked module: only in an executor. The front loads packages without
+    /// compiling them (it never maps guest code) and serves a tool only when every executor
+    /// loaded the same digest.
+    pub pre: Option<InstancePre<GuestState>>,
 }
 
 impl std::fmt::Debug for ToolPackage {
@@ -186,11 +189,13 @@ impl ToolRegistry {
     }
 
     /// Loads every package found under `dirs`. Bad packages are refused (and listed in
-    /// `refusals`); the good ones load regardless.
-    pub fn load(dirs: &[PathBuf], engine: &Engine, cache: &ModuleCache) -> ToolRegistry {
+    /// `refusals`); the good ones load regardless. With `compile` (an executor), each module is
+    /// compiled through the cache, checked to be a WASI command and linked; without (the front),
+    /// only the manifest, digest and schemas are checked.
+    pub fn load(dirs: &[PathBuf], compile: Option<(&Engine, &ModuleCache)>) -> ToolRegistry {
         let mut reg = ToolRegistry::default();
         for dir in Self::discover(dirs) {
-            match load_package(&dir, engine, cache) {
+            match load_package(&dir, compile) {
                 Ok(pkg) => {
                     let name = pkg.name().to_string();
                     if let Some(first) = reg.by_name.get(&name) {
@@ -210,9 +215,29 @@ impl ToolRegistry {
         }
         reg
     }
+
+    /// Keeps only the tools `loaded` lists with the same digest (what an executor compiled and
+    /// linked); the others become refusals with the executor's reason.
+    pub fn keep_loaded(&mut self, loaded: &[(String, String)], refused: &[(PathBuf, String)]) {
+        let names: Vec<String> = self.by_name.keys().cloned().collect();
+        for name in names {
+            let pkg = &self.by_name[&name];
+            if loaded.iter().any(|(n, sha)| *n == name && *sha == pkg.manifest.wasm_sha256) {
+                continue;
+            }
+            let reason = refused
+                .iter()
+                .find(|(p, _)| *p == pkg.dir)
+                .map(|(_, r)| r.clone())
+                .unwrap_or_else(|| "the executor did not load it (see its log)".into());
+            tracing::warn!(package = %pkg.dir.display(), %reason, "tool package refused");
+            let pkg = self.by_name.remove(&name).expect("listed");
+            self.refusals.push(Refusal { path: pkg.dir.clone(), reason });
+        }
+    }
 }
 
-fn load_package(dir: &Path, engine: &Engine, cache: &ModuleCache) -> Result<ToolPackage, String> {
+fn load_package(dir: &Path, compile: Option<(&Engine, &ModuleCache)>) -> Result<ToolPackage, String> {
     let text = std::fs::read_to_string(dir.join("tool.toml")).map_err(|e| format!("reading tool.toml: {e}"))?;
     let manifest = Manifest::parse(&text).map_err(|e| e.to_string())?;
     let wasm_path = dir.join("tool.wasm");
@@ -225,25 +250,13 @@ fn load_package(dir: &Path, engine: &Engine, cache: &ModuleCache) -> Result<Tool
     if digest != manifest.wasm_sha256 {
         return Err(format!("tool.wasm has sha256 {digest}, but tool.toml pins {}", manifest.wasm_sha256));
     }
-    wasmtime::Module::validate(engine, &wasm).map_err(|e| format!("tool.wasm is not a valid module: {e:#}"))?;
-    let cache_name = format!("tool-{}", manifest.name);
-    cache.ensure(engine, &cache_name, &wasm, &digest, false).map_err(|e| e.to_string())?;
-    let module = cache.load(engine, &cache_name, &digest).map_err(|e| e.to_string())?;
-    match module.get_export("_start") {
-        Some(ExternType::Func(f)) if f.params().len() == 0 && f.results().len() == 0 => {}
-        _ => return Err("tool.wasm is not a WASI command (it has no `_start` function)".into()),
-    }
-    for import in module.imports() {
-        if import.module() != "wasi_snapshot_preview1" {
-            return Err(format!("tool.wasm imports {}.{}, which warden does not provide to tools", import.module(), import.name()));
-        }
-    }
+    let pre = match compile {
+        Some((engine, cache)) => Some(compile_tool(&manifest.name, &wasm, &digest, engine, cache)?),
+        None => None,
+    };
     let schemas = manifest.schemas().map_err(|e| e.to_string())?;
     let input_validator = jsonschema::validator_for(&schemas.input).map_err(|e| format!("input_schema: {e}"))?;
     let output_validator = schemas.output.as_ref().map(jsonschema::validator_for).transpose().map_err(|e| format!("output_schema: {e}"))?;
-    let pre = crate::sandbox::linker(engine)
-        .and_then(|l| l.instantiate_pre(&module))
-        .map_err(|e| format!("tool.wasm cannot be linked: {e:#}"))?;
     Ok(ToolPackage {
         manifest,
         dir: dir.to_path_buf(),
@@ -255,13 +268,23 @@ fn load_package(dir: &Path, engine: &Engine, cache: &ModuleCache) -> Result<Tool
     })
 }
 
-/// One finished tool run.
-pub struct ToolRun {
-    pub report: crate::sandbox::RunReport,
-    pub workspace: Arc<crate::sandbox::Workspace>,
-    /// The tool's result, or the message that explains why there is none (its stderr, or what
-    /// was wrong with its output).
-    pub value: Result<serde_json::Value, String>,
+/// Compiles (through the cache) and links a tool's module, refusing one that is not a WASI
+/// command importing only preview1.
+fn compile_tool(name: &str, wasm: &[u8], digest: &str, engine: &Engine, cache: &ModuleCache) -> Result<InstancePre<GuestState>, String> {
+    wasmtime::Module::validate(engine, wasm).map_err(|e| format!("tool.wasm is not a valid module: {e:#}"))?;
+    let cache_name = format!("tool-{name}");
+    cache.ensure(engine, &cache_name, wasm, digest, false).map_err(|e| e.to_string())?;
+    let module = cache.load(engine, &cache_name, digest).map_err(|e| e.to_string())?;
+    match module.get_export("_start") {
+        Some(ExternType::Func(f)) if f.params().len() == 0 && f.results().len() == 0 => {}
+        _ => return Err("tool.wasm is not a WASI command (it has no `_start` function)".into()),
+    }
+    for import in module.imports() {
+        if import.module() != "wasi_snapshot_preview1" {
+            return Err(format!("tool.wasm imports {}.{}, which warden does not provide to tools", import.module(), import.name()));
+        }
+    }
+    crate::sandbox::linker(engine).and_then(|l| l.instantiate_pre(&module)).map_err(|e| format!("tool.wasm cannot be linked: {e:#}"))
 }
 
 /// Longest tool error message passed on.
@@ -271,26 +294,11 @@ fn clip(s: &str) -> String {
     s.trim().chars().take(MAX_MESSAGE_CHARS).collect()
 }
 
-/// Runs `tool` once with `args` in a fresh workspace under `parent`, on the calling thread
-/// (which must be a guest thread), and interprets its output.
-pub fn run_tool(
-    tool: &ToolPackage,
-    grant: &Grant,
-    args: &serde_json::Value,
-    parent: &Path,
-    cancel: &crate::sandbox::CancelHandle,
-) -> Result<ToolRun, crate::sandbox::SandboxError> {
-    use crate::sandbox::{CommandSpec, Outcome, Workspace};
-    let ws = Arc::new(Workspace::create(parent, "tool-")?);
-    let spec = CommandSpec {
-        pre: &tool.pre,
-        args: vec![tool.name().to_string()],
-        stdin: serde_json::to_vec(args).expect("JSON serializes"),
-        limits: grant.limits.clone(),
-        env: grant.env.clone(),
-        mounts: grant.mounts.clone(),
-    };
-    let mut report = crate::sandbox::run_command(&spec, &ws, cancel)?;
+/// Reads a tool's result from its run's report: the JSON on its stdout, checked against its
+/// output schema, or the message that explains why there is none (its stderr, or what was
+/// wrong with its output). A run that exited 0 with a bad result is reported as an error.
+pub fn interpret(tool: &ToolPackage, report: &mut crate::sandbox::RunReport) -> Result<serde_json::Value, String> {
+    use crate::sandbox::Outcome;
     let value = match report.outcome {
         Outcome::Ok => match serde_json::from_str::<serde_json::Value>(&report.stdout) {
             Ok(v) => tool.check_output(&v).map(|()| v),
@@ -306,7 +314,7 @@ pub fn run_tool(
         report.outcome = Outcome::Error;
         report.message = Some(m.clone());
     }
-    Ok(ToolRun { report, workspace: ws, value })
+    value
 }
 
 /// The MCP descriptor of a tool (also what code mode's `list` returns).

@@ -54,6 +54,9 @@ impl Default for HttpOptions {
 pub struct Health {
     /// The host hardening achieved at startup, reported as `"hardening"`.
     pub hardening: Option<crate::harden::Report>,
+    /// Paths each executor is asked to open from inside when the detail is shown: the front's
+    /// own files (audit log, auth files) and every profile's mounts.
+    pub probe_paths: Vec<std::path::PathBuf>,
 }
 
 #[derive(Clone)]
@@ -166,12 +169,15 @@ async fn healthz(State(s): State<AppState>, headers: axum::http::HeaderMap) -> i
     let profiles = s.exec.profiles();
     body.insert("policy".into(), json!(profiles.default));
     body.insert("profiles".into(), json!(profiles.by_name.keys().collect::<Vec<_>>()));
-    body.insert("runtimes".into(), json!(s.exec.executor().runtimes().languages().collect::<Vec<_>>()));
+    body.insert("runtimes".into(), json!(s.exec.executors().languages()));
     body.insert("executions_running".into(), json!(s.exec.inflight()));
     body.insert("sessions".into(), json!(s.exec.sessions.len()));
     if let Some(hardening) = &s.health.hardening {
         body.insert("hardening".into(), json!(hardening));
     }
+    // The process tree: this front, and each executor with its confinement probed from inside.
+    body.insert("pid".into(), json!(std::process::id()));
+    body.insert("executors".into(), json!(s.exec.executors().describe(&s.health.probe_paths).await));
     Json(serde_json::Value::Object(body))
 }
 

@@ -211,10 +211,29 @@ pub async fn start_tenants(files: &ServerFiles, policy: &Path, principals: &[&st
     start_http(files, Some(policy), &["--auth", auth_file.to_str().unwrap()]).await
 }
 
-/// What a directory tree and the files a process holds open beneath it occupy on the host:
+/// `pid` and every process below it (a server's spawner and executors), from `/proc`.
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let parent_of = |p: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        stat[stat.rfind(')')? + 2..].split_whitespace().nth(1)?.parse().ok()
+    };
+    let all: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok()).filter_map(|p| Some((p, parent_of(p)?))).collect())
+        .unwrap_or_default();
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(all.iter().filter(|&&(_, pp)| pp == parent).map(|&(p, _)| p));
+        i += 1;
+    }
+    tree
+}
+
+/// What a directory tree and the files a server holds open beneath it occupy on the host:
 /// `(bytes, inodes)`. Bytes are each inode's length or allocated blocks, whichever is larger;
 /// the walk has no depth limit; files unlinked while still open are found through
-/// `/proc/PID/fd`.
+/// `/proc/PID/fd` of the server and every process below it (its executors hold the guests').
 pub fn host_usage(dir: &Path, pid: u32) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
     fn walk(dir: &Path, seen: &mut std::collections::HashSet<(u64, u64)>, total: &mut (u64, u64)) {
@@ -233,7 +252,7 @@ pub fn host_usage(dir: &Path, pid: u32) -> (u64, u64) {
     let mut seen = std::collections::HashSet::new();
     let mut total = (0, 0);
     walk(dir, &mut seen, &mut total);
-    if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+    for fds in process_tree(pid).into_iter().filter_map(|p| std::fs::read_dir(format!("/proc/{p}/fd")).ok()) {
         for fd in fds.flatten() {
             let Ok(target) = std::fs::read_link(fd.path()) else { continue };
             let t = target.to_string_lossy();

@@ -117,6 +117,22 @@ fn doctor_reports_the_kernel_and_passes_its_self_test() {
     let checks = r["self_test"].as_array().unwrap();
     assert!(checks.len() >= 12);
     assert!(checks.iter().all(|c| c["ok"] == true), "{checks:#?}");
+    // The executor path `serve` uses: a confined spawner, one confined executor running both
+    // languages, and reads of the front's files refused from inside it.
+    for needed in ["python runs in a confined executor process", "javascript runs in a confined executor process"] {
+        assert!(checks.iter().any(|c| c["check"] == needed), "{needed}: {checks:#?}");
+    }
+    assert!(
+        checks.iter().any(|c| c["check"].as_str().unwrap().ends_with("reading /etc/passwd is refused")
+            && c["check"].as_str().unwrap().starts_with("executor ")),
+        "{checks:#?}"
+    );
+    let tree = &r["processes"];
+    assert_eq!(tree["spawner"]["hardening"]["landlock"]["status"], "full", "{tree:#}");
+    let executors = tree["executors"].as_array().unwrap();
+    assert_eq!(executors.len(), 1, "{tree:#}");
+    assert!(executors[0]["pid"].as_u64().is_some_and(|p| p != tree["spawner"]["pid"].as_u64().unwrap()), "{tree:#}");
+    assert_eq!(executors[0]["hardening"]["seccomp"]["status"], "enforced", "{tree:#}");
     let out = warden(&["doctor", "--no-self-test", "--policy", "strict"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("hardening mode enforce") && text.contains("ENOSYS"), "{text}");
@@ -210,3 +226,260 @@ async fn guest_planted_symlinks_do_not_lead_the_host_outside_the_workspace() {
     let (_, s) = exec(&client, py("print('alive')")).await;
     assert_eq!(s["stdout"], "alive\n");
 }
+
+/// Parent pid of `pid`, from `/proc/PID/status`.
+fn ppid_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse().ok())
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| ppid_of(p) == Some(pid))
+        .collect()
+}
+
+/// The executor processes of server `front`: the children of its spawner (its one child).
+fn executors_of(front: u32) -> Vec<u32> {
+    let spawners = children_of(front);
+    assert_eq!(spawners.len(), 1, "the front's only child is its spawner: {spawners:?}");
+    let cmdline = std::fs::read_to_string(format!("/proc/{}/cmdline", spawners[0])).unwrap();
+    assert!(cmdline.contains("spawner\0--fd"), "{cmdline:?}");
+    children_of(spawners[0])
+}
+
+/// `(total virtual bytes mapped, whether any mapping is a file under `dir`)` of `pid`.
+fn maps_of(pid: u32, dir: &std::path::Path) -> (u64, bool) {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut total = 0u64;
+    let mut under = false;
+    for line in maps.lines() {
+        let range = line.split_whitespace().next().unwrap();
+        let (a, b) = range.split_once('-').unwrap();
+        total += u64::from_str_radix(b, 16).unwrap() - u64::from_str_radix(a, 16).unwrap();
+        under |= line.contains(&*dir.to_string_lossy());
+    }
+    (total, under)
+}
+
+/// Two profiles with different mounts (so two executor groups), served with bearer tokens:
+/// `token-a` gets profile `pa` (mount `a/` at /data), `token-b` profile `pb` (mount `b/`).
+async fn two_group_server(files: &ServerFiles, extra: &[&str]) -> HttpServer {
+    let dir = files.dir.path();
+    for (name, sub) in [("pa", "a"), ("pb", "b")] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+        std::fs::write(dir.join(sub).join("secret.txt"), format!("only {name} may read this")).unwrap();
+        let text = include_str!("../../policies/default.toml")
+            .replace("name = \"default\"", &format!("name = \"{name}\""))
+            .replace("mode = \"best-effort\"", "mode = \"enforce\"")
+            + &format!("\n[[mounts]]\nhost = {:?}\nguest = \"/data\"\nmode = \"ro\"\n", dir.join(sub).display().to_string());
+        std::fs::write(dir.join(format!("{name}.toml")), text).unwrap();
+    }
+    let sha = |t: &str| warden::digest::sha256_hex(t.as_bytes());
+    let auth = format!(
+        "[[roles]]\nname = \"ra\"\nprofile = \"pa.toml\"\n\n[[roles]]\nname = \"rb\"\nprofile = \"pb.toml\"\n\n\
+         [[tokens]]\nprincipal = \"a\"\nsha256 = {:?}\nroles = [\"ra\"]\n\n[[tokens]]\nprincipal = \"b\"\nsha256 = {:?}\nroles = [\"rb\"]\n",
+        sha("token-a"),
+        sha("token-b")
+    );
+    let auth_file = dir.join("auth.toml");
+    std::fs::write(&auth_file, auth).unwrap();
+    let mut args = vec!["--auth", auth_file.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let pa = dir.join("pa.toml");
+    start_http(files, Some(&pa), &args).await
+}
+
+#[tokio::test]
+async fn guests_run_in_confined_executor_processes_and_the_front_maps_no_guest_code() {
+    require_hardening!();
+    let files = ServerFiles::new();
+    let server = two_group_server(&files, &["--executors", "1"]).await;
+    let front = server.child.id().unwrap();
+    for token in ["token-a", "token-b"] {
+        let r = stateless_call(&server.url, token, "execute_code", py("print(open('/data/secret.txt').read())")).await;
+        let s = &r["result"]["structuredContent"];
+        assert_eq!(s["outcome"], "ok", "{r:#}");
+    }
+
+    // Two groups, one executor each: processes of their own, started by exec (their own
+    // binary image) from the spawner, not threads or forks of the front.
+    let executors = executors_of(front);
+    assert_eq!(executors.len(), 2, "{executors:?}");
+    let cache = common::home().cache();
+    let (front_vm, front_maps_cache) = maps_of(front, &cache);
+    assert!(!front_maps_cache, "the front maps no compiled module");
+    assert!(front_vm < 16 << 30, "the front reserves no guest memory: {front_vm} bytes mapped");
+    for &pid in &executors {
+        let (vm, maps_cache) = maps_of(pid, &cache);
+        assert!(maps_cache && vm > 16 << 30, "executor {pid} holds the compiled code and guest memory ({vm} bytes)");
+        assert_eq!(std::fs::read_link(format!("/proc/{pid}/exe")).unwrap(), std::fs::read_link(format!("/proc/{front}/exe")).unwrap());
+        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+        assert!(cmdline.contains("executor\0--channel-fd"), "{cmdline:?}");
+        let threads = threads_of(pid);
+        assert!(threads.iter().all(|&(s, n)| s == 2 && n == 1), "every executor thread filtered: {threads:?}");
+        let oom: i32 = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap().trim().parse().unwrap();
+        assert_eq!(oom, 1000, "the kernel's OOM killer picks executors first");
+    }
+
+    // From inside each executor: its own group's mount opens; the other group's, the audit log
+    // and the auth file do not; no socket can be made.
+    let health: Value =
+        reqwest::Client::new().get(format!("{}/healthz", server.base)).bearer_auth("token-a").send().await.unwrap().json().await.unwrap();
+    assert_eq!(health["pid"], front);
+    let views = health["executors"].as_array().unwrap();
+    assert_eq!(views.len(), 2, "{health:#}");
+    let dir = files.dir.path().to_string_lossy().to_string();
+    for v in views {
+        assert!(executors.contains(&(v["pid"].as_u64().unwrap() as u32)), "{v:#}");
+        assert_eq!(v["all_threads_filtered"], true, "{v:#}");
+        assert_eq!(v["socket_refused"], true, "{v:#}");
+        assert_eq!(v["hardening"]["landlock"]["status"], "full");
+        let own = v["group"]["read_only"][0].as_str().unwrap().to_string();
+        let opens = v["opens"].as_array().unwrap();
+        for p in opens {
+            let path = p["path"].as_str().unwrap();
+            let expected = path == own;
+            assert_eq!(p["opened"], expected, "executor of {own} opening {path}: {p:#}");
+        }
+        for needed in [format!("{dir}/a"), format!("{dir}/b"), format!("{dir}/auth.toml"), format!("{dir}/audit.jsonl")] {
+            assert!(opens.iter().any(|p| p["path"] == needed.as_str()), "{needed} probed: {opens:#?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_reload_retires_executors_no_profile_needs_and_refuses_mounts_they_cannot_reach() {
+    require_hardening!();
+    let files = ServerFiles::new();
+    let server = two_group_server(&files, &["--executors", "1"]).await;
+    let front = server.child.id().unwrap();
+    let before = executors_of(front);
+    assert_eq!(before.len(), 2, "{before:?}");
+    let dir = files.dir.path().to_path_buf();
+    let reloads = |n| audit_events(&files, "policy.reload", n, Duration::from_secs(10));
+    let remount = |sub: &str| {
+        let pb = dir.join("pb.toml");
+        let text = std::fs::read_to_string(&pb).unwrap();
+        let from = text.lines().find(|l| l.starts_with("host = ")).unwrap().to_string();
+        std::fs::write(&pb, text.replace(&from, &format!("host = {:?}", dir.join(sub).display().to_string()))).unwrap();
+    };
+
+    // pb now mounts a/, like pa: one group is left, and b's executor is stopped and not replaced.
+    remount("a");
+    // SAFETY: a plain kill(2) of the server this test started.
+    unsafe { libc::kill(front as i32, libc::SIGHUP) };
+    let events = reloads(1).await;
+    assert_eq!(events[0]["result"], "ok", "{:?}", events[0]);
+    let started = std::time::Instant::now();
+    let after = loop {
+        let now = executors_of(front);
+        if now.len() == 1 {
+            break now;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the unused group's executor is still there: {now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(before.contains(&after[0]), "the survivor is one of the original executors: {before:?} {after:?}");
+    let r = stateless_call(&server.url, "token-b", "execute_code", py("print(open('/data/secret.txt').read())")).await;
+    assert_eq!(r["result"]["structuredContent"]["stdout"], "only pa may read this\n", "{r:#}");
+
+    // A mount the spawner was not given at start cannot be reached by any executor it starts:
+    // the reload is refused and says to restart.
+    std::fs::create_dir_all(dir.join("c")).unwrap();
+    remount("c");
+    // SAFETY: as above.
+    unsafe { libc::kill(front as i32, libc::SIGHUP) };
+    let events = reloads(2).await;
+    assert_eq!(events[1]["result"], "error", "{:?}", events[1]);
+    assert!(events[1]["error"].as_str().unwrap().contains("restart the server to add a mount"), "{:?}", events[1]);
+    let r = stateless_call(&server.url, "token-b", "execute_code", py("print(open('/data/secret.txt').read())")).await;
+    assert_eq!(r["result"]["structuredContent"]["stdout"], "only pa may read this\n", "{r:#}");
+    let metrics = reqwest::get(format!("{}/metrics", server.base)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("warden_executor_restarts_total 0"), "a retired executor is no crash: {metrics}");
+}
+
+#[tokio::test]
+async fn a_killed_executor_fails_only_its_own_calls_and_loses_only_its_sessions() {
+    require_hardening!();
+    let files = ServerFiles::new();
+    let server = start_http(&files, None, &["--executors", "2"]).await;
+    let front = server.child.id().unwrap();
+    let client = connect_http(&server.url, None).await;
+    let r = call(&client, "create_session", json!({"language": "python"})).await.unwrap();
+    let sid = r.structured_content.unwrap()["session_id"].as_str().unwrap().to_string();
+    let (_, s) = exec(&client, json!({"language": "python", "code": "k = 5", "session_id": sid})).await;
+    assert_eq!(s["outcome"], "ok");
+
+    // Two slow calls at once: placement puts one on each executor.
+    let slow = py("import time\ntime.sleep(3)\nprint('survived')");
+    let (c1, c2) = (connect_http(&server.url, None).await, connect_http(&server.url, None).await);
+    let (s1, s2) = (slow.clone(), slow.clone());
+    let first = tokio::spawn(async move { exec(&c1, s1).await.1 });
+    let second = tokio::spawn(async move { exec(&c2, s2).await.1 });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let executors = executors_of(front);
+    assert_eq!(executors.len(), 2, "{executors:?}");
+    let victim = executors[0];
+    // SAFETY: a plain kill(2) of a process this test's server started.
+    assert_eq!(unsafe { libc::kill(victim as i32, libc::SIGKILL) }, 0);
+    let outcomes = [first.await.unwrap(), second.await.unwrap()];
+    let crashed: Vec<&Value> = outcomes.iter().filter(|s| s["outcome"] == "crashed").collect();
+    let fine: Vec<&Value> = outcomes.iter().filter(|s| s["outcome"] == "ok").collect();
+    assert_eq!((crashed.len(), fine.len()), (1, 1), "exactly the victim's call failed: {outcomes:#?}");
+    assert_eq!(fine[0]["stdout"], "survived\n");
+    assert!(crashed[0]["message"].as_str().unwrap().contains("Retry"), "{:#}", crashed[0]);
+
+    // The survivor keeps serving, and the victim is replaced within a bounded time.
+    let (_, s) = exec(&client, py("print(6 * 7)")).await;
+    assert_eq!(s["outcome"], "ok", "{s:#}");
+    assert_eq!(s["stdout"], "42\n");
+    let killed = std::time::Instant::now();
+    let replaced = loop {
+        let now = executors_of(front);
+        if now.len() == 2 && !now.contains(&victim) {
+            break now;
+        }
+        assert!(killed.elapsed() < Duration::from_secs(30), "no replacement: {now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!("executor replaced within {:?} of the check: {replaced:?}", killed.elapsed());
+    assert!(!std::path::Path::new(&format!("/proc/{victim}")).exists(), "the killed executor was reaped");
+    // The session is either intact (it was on the survivor) or lost with a clear message.
+    let turn = call(&client, "execute_code", json!({"language": "python", "code": "print(k)", "session_id": sid})).await;
+    match turn {
+        Ok(r) if r.is_error != Some(true) => assert_eq!(r.structured_content.unwrap()["stdout"], "5\n"),
+        Ok(r) => assert!(text_of(&r).contains("was lost"), "{}", text_of(&r)),
+        Err(e) => assert!(e.to_string().contains("was lost"), "{e}"),
+    }
+
+    // Each crashed call has its end in the audit log, and the chain verifies.
+    let ends = audit_events(&files, "execution", 4, Duration::from_secs(5)).await;
+    assert!(ends.iter().any(|e| e["outcome"] == "crashed"), "{ends:#?}");
+    let out = Command::new(env!("CARGO_BIN_EXE_warden")).args(["audit", "verify"]).arg(files.audit_log()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let metrics = reqwest::get(format!("{}/metrics", server.base)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("warden_executor_restarts_total 1"), "{metrics}");
+    // Nothing of the crashed call is left on disk.
+    let root = process_workspaces(front).unwrap();
+    let left: Vec<_> = walk_names(&root).into_iter().filter(|n| n.starts_with("call-")).collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// Every file and directory name under `dir`.
+fn walk_names(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        out.push(e.file_name().to_string_lossy().into_owned());
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(walk_names(&e.path()));
+        }
+    }
+    out
+}
+/// The spawner, which starts executors (after the macro above, which it uses).
+mod spawner;

@@ -34,8 +34,23 @@ fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
 }
 
-fn entries(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+/// Call and session directories left under a server's workspaces: those in each executor's
+/// own directory (`x0`, `x1`, ...), which lives as long as the executor slot does.
+fn leftovers(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut left = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let slot = e.file_name().to_string_lossy().strip_prefix('x').is_some_and(|n| n.parse::<u32>().is_ok());
+        match std::fs::read_dir(e.path()) {
+            Ok(inner) if slot => left.extend(inner.flatten().map(|i| i.path())),
+            _ => left.push(e.path()),
+        }
+    }
+    left
+}
+
+/// Open descriptors of every executor of the server `pid` (the processes below its spawner).
+fn executor_fds(pid: u32) -> usize {
+    process_tree(pid).into_iter().skip(2).map(open_fds).sum()
 }
 
 async fn run_calls(url: &str, from: usize, to: usize) -> (Vec<Duration>, Vec<String>) {
@@ -94,7 +109,7 @@ async fn two_thousand_mixed_calls_from_sixteen_clients_leak_nothing() {
     let (_, errors) = run_calls(&server.url, 0, 100).await;
     assert!(errors.is_empty(), "{errors:#?}");
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (rss0, fds0) = (rss_kib(pid), open_fds(pid));
+    let (rss0, fds0, xfds0) = (rss_kib(pid), open_fds(pid), executor_fds(pid));
 
     let started = Instant::now();
     let (mut lat, errors) = run_calls(&server.url, 100, 100 + CALLS).await;
@@ -115,13 +130,12 @@ async fn two_thousand_mixed_calls_from_sixteen_clients_leak_nothing() {
     tokio::time::sleep(Duration::from_millis(3000)).await;
     let (rss1, fds1) = (rss_kib(pid), open_fds(pid));
     eprintln!("soak: RSS {rss0} KiB -> {rss1} KiB; open fds {fds0} -> {fds1}");
-    assert_eq!(
-        entries(&workspaces),
-        0,
-        "workspaces leaked: {:?}",
-        std::fs::read_dir(&workspaces).unwrap().flatten().map(|e| e.file_name()).collect::<Vec<_>>()
-    );
+    let left = leftovers(&workspaces);
+    assert!(left.is_empty(), "workspaces leaked: {left:?}");
     assert!(fds1 <= fds0 + 4, "file descriptors leaked: {fds0} -> {fds1}");
+    let xfds1 = executor_fds(pid);
+    eprintln!("soak: executors' open fds {xfds0} -> {xfds1}");
+    assert!(xfds1 <= xfds0 + 4, "executors leaked file descriptors: {xfds0} -> {xfds1}");
     assert!(rss1 <= rss0 + RSS_BOUND_KIB, "RSS grew from {rss0} KiB to {rss1} KiB");
     let client = connect_http(&server.url, None).await;
     crate::alive(&client).await;
