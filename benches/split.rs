@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use warden::executor::Executor;
 use warden::policy::{HardeningMode, Policy};
 use warden::runtime::Language;
-use warden::sandbox::{CancelHandle, Outcome, Workspace};
+use warden::sandbox::{CancelHandle, ExecSpec, Outcome, Workspace};
 use warden::server::ExecutorPlan;
 use warden::service::Profiles;
 use warden::service::calls::run_fresh;
@@ -66,13 +66,13 @@ fn main() {
     let executors = rt.block_on(plan.start(launcher, root.join("split"), &mut ToolRegistry::load(&[], None))).unwrap();
     let executor_pid = executors.live()[0].pid.to_string();
 
-    let run_local = |spec| {
+    let run_local = |spec: &ExecSpec| {
         rt.block_on(async {
             let ws = Arc::new(Workspace::create(&root, "local-").unwrap());
             local.run_fresh(ws, spec, &[], &CancelHandle::new(), None).await.unwrap()
         })
     };
-    let run_split = |spec| rt.block_on(run_fresh(&executors, &key, spec, &[], &CancelHandle::new(), None)).unwrap().0;
+    let run_split = |spec: &ExecSpec| rt.block_on(run_fresh(&executors, &key, spec, &[], &CancelHandle::new(), None)).unwrap().0;
 
     println!("fresh hello, in-process vs executor process, {n} interleaved pairs:");
     for (lang, code) in [(Language::Python, "print('hello')"), (Language::Javascript, "console.log('hello')")] {
