@@ -5,7 +5,9 @@
 //! alternating order, so both see the same noisy machine; the figure that matters is the median
 //! of the paired differences. CPU per call adds the executor process's CPU to this process's.
 //!
-//! `cargo bench --bench split` after `scripts/setup` (`WARDEN_BENCH_RUNS`, default 200).
+//! `cargo bench --bench split` after `scripts/setup` (`WARDEN_BENCH_RUNS`, default 200;
+//! `WARDEN_BENCH_HARDENING=off` starts the executor unconfined, to tell the channel's cost from
+//! the confinement's, default `best-effort` as `serve` runs it).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -59,8 +61,10 @@ fn main() {
     // In-process: the executor library on this process's engine.
     let local = Executor::new(common::sandbox().clone());
     // Split: one executor process, confined as `serve` would (best-effort), started directly.
+    let hardening: HardeningMode =
+        std::env::var("WARDEN_BENCH_HARDENING").ok().map(|v| v.parse().expect("WARDEN_BENCH_HARDENING")).unwrap_or_default();
     let profiles = Profiles::single(Policy::load("default").unwrap());
-    let plan = ExecutorPlan::new(&home, &profiles, Language::ALL.to_vec(), &[], HardeningMode::BestEffort, 1);
+    let plan = ExecutorPlan::new(&home, &profiles, Language::ALL.to_vec(), &[], hardening, 1);
     let key = plan.groups[0].clone();
     let launcher = Arc::new(DirectLauncher::new(PathBuf::from(env!("CARGO_BIN_EXE_warden"))));
     let executors = rt.block_on(plan.start(launcher, root.join("split"), &mut ToolRegistry::load(&[], None))).unwrap();
@@ -74,7 +78,7 @@ fn main() {
     };
     let run_split = |spec: &ExecSpec| rt.block_on(run_fresh(&executors, &key, spec, &[], &CancelHandle::new(), None)).unwrap().0;
 
-    println!("fresh hello, in-process vs executor process, {n} interleaved pairs:");
+    println!("fresh hello, in-process vs executor process (hardening {}), {n} interleaved pairs:", hardening.to_string());
     for (lang, code) in [(Language::Python, "print('hello')"), (Language::Javascript, "console.log('hello')")] {
         let spec = common::spec(lang, code);
         for _ in 0..5 {
@@ -109,7 +113,7 @@ fn main() {
         );
         println!(
             "BENCH {}",
-            serde_json::json!({"bench": "split", "language": lang.as_str(), "runs": n, "in_process_median_ms": l,
+            serde_json::json!({"bench": "split", "language": lang.as_str(), "runs": n, "hardening": hardening.to_string(), "in_process_median_ms": l,
                 "split_median_ms": s, "paired_difference_median_ms": d,
                 "cpu_ms_per_call_in_process": local_cpu * 1e3 / n as f64, "cpu_ms_per_call_split": split_cpu * 1e3 / n as f64})
         );
