@@ -75,14 +75,23 @@ pub fn recv_blocking<T: DeserializeOwned>(stream: &mut std::os::unix::net::UnixS
 /// Writes one message with blocking I/O: an executor's last word when it could not start
 /// ([`proto::Reply::NotStarted`]), sent whether or not it got as far as making a runtime.
 pub fn send_blocking<T: Serialize>(stream: &mut std::os::unix::net::UnixStream, msg: &T) -> Result<(), ChannelError> {
-    use std::io::Write;
     let body = serde_json::to_vec(msg).map_err(|e| ChannelError::Malformed(e.to_string()))?;
     if body.len() > MAX_FRAME {
         return Err(ChannelError::TooLarge);
     }
     let mut frame = (body.len() as u32).to_be_bytes().to_vec();
     frame.extend_from_slice(&body);
-    stream.write_all(&frame)?;
+    // write(2), not std's socket write (sendto): an executor that fails during setup still runs
+    // under the spawner's inherited filter, which allows write but not sendto.
+    let mut rest = &frame[..];
+    while !rest.is_empty() {
+        match rustix::io::write(&*stream, rest) {
+            Ok(0) => return Err(ChannelError::Io(std::io::ErrorKind::WriteZero.into())),
+            Ok(n) => rest = &rest[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(ChannelError::Io(e.into())),
+        }
+    }
     Ok(())
 }
 
