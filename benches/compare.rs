@@ -142,28 +142,233 @@ async fn hammer(url: &str, clients: usize, total: usize, limit: Duration, code: 
     (all.len(), errors.load(Ordering::Relaxed), elapsed, all)
 }
 
+/// The builds the throughput run compares: this one (guests in executor processes) and, when
+/// `WARDEN_BENCH_BASELINE_BIN` names a pre-split build (`benches/split-throughput` makes one),
+/// that one with its data directory `WARDEN_BENCH_BASELINE_HOME` (default: the same).
+fn variants() -> Vec<(&'static str, harness::Server)> {
+    let mut v = vec![("split", harness::Server::default())];
+    if let Some(bin) = std::env::var_os("WARDEN_BENCH_BASELINE_BIN") {
+        let home = std::env::var_os("WARDEN_BENCH_BASELINE_HOME").map(Into::into).unwrap_or_else(|| harness::Server::default().home);
+        v.push(("in-process", harness::Server { bin: bin.into(), home }));
+    }
+    v
+}
+
+/// One stateless MCP 2026-07-28 `tools/call` of Python hello, as the load generators send it.
+fn stateless_body() -> String {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "execute_code",
+        "arguments": {"language": "python", "code": "print('hello')"},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}}})
+    .to_string()
+}
+
+const STATELESS_HEADERS: [(&str, &str); 5] = [
+    ("content-type", "application/json"),
+    ("accept", "application/json, text/event-stream"),
+    ("mcp-protocol-version", "2026-07-28"),
+    ("mcp-method", "tools/call"),
+    ("mcp-name", "execute_code"),
+];
+
+/// `clients` keep-alive connections (one HTTP client each, no MCP session) POSTing stateless
+/// calls until `total` are done or `limit` passes. Returns (calls, errors, elapsed, sorted
+/// latencies); an error is any answer whose structured outcome is not ok.
+async fn stateless_hammer(url: &str, clients: usize, total: usize, limit: Duration) -> (usize, usize, Duration, Vec<Duration>) {
+    let body = stateless_body();
+    let next = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let deadline = started + limit;
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (next, errors, url, body) = (next.clone(), errors.clone(), url.to_string(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::builder().pool_max_idle_per_host(1).build().expect("client");
+            let mut lat = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < total && Instant::now() < deadline {
+                let t = Instant::now();
+                let mut req = http.post(&url).body(body.clone());
+                for (k, v) in STATELESS_HEADERS {
+                    req = req.header(k, v);
+                }
+                let text = match req.send().await {
+                    Ok(r) => r.text().await.unwrap_or_default(),
+                    Err(_) => String::new(),
+                };
+                lat.push(t.elapsed());
+                if !text.contains(r#""outcome":"ok""#) {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("client task"));
+    }
+    let elapsed = started.elapsed();
+    all.sort();
+    (all.len(), errors.load(Ordering::Relaxed), elapsed, all)
+}
+
+/// `pid` and every process descended from it (the front, its spawner, the executors).
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        let Some(ppid) = stat.rfind(')').and_then(|i| stat[i + 2..].split_whitespace().nth(1)).and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        parents.push((p, ppid));
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    tree
+}
+
+/// CPU seconds used so far by `pid`'s whole process tree.
+fn tree_cpu(pid: u32) -> f64 {
+    process_tree(pid)
+        .iter()
+        .filter_map(|p| std::fs::metadata(format!("/proc/{p}/stat")).ok().map(|_| cpu_seconds(&format!("/proc/{p}/stat"))))
+        .sum()
+}
+
+/// TLB-shootdown interrupts so far, all CPUs (the `TLB` line of `/proc/interrupts`; 0 where
+/// there is none). Machine-wide: the load generator's share is in it too.
+fn tlb_shootdowns() -> u64 {
+    let text = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.trim_start().strip_prefix("TLB:"))
+        .map(|rest| rest.split_whitespace().map_while(|w| w.parse::<u64>().ok()).sum())
+        .unwrap_or(0)
+}
+
+/// HTTP throughput of Python hello at 1 and 16 clients, stateless calls over keep-alive
+/// connections, for each build of [`variants`], in alternating order over
+/// `WARDEN_BENCH_ROUNDS` rounds (default 2) so both see the same machine. CPU per call is the
+/// server's whole process tree; TLB shootdowns per call are machine-wide. Then, when `wrk` is
+/// on PATH, the same request from wrk against this build at 16 connections, to check the
+/// load generator against a standard one.
 async fn throughput() {
     let files = ServerFiles::new();
     let policy = load_policy(&files, 16);
-    let server = harness::start_http(&files, Some(&policy), &[]).await;
-    let total = runs() * 60;
-    let pid = server.child.id().expect("pid");
-    let (server_cpu, own_cpu) = (cpu_seconds(&format!("/proc/{pid}/stat")), cpu_seconds("/proc/self/stat"));
-    let (done, errors, elapsed, lat) = hammer(&server.url, 16, total, Duration::from_secs(60), "print('hello')").await;
-    let server_cpu = cpu_seconds(&format!("/proc/{pid}/stat")) - server_cpu;
-    let own_cpu = cpu_seconds("/proc/self/stat") - own_cpu;
-    let rate = done as f64 / elapsed.as_secs_f64();
+    let variants = variants();
+    let rounds: usize = std::env::var("WARDEN_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    let mut results: Vec<(String, usize, Vec<(f64, f64, f64, f64, f64)>)> = Vec::new();
+    for round in 0..rounds {
+        let mut order: Vec<usize> = (0..variants.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for &v in &order {
+            let (name, server) = &variants[v];
+            let http = harness::start_http_of(server, &files, Some(&policy), &[]).await;
+            let pid = http.child.id().expect("pid");
+            // Warm every executor before measuring.
+            stateless_hammer(&http.url, 4, 40, Duration::from_secs(30)).await;
+            for clients in [1, 16] {
+                let total = if clients == 1 { runs() * 20 } else { runs() * 60 };
+                let (cpu0, tlb0) = (tree_cpu(pid), tlb_shootdowns());
+                let (done, errors, elapsed, lat) = stateless_hammer(&http.url, clients, total, Duration::from_secs(60)).await;
+                let (cpu, tlb) = (tree_cpu(pid) - cpu0, tlb_shootdowns() - tlb0);
+                assert_eq!(errors, 0, "{name}: {errors} of {done} calls failed");
+                let rate = done as f64 / elapsed.as_secs_f64();
+                let row = (rate, cpu * 1e3 / done as f64, tlb as f64 / done as f64, ms(percentile(&lat, 0.5)), ms(percentile(&lat, 0.95)));
+                println!(
+                    "http    python_hello {name:<10} x{clients:<2} round {round}: {done} calls {rate:>6.0} calls/s, p50 {:.2} ms, p95 {:.2} ms, \
+                     server CPU {:.2} ms/call, {:.2} TLB shootdowns/call",
+                    row.3, row.4, row.1, row.2
+                );
+                match results.iter_mut().find(|(n, c, _)| n == name && *c == clients) {
+                    Some((_, _, rows)) => rows.push(row),
+                    None => results.push((name.to_string(), clients, vec![row])),
+                }
+            }
+            drop(http);
+        }
+    }
+    for (name, clients, rows) in &results {
+        let mean = |f: fn(&(f64, f64, f64, f64, f64)) -> f64| rows.iter().map(f).sum::<f64>() / rows.len() as f64;
+        let (rate, cpu, tlb, p50, p95) = (mean(|r| r.0), mean(|r| r.1), mean(|r| r.2), mean(|r| r.3), mean(|r| r.4));
+        println!(
+            "http    python_hello {name:<10} x{clients:<2} mean of {} rounds: {rate:.0} calls/s, p50 {p50:.2} ms, p95 {p95:.2} ms, CPU {cpu:.2} ms/call, {tlb:.2} TLB shootdowns/call",
+            rows.len()
+        );
+        emit(json!({"system": "warden", "layer": "http", "workload": format!("python_hello_{clients}_clients"), "build": name,
+            "calls_per_s": rate, "server_cpu_ms_per_call": cpu, "tlb_shootdowns_per_call": tlb, "median_ms": p50, "p95_ms": p95, "rounds": rows.len()}));
+    }
+    if let [(_, split), (_, base)] = &results
+        .iter()
+        .filter(|(_, c, _)| *c == 16)
+        .map(|(n, _, r)| (n, r.iter().map(|r| r.0).sum::<f64>() / r.len() as f64))
+        .collect::<Vec<_>>()[..]
+    {
+        println!("http    python_hello x16: split/in-process throughput ratio {:.2}", split / base);
+    }
+    wrk_check(&files, &policy, &results).await;
+}
+
+/// The same stateless call from wrk (Debian's `wrk`), 16 connections for 10 s, against this
+/// build; printed beside this bench's own 16-client rate. SKIPPED when wrk is not installed.
+async fn wrk_check(files: &ServerFiles, policy: &std::path::Path, results: &[(String, usize, Vec<(f64, f64, f64, f64, f64)>)]) {
+    if std::process::Command::new("wrk").arg("--version").output().is_err() {
+        println!("wrk     SKIPPED: wrk is not on PATH (apt-get install wrk)");
+        return;
+    }
+    let http = harness::start_http(files, Some(policy), &[]).await;
+    stateless_hammer(&http.url, 4, 40, Duration::from_secs(30)).await;
+    let mut script = String::from("wrk.method = \"POST\"\n");
+    script += &format!("wrk.body = {:?}\n", stateless_body());
+    for (k, v) in STATELESS_HEADERS {
+        script += &format!("wrk.headers[{k:?}] = {v:?}\n");
+    }
+    // Count answers that are not an ok outcome, per thread, and sum them at the end.
+    script += r#"
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) bad = 0 end
+function response(status, headers, body)
+  if status ~= 200 or not string.find(body, '"outcome":"ok"', 1, true) then bad = bad + 1 end
+end
+function done(summary, latency, requests)
+  local n = 0
+  for _, t in ipairs(threads) do n = n + t:get("bad") end
+  io.write(string.format("WRK bad=%d\n", n))
+end
+"#;
+    let path = policy.with_file_name("wrk.lua");
+    std::fs::write(&path, script).expect("wrk script");
+    let out = tokio::process::Command::new("wrk")
+        .args(["-t", "2", "-c", "16", "-d", "10s", "--latency", "-s"])
+        .arg(&path)
+        .arg(&http.url)
+        .output()
+        .await
+        .expect("wrk");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rate = text.lines().find_map(|l| l.strip_prefix("Requests/sec:")).and_then(|r| r.trim().parse::<f64>().ok());
+    let bad = text.lines().find_map(|l| l.strip_prefix("WRK bad=")).and_then(|r| r.trim().parse::<u64>().ok());
+    let (Some(rate), Some(bad)) = (rate, bad) else { panic!("could not read wrk's output:\n{text}") };
+    assert_eq!(bad, 0, "wrk saw {bad} answers that were not ok:\n{text}");
+    let ours =
+        results.iter().find(|(n, c, _)| n == "split" && *c == 16).map(|(_, _, r)| r.iter().map(|r| r.0).sum::<f64>() / r.len() as f64);
+    let p50 = text.lines().find_map(|l| l.trim().strip_prefix("50%")).map(str::trim).unwrap_or("?");
     println!(
-        "http    python_hello x16 clients  {done} calls in {:.2} s = {rate:.0} calls/s, {errors} errors, p50 {:.2} ms, p95 {:.2} ms; \
-         CPU per call: server {:.2} ms, load generator {:.2} ms",
-        elapsed.as_secs_f64(),
-        ms(percentile(&lat, 0.5)),
-        ms(percentile(&lat, 0.95)),
-        server_cpu * 1e3 / done as f64,
-        own_cpu * 1e3 / done as f64,
+        "wrk     python_hello split      x16 (wrk -t2 -c16 -d10s): {rate:.0} calls/s, p50 {p50}; this bench's generator {:.0} calls/s (ratio {:.2})",
+        ours.unwrap_or(f64::NAN),
+        ours.map_or(f64::NAN, |o| o / rate)
     );
-    emit(json!({"system": "warden", "layer": "http", "workload": "python_hello_16_clients", "calls": done, "errors": errors,
-        "calls_per_s": rate, "server_cpu_ms_per_call": server_cpu * 1e3 / done as f64, "client_cpu_ms_per_call": own_cpu * 1e3 / done as f64, "median_ms": ms(percentile(&lat, 0.5)), "p95_ms": ms(percentile(&lat, 0.95))}));
+    emit(
+        json!({"system": "warden", "layer": "http", "workload": "python_hello_16_clients", "build": "split", "generator": "wrk", "calls_per_s": rate}),
+    );
 }
 
 /// Sequential calls over one keep-alive HTTP connection (rmcp's streamable HTTP client, which
@@ -240,6 +445,12 @@ fn cpu_seconds(stat: &str) -> f64 {
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
+/// Resident memory of `pid`'s whole process tree (front, spawner, executors), summed: pages
+/// they share (the binary's text) count once per process.
+fn tree_rss_kib(pid: u32) -> u64 {
+    process_tree(pid).into_iter().filter(|p| std::path::Path::new(&format!("/proc/{p}/status")).exists()).map(harness::rss_kib).sum()
+}
+
 async fn memory() {
     let files = ServerFiles::new();
     let policy = load_policy(&files, 128);
@@ -247,7 +458,7 @@ async fn memory() {
     let pid = server.child.id().expect("pid");
     let client = harness::connect_http(&server.url, None).await;
     exec_ok(&client, Language::Python, "print('warm')").await;
-    let base = harness::rss_kib(pid);
+    let base = tree_rss_kib(pid);
     let mut ids = Vec::new();
     for _ in 0..100 {
         let r = harness::call(&client, "create_session", json!({"language": "python"})).await.expect("create_session");
@@ -256,13 +467,13 @@ async fn memory() {
         assert_eq!(s["outcome"], "ok");
         ids.push(id);
     }
-    let with_sessions = harness::rss_kib(pid);
+    let with_sessions = tree_rss_kib(pid);
     for id in &ids {
         harness::call(&client, "close_session", json!({"session_id": id})).await.expect("close_session");
     }
-    let closed = harness::rss_kib(pid);
+    let closed = tree_rss_kib(pid);
     println!(
-        "memory  RSS after start {} MiB; with 100 idle python sessions {} MiB ({:.2} MiB each); after closing them {} MiB",
+        "memory  RSS (front, spawner and executors) after start {} MiB; with 100 idle python sessions {} MiB ({:.2} MiB each); after closing them {} MiB",
         base / 1024,
         with_sessions / 1024,
         (with_sessions - base) as f64 / 1024.0 / 100.0,
@@ -278,7 +489,7 @@ async fn memory() {
         let (n, errors, _, _) = hammer(&server.url, 16, chunk, Duration::from_secs(300), "print('hello')").await;
         assert_eq!(errors, 0, "errors during the memory run");
         done += n;
-        marks.push((done, harness::rss_kib(pid)));
+        marks.push((done, tree_rss_kib(pid)));
     }
     let line: Vec<String> = marks.iter().map(|(n, kib)| format!("{} MiB after {n} calls", kib / 1024)).collect();
     println!("memory  RSS {}", line.join(", "));

@@ -111,6 +111,10 @@ pub struct Spawner {
     child: Mutex<Child>,
     pid: u32,
     report: Report,
+    /// Ends the spawner reported that [`Launcher::how_ended`] was not asked about yet.
+    ///
+    /// [`Launcher::how_ended`]: crate::service::executors::Launcher::how_ended
+    ended: Mutex<VecDeque<(u32, String)>>,
 }
 
 impl Spawner {
@@ -133,7 +137,13 @@ impl Spawner {
         let child = cmd.spawn().map_err(|e| io::Error::new(e.kind(), format!("starting the spawner {}: {e}", exe.display())))?;
         drop(theirs);
         let pid = child.id();
-        let mut spawner = Spawner { sock: Mutex::new(Some(ours)), child: Mutex::new(child), pid, report: Report::off() };
+        let mut spawner = Spawner {
+            sock: Mutex::new(Some(ours)),
+            child: Mutex::new(child),
+            pid,
+            report: Report::off(),
+            ended: Mutex::new(VecDeque::new()),
+        };
         let hello = Request::Hello { version: PROTOCOL_VERSION, mode, plan: plan.clone() };
         match spawner.exchange(&hello)? {
             (Reply::Ready { version: PROTOCOL_VERSION, report }, None) => spawner.report = report,
@@ -554,5 +564,16 @@ impl crate::service::executors::Launcher for Spawner {
     fn kill(&self, pid: u32) {
         // Already gone (reaped) is fine: that is what was wanted.
         let _ = Spawner::kill(self, pid);
+    }
+
+    fn how_ended(&self, pid: u32) -> Option<String> {
+        let fresh = self.reaped().ok()?;
+        let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        ended.extend(fresh);
+        while ended.len() > MAX_ENDED {
+            ended.pop_front();
+        }
+        let at = ended.iter().position(|(p, _)| *p == pid)?;
+        ended.remove(at).map(|(_, how)| how)
     }
 }

@@ -351,7 +351,7 @@ fn to_result(r: RunReport, audit: Recorded, session_id: Option<String>) -> ExecR
         duration_ms: r.duration_ms,
         fuel_used: r.fuel_used,
         artifacts: r.artifacts,
-        audit_id: audit.get("id").and_then(|v| v.as_str()).unwrap_or_default().to_string(),
+        audit_id: start_id(&audit),
         audit,
         session_id,
         message: r.message,

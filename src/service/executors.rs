@@ -56,6 +56,10 @@ pub trait Launcher: Send + Sync {
     fn launch(&self, label: &str) -> std::io::Result<(u32, OwnedFd)>;
     /// Kills an executor this launcher started (it broke the protocol or went silent).
     fn kill(&self, pid: u32);
+    /// How executor `pid` ended ("exited with status 3", "killed by signal 9 (SIGKILL)"), once
+    /// it has been reaped; `None` while it runs, or when this launcher cannot tell. Each end is
+    /// told once.
+    fn how_ended(&self, pid: u32) -> Option<String>;
 }
 
 /// What every executor is told at start, besides its directory and group.
@@ -388,14 +392,18 @@ impl Executors {
             if pool.closing.is_cancelled() || slot.retired.load(Ordering::Relaxed) {
                 return;
             }
-            tracing::error!(executor = slot.index, pid = reader_conn.pid, reason = %why, "an executor ended; its calls failed and it is being replaced");
             pool.metrics.executor_restarts.inc();
             if reader_conn.started.elapsed() >= STABLE_AFTER {
                 slot.failures.store(0, Ordering::Relaxed);
             }
             let n = slot.failures.fetch_add(1, Ordering::Relaxed);
             let delay = BACKOFF_FIRST.saturating_mul(1 << n.min(16)).min(BACKOFF_CAP);
+            let (launcher, index) = (pool.launcher.clone(), slot.index);
             pool.replace(slot, delay);
+            // Logged once the process is reaped (the channel closes a moment before), so the
+            // operator reads the signal or status; the replacement does not wait for it.
+            let exit = how_ended(&launcher, reader_conn.pid).await.unwrap_or_else(|| "not reaped yet".into());
+            tracing::error!(executor = index, pid = reader_conn.pid, reason = %why, exit = %exit, "an executor ended; its calls failed and it is being replaced");
         });
         Ok(conn)
     }
@@ -646,18 +654,40 @@ impl Conn {
     }
 }
 
+/// How `pid` ended, asking `launcher` for up to half a second.
+async fn how_ended(launcher: &Arc<dyn Launcher>, pid: u32) -> Option<String> {
+    for _ in 0..20 {
+        let l = launcher.clone();
+        if let Ok(Some(how)) = tokio::task::spawn_blocking(move || l.how_ended(pid)).await {
+            return Some(how);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    None
+}
+
 /// Starts executors by exec from this very process, which must then never confine itself (its
 /// seccomp filter kills it on `execve`): `warden exec`. `serve` uses the spawner
 /// ([`crate::spawner`]), so that executors can be replaced after its lockdown.
 pub struct DirectLauncher {
     exe: PathBuf,
     children: Mutex<HashMap<u32, std::process::Child>>,
+    /// How the killed ones ended, until asked (bounded: [`MAX_ENDED`]).
+    ended: Mutex<HashMap<u32, String>>,
 }
+
+/// Ends remembered for [`Launcher::how_ended`] and not yet asked for.
+const MAX_ENDED: usize = 64;
 
 impl DirectLauncher {
     pub fn new(exe: PathBuf) -> DirectLauncher {
-        DirectLauncher { exe, children: Mutex::new(HashMap::new()) }
+        DirectLauncher { exe, children: Mutex::new(HashMap::new()), ended: Mutex::new(HashMap::new()) }
     }
+}
+
+fn describe_status(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    crate::spawner::describe(status.code(), status.signal())
 }
 
 impl Launcher for DirectLauncher {
@@ -699,8 +729,25 @@ impl Launcher for DirectLauncher {
     fn kill(&self, pid: u32) {
         if let Some(mut c) = lock(&self.children).remove(&pid) {
             let _ = c.kill();
-            let _ = c.wait();
+            // The status it had if it ended before this kill; SIGKILL otherwise.
+            if let Ok(status) = c.wait() {
+                let mut ended = lock(&self.ended);
+                if ended.len() >= MAX_ENDED {
+                    ended.clear();
+                }
+                ended.insert(pid, describe_status(status));
+            }
         }
+    }
+
+    fn how_ended(&self, pid: u32) -> Option<String> {
+        if let Some(how) = lock(&self.ended).remove(&pid) {
+            return Some(how);
+        }
+        let mut children = lock(&self.children);
+        let status = children.get_mut(&pid)?.try_wait().ok()??;
+        children.remove(&pid);
+        Some(describe_status(status))
     }
 }
 
@@ -714,6 +761,9 @@ impl Conn {
                 Err(std::io::Error::other("no processes in unit tests"))
             }
             fn kill(&self, _: u32) {}
+            fn how_ended(&self, _: u32) -> Option<String> {
+                None
+            }
         }
         Arc::new(Conn {
             pid: 0,

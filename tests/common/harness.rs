@@ -54,12 +54,29 @@ impl ServerFiles {
 }
 
 pub fn server_command(files: &ServerFiles, policy: Option<&Path>, extra: &[&str]) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_warden"));
+    server_command_of(&Server::default(), files, policy, extra)
+}
+
+/// Which `warden` serves, from which data directory: this build and the tests' home unless a
+/// bench compares against another build.
+pub struct Server {
+    pub bin: PathBuf,
+    pub home: PathBuf,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server { bin: PathBuf::from(env!("CARGO_BIN_EXE_warden")), home: home().root().to_path_buf() }
+    }
+}
+
+pub fn server_command_of(server: &Server, files: &ServerFiles, policy: Option<&Path>, extra: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(&server.bin);
     cmd.arg("serve").args(extra);
     if let Some(p) = policy {
         cmd.arg("--policy").arg(p);
     }
-    cmd.env("WARDEN_HOME", home().root()).env("WARDEN_AUDIT_LOG", files.audit_log()).env_remove("WARDEN_POLICY").kill_on_drop(true);
+    cmd.env("WARDEN_HOME", &server.home).env("WARDEN_AUDIT_LOG", files.audit_log()).env_remove("WARDEN_POLICY").kill_on_drop(true);
     cmd
 }
 
@@ -139,13 +156,36 @@ pub struct HttpServer {
     pub child: tokio::process::Child,
     pub url: String,
     pub base: String,
+    log: Arc<Mutex<std::collections::VecDeque<String>>>,
+}
+
+impl HttpServer {
+    /// Waits up to `within` for a line of the server's log (stderr) containing every one of
+    /// `words`; returns it.
+    pub async fn log_line(&self, words: &[&str], within: Duration) -> Option<String> {
+        let until = std::time::Instant::now() + within;
+        loop {
+            if let Some(l) = self.log.lock().unwrap().iter().find(|l| words.iter().all(|w| l.contains(w))) {
+                return Some(l.clone());
+            }
+            if std::time::Instant::now() >= until {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// Starts `warden serve --http 127.0.0.1:0 EXTRA...` and waits for the address it announces.
 pub async fn start_http(files: &ServerFiles, policy: Option<&Path>, extra: &[&str]) -> HttpServer {
+    start_http_of(&Server::default(), files, policy, extra).await
+}
+
+/// [`start_http`] of another build or data directory.
+pub async fn start_http_of(server: &Server, files: &ServerFiles, policy: Option<&Path>, extra: &[&str]) -> HttpServer {
     let mut args = vec!["--http", "127.0.0.1:0"];
     args.extend_from_slice(extra);
-    let mut cmd = server_command(files, policy, &args);
+    let mut cmd = server_command_of(server, files, policy, &args);
     cmd.stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
     let mut child = cmd.spawn().expect("spawn");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
@@ -160,14 +200,21 @@ pub async fn start_http(files: &ServerFiles, policy: Option<&Path>, extra: &[&st
         }
         eprintln!("server: {line}");
     };
-    // Forward the server's log (visible with --nocapture).
+    // Forward the server's log (visible with --nocapture), and keep its last lines for tests.
+    let log = Arc::new(Mutex::new(std::collections::VecDeque::new()));
+    let kept = log.clone();
     tokio::spawn(async move {
         while let Ok(Some(line)) = lines.next_line().await {
             eprintln!("server: {line}");
+            let mut kept = kept.lock().unwrap();
+            if kept.len() == 10_000 {
+                kept.pop_front();
+            }
+            kept.push_back(line);
         }
     });
     let base = url.trim_end_matches("/mcp").to_string();
-    HttpServer { child, url, base }
+    HttpServer { child, url, base, log }
 }
 
 /// Connects rmcp's streamable HTTP client, optionally with a bearer token.

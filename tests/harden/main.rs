@@ -448,6 +448,8 @@ async fn a_killed_executor_fails_only_its_own_calls_and_loses_only_its_sessions(
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     eprintln!("executor replaced within {:?} of the check: {replaced:?}", killed.elapsed());
+    let line = server.log_line(&["an executor ended", &format!("pid={victim}")], Duration::from_secs(5)).await;
+    assert!(line.as_deref().is_some_and(|l| l.contains("killed by signal 9 (SIGKILL)")), "the log says how it ended: {line:?}");
     assert!(!std::path::Path::new(&format!("/proc/{victim}")).exists(), "the killed executor was reaped");
     // The session is either intact (it was on the survivor) or lost with a clear message.
     let turn = call(&client, "execute_code", json!({"language": "python", "code": "print(k)", "session_id": sid})).await;

@@ -52,18 +52,7 @@ fn recv(stream: &mut UnixStream) -> ExecReply {
 fn ready_and_probe(s: &Spawned, workspaces: &Path) -> (UnixStream, warden::channel::proto::Ready, Probe) {
     let mut stream = UnixStream::from(s.channel.try_clone().unwrap());
     stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let init = Init {
-        version: VERSION,
-        home: common::home().root().to_path_buf(),
-        workspaces: workspaces.to_path_buf(),
-        tools: Vec::new(),
-        languages: vec![Language::Javascript],
-        max_instances: 4,
-        hardening: HardeningMode::Enforce,
-        read_only: Vec::new(),
-        read_write: Vec::new(),
-    };
-    send(&mut stream, &ExecRequest::Init(Box::new(init)));
+    send(&mut stream, &ExecRequest::Init(Box::new(init(workspaces.to_path_buf(), vec![Language::Javascript], 4, HardeningMode::Enforce))));
     let ExecReply::Ready(ready) = recv(&mut stream) else { panic!("the executor's first reply is ready") };
     send(&mut stream, &ExecRequest::Probe { id: 1, paths: vec![PathBuf::from("/etc/passwd"), common::home().runtimes()] });
     let ExecReply::Probed { id: 1, probe } = recv(&mut stream) else { panic!("a probe reply") };
@@ -215,22 +204,26 @@ fn the_spawner_starts_without_hardening_too() {
     let s = spawner.spawn("plain").unwrap();
     let mut stream = UnixStream::from(s.channel.try_clone().unwrap());
     stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let init = Init {
-        version: VERSION,
-        home: common::home().root().to_path_buf(),
-        workspaces: std::env::temp_dir(),
-        tools: Vec::new(),
-        languages: Vec::new(),
-        max_instances: 1,
-        hardening: HardeningMode::Off,
-        read_only: Vec::new(),
-        read_write: Vec::new(),
-    };
-    send(&mut stream, &ExecRequest::Init(Box::new(init)));
+    send(&mut stream, &ExecRequest::Init(Box::new(init(std::env::temp_dir(), Vec::new(), 1, HardeningMode::Off))));
     let ExecReply::Ready(ready) = recv(&mut stream) else { panic!("ready") };
     assert_eq!(ready.hardening.seccomp.status.as_str(), "off");
     send(&mut stream, &ExecRequest::Probe { id: 1, paths: vec![PathBuf::from("/etc/passwd")] });
     let ExecReply::Probed { probe, .. } = recv(&mut stream) else { panic!("probed") };
     // Unconfined all the way down.
     assert!(probe.opens[0].1.is_none(), "{probe:?}");
+}
+
+/// An executor's init for these tests: the tests' data directory, no tools, no mounts.
+fn init(workspaces: std::path::PathBuf, languages: Vec<Language>, max_instances: u32, hardening: HardeningMode) -> Init {
+    Init {
+        version: VERSION,
+        home: common::home().root().to_path_buf(),
+        workspaces,
+        tools: Vec::new(),
+        languages,
+        max_instances,
+        hardening,
+        read_only: Vec::new(),
+        read_write: Vec::new(),
+    }
 }
