@@ -60,6 +60,8 @@ pub type Recorded = Map<String, Value>;
 pub struct AuditLog {
     path: PathBuf,
     inner: Mutex<Inner>,
+    /// Where refused writes are counted, once the server's metrics exist.
+    failures: std::sync::OnceLock<prometheus_client::metrics::counter::Counter>,
 }
 
 struct Inner {
@@ -82,7 +84,23 @@ impl AuditLog {
         if let Some(problem) = report.problem {
             return Err(AuditError::Damaged { path: path.to_path_buf(), why: problem });
         }
-        Ok(AuditLog { path: path.to_path_buf(), inner: Mutex::new(Inner { file, last_hash: report.last_hash, poisoned: false }) })
+        Ok(AuditLog {
+            path: path.to_path_buf(),
+            inner: Mutex::new(Inner { file, last_hash: report.last_hash, poisoned: false }),
+            failures: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Counts every write this log refuses or fails in `counter` (the server's
+    /// `warden_audit_write_failures_total`). Set once; later calls are ignored.
+    pub fn count_failures_in(&self, counter: prometheus_client::metrics::counter::Counter) {
+        let _ = self.failures.set(counter);
+    }
+
+    fn failed(&self) {
+        if let Some(c) = self.failures.get() {
+            c.inc();
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -109,6 +127,7 @@ impl AuditLog {
         bound::bound_event(&mut fields);
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if inner.poisoned {
+            self.failed();
             return Err(AuditError::Write {
                 path: self.path.clone(),
                 source: io::Error::other("an earlier write failed; the log needs repair"),
@@ -126,6 +145,7 @@ impl AuditLog {
         line.insert("hash".into(), hash.clone().into());
         if let Err(source) = inner.file.write_all(&bytes) {
             inner.poisoned = true;
+            self.failed();
             return Err(AuditError::Write { path: self.path.clone(), source });
         }
         inner.last_hash = hash;
@@ -189,4 +209,24 @@ pub fn read_lines(path: &Path) -> io::Result<Vec<Map<String, Value>>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_writes_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(&dir.path().join("a.jsonl")).unwrap();
+        let counter = prometheus_client::metrics::counter::Counter::default();
+        log.count_failures_in(counter.clone());
+        log.append("test", serde_json::json!({"i": 1})).unwrap();
+        assert_eq!(counter.get(), 0);
+        // As after a failed write: the file may end in a torn line, so nothing more is appended.
+        log.inner.lock().unwrap().poisoned = true;
+        assert!(log.append("test", serde_json::json!({"i": 2})).is_err());
+        assert!(log.append("test", serde_json::json!({"i": 3})).is_err());
+        assert_eq!(counter.get(), 2, "each refused write is counted");
+    }
 }

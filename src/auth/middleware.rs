@@ -59,7 +59,7 @@ pub async fn require_auth(State(state): State<AuthState>, mut req: Request, next
             next.run(req).await
         }
         Decision::Unauthenticated { reason } => {
-            state.exec.metrics.deny("unauthenticated");
+            state.exec.metrics.refuse("unauthenticated");
             let reason = bound_str(&reason, MAX_REASON_BYTES).into_owned();
             let source = request_client(&req, &state.trusted_proxies);
             let event = Event::AuthRefused { result: Deny, reason: reason.clone(), source: source.to_string() };
@@ -74,7 +74,7 @@ pub async fn require_auth(State(state): State<AuthState>, mut req: Request, next
                 .into_response()
         }
         Decision::Forbidden { principal, method, reason } => {
-            state.exec.metrics.deny("no_role");
+            state.exec.metrics.refuse("no_role");
             let reason = bound_str(&reason, MAX_REASON_BYTES).into_owned();
             let source = request_client(&req, &state.trusted_proxies);
             let event = Event::Forbidden {

@@ -315,6 +315,7 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
             tracing::warn!(landlock = %landlock.status, gaps = ?landlock.gaps, seccomp = %seccomp.status, "host hardening is incomplete");
         }
         let hardening = Report { mode, landlock, seccomp };
+        exec.metrics.set_hardening(&hardening);
         let mut start_event = start_event;
         start_event.hardening = hardening.clone();
         exec.audit_log().record(&Event::ServerStart(Box::new(start_event)))?;

@@ -2,10 +2,11 @@
 //! as resources. The same handler serves stdio and streamable HTTP; it only translates between
 //! MCP and the [`Service`].
 //!
-//! Errors follow MCP's split: a request that cannot be served as asked (bad arguments, a path
-//! escaping /workspace, limits above the policy, an unknown session) is a JSON-RPC
-//! invalid-params error; a program that failed inside the guest is a tool result with
-//! `isError: true` and its outcome; a busy server is a tool error the model can read and retry.
+//! Errors follow the 2025-11-25 split (SEP-1303, see [`exec_error`]): whatever the model can act
+//! on is a tool result with `isError: true` (bad arguments, a path escaping /workspace, limits
+//! above the policy, an unknown session, a program that failed inside the guest, a busy server
+//! with when to retry); JSON-RPC errors are for protocol faults (an unknown tool, an internal
+//! error).
 
 mod content;
 pub mod tools;
@@ -78,27 +79,60 @@ impl WardenMcp {
     }
 }
 
-pub(crate) fn parse_args<T: DeserializeOwned>(req: &CallToolRequestParams) -> Result<T, McpError> {
+/// A tool's arguments, or the reason they do not fit its input schema (which the model can fix:
+/// a tool result, not a protocol error).
+pub(crate) fn parse_args<T: DeserializeOwned>(req: &CallToolRequestParams) -> Result<T, ExecError> {
     let value = serde_json::Value::Object(req.arguments.clone().unwrap_or_default());
-    serde_json::from_value(value).map_err(|e| McpError::invalid_params(format!("invalid arguments for {}: {e}", req.name), None))
+    serde_json::from_value(value).map_err(|e| ExecError::InvalidRequest(format!("invalid arguments for {}: {e}", req.name)))
 }
 
+/// The `_meta` key of a refused call's result that says, in whole seconds, when to try again.
+pub const RETRY_AFTER_META: &str = "io.github.warden/retryAfterSeconds";
+
+/// How an error reaches the client. Per the 2025-11-25 spec (SEP-1303), whatever the model can
+/// act on is a tool result with `isError: true` and the precise message: invalid arguments,
+/// limits above the policy, bad input files, unknown or mismatched sessions, and the transient
+/// refusals (busy, rate limited, shutting down), which also carry [`RETRY_AFTER_META`]. JSON-RPC
+/// errors are left for what is not the model's to fix: an unknown tool, and internal faults.
 fn exec_error(e: ExecError) -> Result<CallToolResponse, McpError> {
+    let retry_after = match &e {
+        ExecError::Busy { .. } => Some(2),
+        ExecError::Limited(l) => Some(l.retry_after_s()),
+        ExecError::ShuttingDown => Some(5),
+        ExecError::Session(crate::session::SessionError::Full(_) | crate::session::SessionError::PrincipalFull(_)) => Some(10),
+        _ => None,
+    };
     match e {
-        ExecError::InvalidRequest(m) => Err(McpError::invalid_params(m, None)),
-        // A full session table is transient, like a busy server: a result the model can read.
-        ExecError::Session(s @ (crate::session::SessionError::Full(_) | crate::session::SessionError::PrincipalFull(_))) => {
-            Ok(CallToolResult::error(vec![ContentBlock::text(s.to_string())]).into())
-        }
-        ExecError::Session(s) => Err(McpError::invalid_params(s.to_string(), None)),
-        e @ (ExecError::Busy { .. } | ExecError::Limited(_) | ExecError::ShuttingDown | ExecError::Audit(_)) => {
-            Ok(CallToolResult::error(vec![ContentBlock::text(e.to_string())]).into())
-        }
+        ExecError::UnknownTool(m) => Err(McpError::invalid_params(m, None)),
         ExecError::Internal(m) => {
             tracing::error!(error = %m, "internal error serving a tool call");
             Err(McpError::internal_error("internal error; see the server log", None))
         }
+        e @ (ExecError::InvalidRequest(_)
+        | ExecError::Session(_)
+        | ExecError::Busy { .. }
+        | ExecError::Limited(_)
+        | ExecError::ShuttingDown
+        | ExecError::Audit(_)) => {
+            let mut result = CallToolResult::error(vec![ContentBlock::text(e.to_string())]);
+            if let Some(s) = retry_after {
+                let mut meta = serde_json::Map::new();
+                meta.insert(RETRY_AFTER_META.into(), s.into());
+                result.meta = Some(rmcp::model::MetaObject(meta));
+            }
+            Ok(result.into())
+        }
     }
+}
+
+/// The arguments of `req`, or the answer to give when they do not parse.
+macro_rules! args_or_answer {
+    ($req:expr) => {
+        match parse_args(&$req) {
+            Ok(a) => a,
+            Err(e) => return exec_error(e),
+        }
+    };
 }
 
 /// Sends progress notifications while `work` runs, if the client asked for them.
@@ -157,7 +191,7 @@ impl ServerHandler for WardenMcp {
         let sessions_on = policy.file.sessions.max > 0 && !policy.file.runtimes.allowed.is_empty();
         match req.name.as_ref() {
             tools::EXECUTE_CODE if !policy.file.runtimes.allowed.is_empty() => {
-                let args: ExecuteCodeArgs = parse_args(&req)?;
+                let args: ExecuteCodeArgs = args_or_answer!(req);
                 let cancel = CancelHandle::new();
                 let watcher = {
                     let (ct, cancel) = (ctx.ct.clone(), cancel.clone());
@@ -175,7 +209,7 @@ impl ServerHandler for WardenMcp {
                 }
             }
             tools::CREATE_SESSION if sessions_on => {
-                let args: CreateSessionArgs = parse_args(&req)?;
+                let args: CreateSessionArgs = args_or_answer!(req);
                 match self.exec.create_session(&caller, args.language).await {
                     Ok(info) => Ok(content::structured(
                         &info,
@@ -186,7 +220,7 @@ impl ServerHandler for WardenMcp {
                 }
             }
             tools::CLOSE_SESSION if sessions_on => {
-                let args: CloseSessionArgs = parse_args(&req)?;
+                let args: CloseSessionArgs = args_or_answer!(req);
                 match self.exec.close_session(&caller, &args.session_id) {
                     Ok(r) => Ok(content::structured(&r, format!("session {} closed", r.session_id)).into()),
                     Err(e) => exec_error(e),

@@ -89,7 +89,12 @@ impl Admission {
 
     /// Refuses new work once shutdown has begun.
     pub fn open(&self) -> Result<(), ExecError> {
-        if self.shutting_down.load(Ordering::SeqCst) { Err(ExecError::ShuttingDown) } else { Ok(()) }
+        if self.shutting_down.load(Ordering::SeqCst) {
+            self.metrics.refuse("shutting_down");
+            Err(ExecError::ShuttingDown)
+        } else {
+            Ok(())
+        }
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -113,10 +118,14 @@ impl Admission {
         };
         let slot = self.limiter.admit(&caller.principal, l.calls_per_minute, share).map_err(|e| self.limited(caller, e))?;
         let queue = Duration::from_millis(l.queue_timeout_ms);
+        let waiting = std::time::Instant::now();
         let permit = match tokio::time::timeout(queue, profile.admission.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => permit,
+            Ok(Ok(permit)) => {
+                self.metrics.queue_wait.observe(waiting.elapsed().as_secs_f64());
+                permit
+            }
             _ => {
-                self.metrics.busy.inc();
+                self.metrics.refuse("busy");
                 return Err(ExecError::Busy { slots: slots as usize, waited_ms: queue.as_millis() as u64 });
             }
         };
@@ -136,7 +145,6 @@ impl Admission {
 
     /// Counts and audits a rate-limit refusal.
     fn limited(&self, caller: &Caller, e: Limited) -> ExecError {
-        self.metrics.rate_limited.inc();
         self.deny(caller, "rate_limited", &e.to_string(), None);
         e.into()
     }
@@ -145,7 +153,7 @@ impl Admission {
     /// refusal records (the rest are counted and summarised by [`Admission::sweep`]). `parent`
     /// names the call whose code made a nested call.
     pub fn deny(&self, caller: &Caller, reason: &'static str, detail: &str, parent: Option<&str>) {
-        self.metrics.deny(reason);
+        self.metrics.refuse(reason);
         if self.denials.allow(&(caller.principal.clone(), reason.to_string())) {
             let _ = self.audit.record(&Event::Denied(Denial {
                 principal: caller.principal.clone(),

@@ -154,7 +154,7 @@ impl Service {
         let images = inline_images(&workspace, &report, policy.file.artifacts.inline_image_bytes);
         self.retain(&call_id, caller, policy, &workspace, &mut report);
         let recorded = self.audit_end(&start, base, &report)?;
-        self.metrics.record_execution(&format!("tool:{name}"), report.outcome.as_str(), report.duration_ms, report.fuel_used);
+        self.metrics.record_tool_call(name, report.outcome.as_str(), report.duration_ms);
         let mut result = to_result(report, recorded, None);
         result.inline_images = images;
         result.workspace = Some(workspace);

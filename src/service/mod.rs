@@ -84,9 +84,13 @@ impl Profiles {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
-    /// The request is malformed or asks for something the policy does not allow.
+    /// The request is malformed or asks for something the policy does not allow: the model can
+    /// correct it (a tool result with `isError`, SEP-1303).
     #[error("{0}")]
     InvalidRequest(String),
+    /// No tool of that name is available to the caller: a protocol error, as the spec lists it.
+    #[error("{0}")]
+    UnknownTool(String),
     #[error(transparent)]
     Session(#[from] SessionError),
     #[error("server busy: all {slots} execution slots stayed taken for {waited_ms} ms; retry in a few seconds")]
@@ -142,6 +146,7 @@ impl Service {
     /// A service on running `executors` (whose metrics it shares).
     pub fn new(executors: Arc<Executors>, profiles: Profiles, audit: Arc<AuditLog>, tools: Arc<ToolRegistry>) -> Service {
         let metrics = executors.metrics().clone();
+        audit.count_failures_in(metrics.audit_write_failures.clone());
         Service {
             executors,
             profiles: RwLock::new(Arc::new(profiles)),

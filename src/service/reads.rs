@@ -45,7 +45,7 @@ impl Service {
         };
         let queue = Duration::from_secs(10);
         let Ok(Ok(_permit)) = tokio::time::timeout(queue, self.read_slots.clone().acquire_owned()).await else {
-            self.metrics.busy.inc();
+            self.metrics.refuse("busy");
             return Err(ExecError::Busy { slots: MAX_READS, waited_ms: queue.as_millis() as u64 });
         };
         let read = tokio::task::spawn_blocking(move || ws.read_file(&path, MAX_READ_BYTES))

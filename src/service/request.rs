@@ -42,7 +42,9 @@ impl Service {
         name: &str,
         args: &serde_json::Value,
     ) -> Result<(Arc<ToolPackage>, Grant), ExecError> {
-        let unknown = || invalid(format!("unknown tool {:?}; tools/list shows the tools you may call", bound_str(name, 80).into_owned()));
+        let unknown = || {
+            ExecError::UnknownTool(format!("unknown tool {:?}; tools/list shows the tools you may call", bound_str(name, 80).into_owned()))
+        };
         let Some(tool) = self.tools.get(name).cloned() else {
             return Err(unknown());
         };

@@ -238,7 +238,7 @@ pub async fn check(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Res
     };
     let Some((class, message)) = refusal else { return next.run(req).await };
     let source = request_client(&req, &g.trusted_proxies);
-    g.exec.metrics.deny(class.as_str());
+    g.exec.metrics.refuse(class.as_str());
     let header_value = |name| req.headers().get(name).map(|v| bound_str(&String::from_utf8_lossy(v.as_bytes()), 128).into_owned());
     tracing::warn!(%source, reason = class.as_str(), host = ?header_value(header::HOST), origin = ?header_value(header::ORIGIN), "refused a request");
     let event = Event::HttpRefused {

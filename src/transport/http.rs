@@ -69,13 +69,28 @@ struct AppState {
 /// The auth configuration in force, swapped on reload.
 pub type SharedAuth = Arc<std::sync::RwLock<Arc<AuthConfig>>>;
 
+/// How long MCP sessions outlive the start of shutdown. Shutdown starts once every admitted call
+/// has ended, but a call's answer is still on its way to the response stream then: cancelling
+/// rmcp's sessions at once could drop it (and the client would wait for it forever). Streams
+/// that are done close by themselves before this; idle listening streams are cut after it.
+const ANSWER_FLUSH: Duration = Duration::from_millis(500);
+
 pub fn router(exec: Arc<Service>, opts: &HttpOptions, health: Health, shutdown: &CancellationToken, auth: Option<SharedAuth>) -> Router {
+    let sessions_end = CancellationToken::new();
+    {
+        let (shutdown, sessions_end) = (shutdown.clone(), sessions_end.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(ANSWER_FLUSH).await;
+            sessions_end.cancel();
+        });
+    }
     let config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(opts.allowed_hosts.clone())
         .with_allowed_origins(opts.allowed_origins.clone())
         .with_sse_keep_alive(Some(Duration::from_secs(15)))
         .with_max_request_body_bytes(opts.max_body_bytes)
-        .with_cancellation_token(shutdown.child_token());
+        .with_cancellation_token(sessions_end);
     let factory_exec = exec.clone();
     let sessions = Arc::new(LocalSessionManager::default());
     let mcp = StreamableHttpService::new(move || Ok(WardenMcp::http(factory_exec.clone())), sessions.clone(), config);

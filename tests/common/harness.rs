@@ -116,6 +116,19 @@ pub fn call_result(r: ServerResult) -> CallToolResult {
 }
 
 /// The JSON-RPC error code of a failed request.
+/// The message of a tool result the model can act on (`isError: true`, SEP-1303), failing on
+/// a success or a JSON-RPC error.
+#[track_caller]
+pub fn tool_error(r: Result<CallToolResult, ServiceError>) -> String {
+    match r {
+        Ok(r) if r.is_error == Some(true) => {
+            r.content.iter().filter_map(|c| c.as_text().map(|t| t.text.clone())).collect::<Vec<_>>().join("\n")
+        }
+        Ok(r) => panic!("expected a tool error, got a result: {r:?}"),
+        Err(e) => panic!("expected a tool error, got a JSON-RPC error: {e}"),
+    }
+}
+
 pub fn error_code(e: &ServiceError) -> i32 {
     match e {
         ServiceError::McpError(d) => d.code.0,

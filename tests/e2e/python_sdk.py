@@ -266,27 +266,35 @@ async def suite(report: Report, conn: Conn, tag: str) -> None:
             s3.get("closed") is True and s3.get("session_id") == sid and r3.is_error is False,
             f"result: {short(r3.model_dump(by_alias=True, exclude_none=True))}",
         )
+        check = f"{name}: the closed session_id is refused as a tool error the model can read (SEP-1303)"
         try:
             r4 = await call(conn, "execute_code", {"language": "python", "code": "print(x)", "session_id": sid})
         except MCPError as e:
-            report.check(
-                f"{name}: the closed session_id is refused with invalid params",
-                e.code == INVALID_PARAMS,
-                f"got {describe(e)}, expected code {INVALID_PARAMS}",
-            )
+            report.fail(check, f"got a JSON-RPC error instead: {describe(e)}")
         else:
-            report.fail(
-                f"{name}: the closed session_id is refused with invalid params",
-                f"the call succeeded: {short(r4.model_dump(by_alias=True, exclude_none=True))}",
+            text = " ".join(getattr(c, "text", "") for c in r4.content)
+            report.check(
+                check,
+                r4.is_error is True and "unknown session_id" in text,
+                f"result: {short(r4.model_dump(by_alias=True, exclude_none=True))}",
             )
 
     await step(report, f"[{tag}] python session", sessions)
 
     # Invalid params, then a normal call
     async def invalid() -> None:
-        name = f"[{tag}] execute_code language ruby -> JSON-RPC invalid params"
+        name = f"[{tag}] execute_code language ruby -> a tool error naming the fault (SEP-1303)"
         try:
             r = await call(conn, "execute_code", {"language": "ruby", "code": "x"})
+        except MCPError as e:
+            report.fail(name, f"got a JSON-RPC error instead: {describe(e)}")
+        else:
+            text = " ".join(getattr(c, "text", "") for c in r.content)
+            report.check(name, r.is_error is True and "ruby" in text, f"result: {short(r.model_dump(by_alias=True, exclude_none=True))}", info=text)
+        # An unknown tool is still a protocol error.
+        name = f"[{tag}] an unknown tool -> JSON-RPC invalid params"
+        try:
+            r = await call(conn, "no_such_tool", {})
         except MCPError as e:
             report.check(name, e.code == INVALID_PARAMS, f"got {describe(e)}, expected code {INVALID_PARAMS}", info=e.message)
         else:

@@ -22,11 +22,11 @@ async fn bad_requests_are_invalid_params_and_the_server_survives() {
         (json!({"language": "python", "code": "1", "session_id": "s-guessed"}), "unknown session_id"),
     ];
     for (args, needle) in cases {
-        let e = call(&client, "execute_code", args.clone()).await.expect_err(&args.to_string());
-        assert_eq!(error_code(&e), -32602, "{args}");
+        let e = tool_error(call(&client, "execute_code", args.clone()).await);
         let msg = e.to_string();
         assert!(msg.contains(needle), "{args}: {msg}");
     }
+    // An unknown tool stays a protocol error (the spec lists it as one).
     let e = call(&client, "no_such_tool", json!({})).await.unwrap_err();
     assert_eq!(error_code(&e), -32602);
     let (_, s) = exec(&client, py("print('still serving')")).await;
@@ -38,7 +38,6 @@ async fn a_language_the_policy_forbids_is_refused() {
     let files = ServerFiles::new();
     let policy = files.policy(&[("allowed = [\"python\", \"javascript\"]", "allowed = [\"python\"]")]);
     let client = stdio(&files, Some(&policy)).await;
-    let e = call(&client, "execute_code", js("1")).await.unwrap_err();
-    assert_eq!(error_code(&e), -32602);
+    let e = tool_error(call(&client, "execute_code", js("1")).await);
     assert!(e.to_string().contains("not allowed"), "{e}");
 }

@@ -99,8 +99,8 @@ async fn http_clients_cannot_reach_each_others_sessions() {
     let r = call(&alice, "create_session", json!({"language": "python"})).await.unwrap();
     let id = r.structured_content.unwrap()["session_id"].as_str().unwrap().to_string();
     exec(&alice, json!({"language": "python", "code": "v = 'alice'", "session_id": id})).await;
-    let e = call(&bob, "execute_code", json!({"language": "python", "code": "print(v)", "session_id": id})).await.unwrap_err();
-    assert_eq!(error_code(&e), -32602);
+    let e = tool_error(call(&bob, "execute_code", json!({"language": "python", "code": "print(v)", "session_id": id})).await);
+    assert!(e.contains("unknown session_id"), "{e}");
     let (_, s) = exec(&alice, json!({"language": "python", "code": "print(v)", "session_id": id})).await;
     assert_eq!(s["stdout"], "alice\n");
 }

@@ -40,8 +40,8 @@ async fn python_sessions_keep_variables_imports_and_files() {
     client.read_resource(ReadResourceRequestParams::new(uri)).await.expect("read session artifact");
     let r = call(&client, "close_session", json!({"session_id": id})).await.unwrap();
     assert_eq!(r.structured_content.unwrap()["closed"], true);
-    let e = call(&client, "execute_code", in_session("x", "python", &id)).await.unwrap_err();
-    assert_eq!(error_code(&e), -32602);
+    let e = tool_error(call(&client, "execute_code", in_session("x", "python", &id)).await);
+    assert!(e.contains("unknown session_id"), "{e}");
 }
 
 #[tokio::test]
@@ -64,8 +64,8 @@ async fn javascript_sessions_keep_the_workspace() {
     exec(&client, in_session("const f = std.open('count.txt', 'w'); f.puts('1'); f.close()", "javascript", &id)).await;
     let (_, s) = exec(&client, in_session("console.log(std.loadFile('count.txt'))", "javascript", &id)).await;
     assert_eq!(s["stdout"], "1\n");
-    let e = call(&client, "execute_code", in_session("print(1)", "python", &id)).await.unwrap_err();
-    assert_eq!(error_code(&e), -32602, "language must match the session");
+    let e = tool_error(call(&client, "execute_code", in_session("print(1)", "python", &id)).await);
+    assert!(e.contains("javascript"), "language must match the session: {e}");
 }
 
 #[tokio::test]
@@ -82,13 +82,13 @@ async fn another_client_cannot_use_a_session_or_its_artifacts() {
     // a second process sharing nothing but the id strings it was told.
     let bob_files = ServerFiles::new();
     let bob = stdio(&bob_files, None).await;
-    let e = call(&bob, "execute_code", in_session("print(secret)", "python", &id)).await.unwrap_err();
-    assert_eq!(error_code(&e), -32602);
+    let e = tool_error(call(&bob, "execute_code", in_session("print(secret)", "python", &id)).await);
+    assert!(e.contains("unknown session_id"), "{e}");
     for uri in [&session_file, &call_file] {
         assert!(bob.read_resource(ReadResourceRequestParams::new(uri.clone())).await.is_err(), "{uri}");
     }
-    let e = call(&bob, "close_session", json!({"session_id": id})).await.unwrap_err();
-    assert_eq!(error_code(&e), -32602);
+    let e = tool_error(call(&bob, "close_session", json!({"session_id": id})).await);
+    assert!(e.contains("unknown session_id"), "{e}");
     let (_, s) = exec(&alice, in_session("print(secret)", "python", &id)).await;
     assert_eq!(s["stdout"], "alice\n", "alice's session survived bob's attempts");
 }
@@ -107,9 +107,11 @@ async fn session_count_is_capped_and_idle_sessions_expire() {
     let r = call(&client, "create_session", json!({"language": "python"})).await.unwrap();
     assert_eq!(r.is_error, Some(true));
     assert!(text_of(&r).contains("limit"), "{}", text_of(&r));
+    let retry = r.meta.as_ref().and_then(|m| m.0.get("io.github.warden/retryAfterSeconds")).and_then(|v| v.as_u64());
+    assert!(retry.is_some_and(|s| s > 0), "a full session table says when to retry: {:?}", r.meta);
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    let e = call(&client, "execute_code", in_session("1", "python", &a)).await.unwrap_err();
-    assert_eq!(error_code(&e), -32602);
+    let e = tool_error(call(&client, "execute_code", in_session("1", "python", &a)).await);
+    assert!(e.contains("unknown session_id"), "an expired session is unknown: {e}");
     let closes = audit_events(&files, "session.close", 2, Duration::from_secs(3)).await;
     assert!(closes.iter().all(|c| c["reason"] == "expired"), "{closes:?}");
     create(&client, "python").await;

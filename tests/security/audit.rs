@@ -88,7 +88,7 @@ async fn unauthenticated_floods_grow_the_audit_log_by_a_bounded_amount() {
     assert!(log.lines().all(|l| l.len() <= 64 * 1024 + 512), "every line is bounded");
     let metrics = reqwest::get(format!("{}/metrics", s.base)).await.unwrap().text().await.unwrap();
     assert!(
-        metrics.contains(&format!(r#"warden_denials_total{{reason="unauthenticated"}} {}"#, REQUESTS / 4 * 3)),
+        metrics.contains(&format!(r#"warden_refusals_total{{reason="unauthenticated"}} {}"#, REQUESTS / 4 * 3)),
         "every refusal is still counted: {metrics}"
     );
     victim_served(&s.url).await;

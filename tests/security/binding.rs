@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{ServerFiles, audit_events, call, connect_http, exec, start_http, stateless_call};
+use crate::harness::{ServerFiles, audit_events, call, connect_http, exec, start_http, stateless_call, tool_error};
 use crate::{Layer, case};
 
 #[tokio::test]
@@ -60,8 +60,8 @@ async fn sessions_are_bound_to_their_profile() {
     assert_eq!(reloads[0]["result"], "ok", "{reloads:?}");
     let closes = audit_events(&files, "session.close", 1, Duration::from_secs(5)).await;
     assert!(closes.iter().any(|c| c["session_id"] == bobs.as_str() && c["reason"] == "profile_changed"), "{closes:?}");
-    let e = call(&bob, "execute_code", json!({"language": "python", "code": "1", "session_id": bobs})).await.unwrap_err();
-    assert!(e.to_string().contains("unknown session_id"), "{e}");
+    let e = tool_error(call(&bob, "execute_code", json!({"language": "python", "code": "1", "session_id": bobs})).await);
+    assert!(e.contains("unknown session_id"), "{e}");
     // The session under the unchanged profile lives on; everyone is still served.
     let r = stateless_call(&url, "alice-wide", "execute_code", json!({"language": "python", "code": "print(x)", "session_id": id})).await;
     assert_eq!(r["result"]["structuredContent"]["stdout"], "41\n", "{r}");

@@ -106,7 +106,7 @@ async fn every_route_refuses_a_foreign_host() {
     assert_eq!(post_initialize(&s.url, &[("host", "rebind.evil.test"), ("authorization", &format!("Bearer {VICTIM_TOKEN}"))]).await.0, 403);
     victim_served(&s.url).await;
     let metrics = reqwest::get(format!("{}/metrics", s.base)).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains(r#"warden_denials_total{reason="bad_host"} 6"#), "{metrics}");
+    assert!(metrics.contains(r#"warden_refusals_total{reason="bad_host"} 6"#), "{metrics}");
 
     // An operator's extra name is accepted on every route too.
     let files = ServerFiles::new();

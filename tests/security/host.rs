@@ -36,10 +36,10 @@ async fn the_host_environment_and_its_secrets_stay_out() {
 
     // A caller cannot ask for a host variable either: `env` is not a request field.
     crate::case("requested_host_variable", Layer::Policy);
-    let e = call(&client, "execute_code", json!({"language": "python", "code": "1", "env": {"X": "$WARDEN_SECURITY_SECRET"}}))
-        .await
-        .unwrap_err();
-    assert_eq!(error_code(&e), -32602);
+    let e = tool_error(
+        call(&client, "execute_code", json!({"language": "python", "code": "1", "env": {"X": "$WARDEN_SECURITY_SECRET"}})).await,
+    );
+    assert!(e.contains("unknown field") && e.contains("env"), "{e}");
     crate::alive(&client).await;
 
     // Code is not recorded under the default profile, so a secret an agent pastes into code

@@ -28,10 +28,10 @@ async fn plant(owner: &Client) -> (String, Vec<String>) {
 
 /// `other` can neither use, close nor read what `owner` planted; `owner` still can.
 async fn refused_to(other: &Client, owner: &Client, id: &str, uris: &[String]) {
-    let e = call(other, "execute_code", in_session("print(secret)", id)).await.unwrap_err();
-    assert_eq!(error_code(&e), -32602);
-    let e = call(other, "close_session", json!({"session_id": id})).await.unwrap_err();
-    assert_eq!(error_code(&e), -32602);
+    let e = tool_error(call(other, "execute_code", in_session("print(secret)", id)).await);
+    assert!(e.contains("unknown session_id"), "another client's session is unknown to this one: {e}");
+    let e = tool_error(call(other, "close_session", json!({"session_id": id})).await);
+    assert!(e.contains("unknown session_id"), "{e}");
     for uri in uris {
         assert!(other.read_resource(ReadResourceRequestParams::new(uri.clone())).await.is_err(), "{uri} was readable");
         owner.read_resource(ReadResourceRequestParams::new(uri.clone())).await.expect("the owner reads its artifact");
@@ -47,8 +47,8 @@ async fn guessed_session_ids_and_artifact_uris() {
     let _mine = session(&client).await;
     for guess in ["00000000-0000-4000-8000-000000000000", "s-1", "../../etc", "", "%2e%2e"] {
         case("guessed_session_id", Layer::Policy);
-        let e = call(&client, "execute_code", in_session("1", guess)).await.unwrap_err();
-        assert_eq!(error_code(&e), -32602, "{guess:?}");
+        let e = tool_error(call(&client, "execute_code", in_session("1", guess)).await);
+        assert!(e.contains("unknown session_id"), "{guess:?}: {e}");
     }
     for uri in [
         "warden://calls/00000000-0000-4000-8000-000000000000/out.txt",
@@ -118,8 +118,8 @@ async fn no_tool_lets_a_caller_widen_its_own_permissions() {
     for extra in [json!({"mounts": ["/"]}), json!({"env": {"A": "b"}}), json!({"network": true}), json!({"policy": "data-science"})] {
         let mut args = json!({"language": "python", "code": "1"});
         args.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        let e = call(&client, "execute_code", args.clone()).await.unwrap_err();
-        assert_eq!(error_code(&e), -32602, "{args}");
+        let e = tool_error(call(&client, "execute_code", args.clone()).await);
+        assert!(e.contains("unknown field"), "{args}: {e}");
     }
     crate::alive(&client).await;
 }

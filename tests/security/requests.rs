@@ -121,8 +121,7 @@ async fn hostile_files_and_limits_are_invalid_params() {
     ];
     for (name, args) in cases {
         case(name, Layer::Policy);
-        let e = call(&client, "execute_code", args).await.expect_err(name);
-        assert_eq!(error_code(&e), -32602, "{name}: {e}");
+        let e = tool_error(call(&client, "execute_code", args).await);
         assert!(e.to_string().len() > 20, "{name}: the error says what is wrong: {e}");
         crate::alive(&client).await;
     }

@@ -113,8 +113,7 @@ async fn tool_calls_are_schema_checked_and_return_structured_results() {
     assert_eq!(meta["outcome"], "ok");
     assert_eq!(meta["audit"]["tool"], "echo");
     for bad in [json!({"x": "five"}), json!({}), json!({"x": 1, "y": 2})] {
-        let e = call(&client, "echo", bad.clone()).await.unwrap_err();
-        assert_eq!(error_code(&e), -32602, "{bad}");
+        let e = tool_error(call(&client, "echo", bad.clone()).await);
         assert!(e.to_string().contains("input schema"), "{e}");
     }
     let ends = audit_events(&files, "execution", 1, Duration::from_secs(2)).await;
