@@ -219,6 +219,10 @@ async fn per_principal_rate_limits_say_when_to_retry() {
     assert_eq!(r.is_error, Some(true));
     let text = text_of(&r);
     assert!(text.starts_with("rate limited") && text.contains("retry after"), "{text}");
+    // The same wait, machine-readable: 3 calls a minute refill one every 20 s.
+    let retry = r.meta.as_ref().and_then(|m| m.0.get("io.github.warden/retryAfterSeconds")).and_then(|v| v.as_u64());
+    assert!(retry.is_some_and(|s| (1..=20).contains(&s)), "{:?}", r.meta);
+    assert!(text.contains(&format!("retry after {} s", retry.unwrap())), "the text and the number agree: {text}");
     // Another principal is not affected.
     let other = connect_http(&s.url, Some(&jwt(Algorithm::EdDSA, "ed25519.pem", "ed-1", claims("bob", &["analyst"])))).await;
     let (r, _) = exec(&other, json!({"language": "python", "code": "1"})).await;
