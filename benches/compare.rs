@@ -133,6 +133,15 @@ async fn hammer(url: &str, clients: usize, total: usize, limit: Duration, code: 
             lat
         }));
     }
+    gather(tasks, started, &errors).await
+}
+
+/// Waits for a load generator's client tasks: (calls, errors, elapsed, sorted latencies).
+async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>,
+    started: Instant,
+    errors: &AtomicUsize,
+) -> (usize, usize, Duration, Vec<Duration>) {
     let mut all = Vec::new();
     for t in tasks {
         all.extend(t.await.expect("client task"));
@@ -149,7 +158,7 @@ fn variants() -> Vec<(&'static str, harness::Server)> {
     let mut v = vec![("split", harness::Server::default())];
     if let Some(bin) = std::env::var_os("WARDEN_BENCH_BASELINE_BIN") {
         let home = std::env::var_os("WARDEN_BENCH_BASELINE_HOME").map(Into::into).unwrap_or_else(|| harness::Server::default().home);
-        v.push(("in-process", harness::Server { bin: bin.into(), home }));
+        v.push(("in-process", harness::Server { bin: bin.into(), home, log: None }));
     }
     v
 }
@@ -203,13 +212,7 @@ async fn stateless_hammer(url: &str, clients: usize, total: usize, limit: Durati
             lat
         }));
     }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.expect("client task"));
-    }
-    let elapsed = started.elapsed();
-    all.sort();
-    (all.len(), errors.load(Ordering::Relaxed), elapsed, all)
+    gather(tasks, started, &errors).await
 }
 
 /// `pid` and every process descended from it (the front, its spawner, the executors).

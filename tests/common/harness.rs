@@ -62,11 +62,13 @@ pub fn server_command(files: &ServerFiles, policy: Option<&Path>, extra: &[&str]
 pub struct Server {
     pub bin: PathBuf,
     pub home: PathBuf,
+    /// `WARDEN_LOG` for the server, when not the default filter.
+    pub log: Option<String>,
 }
 
 impl Default for Server {
     fn default() -> Self {
-        Server { bin: PathBuf::from(env!("CARGO_BIN_EXE_warden")), home: home().root().to_path_buf() }
+        Server { bin: PathBuf::from(env!("CARGO_BIN_EXE_warden")), home: home().root().to_path_buf(), log: None }
     }
 }
 
@@ -77,6 +79,9 @@ pub fn server_command_of(server: &Server, files: &ServerFiles, policy: Option<&P
         cmd.arg("--policy").arg(p);
     }
     cmd.env("WARDEN_HOME", &server.home).env("WARDEN_AUDIT_LOG", files.audit_log()).env_remove("WARDEN_POLICY").kill_on_drop(true);
+    if let Some(filter) = &server.log {
+        cmd.env("WARDEN_LOG", filter);
+    }
     cmd
 }
 
