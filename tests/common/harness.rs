@@ -57,8 +57,8 @@ pub fn server_command(files: &ServerFiles, policy: Option<&Path>, extra: &[&str]
     server_command_of(&Server::default(), files, policy, extra)
 }
 
-/// Which `warden` serves, from which data directory: this build and the tests' home unless a
-/// bench compares against another build.
+/// Which `warden` serves, from which data directory, with which log filter: this build, the
+/// tests' home and the default filter, unless a bench compares builds or a test reads the log.
 pub struct Server {
     pub bin: PathBuf,
     pub home: PathBuf,
@@ -120,7 +120,6 @@ pub fn call_result(r: ServerResult) -> CallToolResult {
     }
 }
 
-/// The JSON-RPC error code of a failed request.
 /// The message of a tool result the model can act on (`isError: true`, SEP-1303), failing on
 /// a success or a JSON-RPC error.
 #[track_caller]
@@ -134,6 +133,7 @@ pub fn tool_error(r: Result<CallToolResult, ServiceError>) -> String {
     }
 }
 
+/// The JSON-RPC error code of a failed request.
 pub fn error_code(e: &ServiceError) -> i32 {
     match e {
         ServiceError::McpError(d) => d.code.0,
@@ -199,7 +199,7 @@ pub async fn start_http(files: &ServerFiles, policy: Option<&Path>, extra: &[&st
     start_http_of(&Server::default(), files, policy, extra).await
 }
 
-/// [`start_http`] of another build or data directory.
+/// [`start_http`] of another build, data directory or log filter.
 pub async fn start_http_of(server: &Server, files: &ServerFiles, policy: Option<&Path>, extra: &[&str]) -> HttpServer {
     let mut args = vec!["--http", "127.0.0.1:0"];
     args.extend_from_slice(extra);
