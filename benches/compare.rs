@@ -163,21 +163,10 @@ fn variants() -> Vec<(&'static str, harness::Server)> {
     v
 }
 
-/// One stateless MCP 2026-07-28 `tools/call` of Python hello, as the load generators send it.
+/// One stateless `tools/call` of Python hello, as the load generators send it.
 fn stateless_body() -> String {
-    json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "execute_code",
-        "arguments": {"language": "python", "code": "print('hello')"},
-        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}}})
-    .to_string()
+    harness::stateless_body("execute_code", json!({"language": "python", "code": "print('hello')"}))
 }
-
-const STATELESS_HEADERS: [(&str, &str); 5] = [
-    ("content-type", "application/json"),
-    ("accept", "application/json, text/event-stream"),
-    ("mcp-protocol-version", "2026-07-28"),
-    ("mcp-method", "tools/call"),
-    ("mcp-name", "execute_code"),
-];
 
 /// `clients` keep-alive connections (one HTTP client each, no MCP session) POSTing stateless
 /// calls until `total` are done or `limit` passes. Returns (calls, errors, elapsed, sorted
@@ -197,7 +186,7 @@ async fn stateless_hammer(url: &str, clients: usize, total: usize, limit: Durati
             while next.fetch_add(1, Ordering::Relaxed) < total && Instant::now() < deadline {
                 let t = Instant::now();
                 let mut req = http.post(&url).body(body.clone());
-                for (k, v) in STATELESS_HEADERS {
+                for (k, v) in harness::stateless_headers("execute_code") {
                     req = req.header(k, v);
                 }
                 let text = match req.send().await {
@@ -330,7 +319,7 @@ async fn wrk_check(files: &ServerFiles, policy: &std::path::Path, results: &[(St
     stateless_hammer(&http.url, 4, 40, Duration::from_secs(30)).await;
     let mut script = String::from("wrk.method = \"POST\"\n");
     script += &format!("wrk.body = {:?}\n", stateless_body());
-    for (k, v) in STATELESS_HEADERS {
+    for (k, v) in harness::stateless_headers("execute_code") {
         script += &format!("wrk.headers[{k:?}] = {v:?}\n");
     }
     // Count answers that are not an ok outcome, per thread, and sum them at the end.

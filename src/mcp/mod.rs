@@ -95,13 +95,6 @@ pub const RETRY_AFTER_META: &str = "io.github.warden/retryAfterSeconds";
 /// refusals (busy, rate limited, shutting down), which also carry [`RETRY_AFTER_META`]. JSON-RPC
 /// errors are left for what is not the model's to fix: an unknown tool, and internal faults.
 fn exec_error(e: ExecError) -> Result<CallToolResponse, McpError> {
-    let retry_after = match &e {
-        ExecError::Busy { .. } => Some(2),
-        ExecError::Limited(l) => Some(l.retry_after_s()),
-        ExecError::ShuttingDown => Some(5),
-        ExecError::Session(crate::session::SessionError::Full(_) | crate::session::SessionError::PrincipalFull(_)) => Some(10),
-        _ => None,
-    };
     match e {
         ExecError::UnknownTool(m) => Err(McpError::invalid_params(m, None)),
         ExecError::Internal(m) => {
@@ -115,7 +108,7 @@ fn exec_error(e: ExecError) -> Result<CallToolResponse, McpError> {
         | ExecError::ShuttingDown
         | ExecError::Audit(_)) => {
             let mut result = CallToolResult::error(vec![ContentBlock::text(e.to_string())]);
-            if let Some(s) = retry_after {
+            if let Some(s) = e.retry_after_s() {
                 let mut meta = serde_json::Map::new();
                 meta.insert(RETRY_AFTER_META.into(), s.into());
                 result.meta = Some(rmcp::model::MetaObject(meta));

@@ -105,6 +105,19 @@ pub enum ExecError {
     Internal(String),
 }
 
+impl ExecError {
+    /// For refusals that pass with time, how many seconds to wait before trying again.
+    pub fn retry_after_s(&self) -> Option<u64> {
+        match self {
+            ExecError::Busy { .. } => Some(2),
+            ExecError::Limited(l) => Some(l.retry_after_s()),
+            ExecError::ShuttingDown => Some(5),
+            ExecError::Session(SessionError::Full(_) | SessionError::PrincipalFull(_)) => Some(10),
+            _ => None,
+        }
+    }
+}
+
 impl From<RunError> for ExecError {
     fn from(e: RunError) -> Self {
         match e {

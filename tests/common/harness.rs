@@ -334,26 +334,32 @@ pub fn host_usage(dir: &Path, pid: u32) -> (u64, u64) {
     total
 }
 
-/// One stateless MCP 2026-07-28 `tools/call` over HTTP (no `initialize`, no MCP session: the
-/// caller is the token's principal alone). Returns the JSON-RPC response.
+/// The body of a stateless MCP 2026-07-28 `tools/call` (no `initialize`, no MCP session).
+pub fn stateless_body(tool: &str, arguments: Value) -> String {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": arguments,
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}}})
+    .to_string()
+}
+
+/// The headers of that request, but for authorization.
+pub fn stateless_headers(tool: &str) -> [(&'static str, &str); 5] {
+    [
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", tool),
+    ]
+}
+
+/// One stateless MCP 2026-07-28 `tools/call` over HTTP (the caller is the token's principal
+/// alone). Returns the JSON-RPC response.
 pub async fn stateless_call(url: &str, token: &str, tool: &str, arguments: Value) -> Value {
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": arguments,
-        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}}});
-    let text = reqwest::Client::new()
-        .post(url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", "2026-07-28")
-        .header("mcp-method", "tools/call")
-        .header("mcp-name", tool)
-        .header("authorization", format!("Bearer {token}"))
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("POST /mcp")
-        .text()
-        .await
-        .expect("response body");
+    let mut req = reqwest::Client::new().post(url).header("authorization", format!("Bearer {token}"));
+    for (k, v) in stateless_headers(tool) {
+        req = req.header(k, v);
+    }
+    let text = req.body(stateless_body(tool, arguments)).send().await.expect("POST /mcp").text().await.expect("response body");
     // An SSE stream of one event, or a plain JSON body.
     let json = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap_or(&text);
     serde_json::from_str(json).unwrap_or_else(|e| panic!("not a JSON-RPC response ({e}): {text}"))
