@@ -76,7 +76,7 @@ fn main() {
             local.run_fresh(ws, spec, &[], &CancelHandle::new(), None).await.unwrap()
         })
     };
-    let run_split = |spec: &ExecSpec| rt.block_on(run_fresh(&executors, &key, spec, &[], &CancelHandle::new(), None)).unwrap().0;
+    let run_split = |spec: &ExecSpec| rt.block_on(run_fresh(&executors, &key, spec, &[], &CancelHandle::new(), None, None)).unwrap().0;
 
     println!("fresh hello, in-process vs executor process (hardening {}), {n} interleaved pairs:", hardening.to_string());
     for (lang, code) in [(Language::Python, "print('hello')"), (Language::Javascript, "console.log('hello')")] {

@@ -54,6 +54,18 @@ pub enum Encoding {
     Base64,
 }
 
+/// What a running call's guest wrote since the last chunk, streamed to the caller while it
+/// runs (the final result still holds all of it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct OutputChunk {
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Where a call's [`OutputChunk`]s go while it runs. Unbounded, because what can go in is
+/// bounded already: all of a call's chunks add up to at most its output caps.
+pub type OutputSink = tokio::sync::mpsc::UnboundedSender<OutputChunk>;
+
 /// The result of `execute_code` (its `structuredContent`).
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct ExecResult {

@@ -108,6 +108,21 @@ pub enum Event {
         connection: Option<String>,
         reason: &'static str,
     },
+    /// A call that outlived its request became an MCP task (`task.create`).
+    TaskCreate {
+        task_id: String,
+        principal: String,
+        connection: Option<String>,
+        tool: String,
+        profile: String,
+    },
+    /// Its owner asked to cancel a running task (`task.cancel`); the call's `execution` line
+    /// says how it ended.
+    TaskCancel {
+        task_id: String,
+        principal: String,
+        connection: Option<String>,
+    },
     ServerStart(Box<ServerStart>),
     ServerStop {},
     /// SIGHUP: the profiles (and auth file) reloaded, or why not (`policy.reload`).
@@ -139,6 +154,8 @@ impl Event {
             Event::RefusalSummary(_) => "auth.refused",
             Event::SessionOpen { .. } => "session.open",
             Event::SessionClose { .. } => "session.close",
+            Event::TaskCreate { .. } => "task.create",
+            Event::TaskCancel { .. } => "task.cancel",
             Event::ServerStart(_) => "server.start",
             Event::ServerStop {} => "server.stop",
             Event::PolicyReloaded { .. } | Event::PolicyReloadFailed { .. } => "policy.reload",

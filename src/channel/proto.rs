@@ -2,8 +2,9 @@
 //!
 //! The front sends [`Request`]s: first an [`Init`], then runs, cancellations, answers to the
 //! executor's door requests, session ends and confinement probes. The executor sends
-//! [`Reply`]s: first [`Ready`], then for each run any number of door requests and exactly one
-//! `Done`. Runs are multiplexed by the front's `id`.
+//! [`Reply`]s: first [`Ready`], then for each run any number of door requests and output chunks
+//! (if the run asked to stream), and exactly one `Done` after them. Runs are multiplexed by the
+//! front's `id`.
 //!
 //! What a run needs besides its spec travels as files: the front creates the call's directory
 //! under the executor's workspaces root and writes its inputs there as one blob
@@ -21,11 +22,14 @@ use crate::runtime::Language;
 use crate::sandbox::{Limits, Mount, Outcome};
 
 /// Bumped whenever a message changes shape; both sides refuse any other.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// The inputs blob's name in a call's (or session's) directory, beside `workspace/` and `tmp/`
 /// (the guest sees neither the directory nor the blob).
 pub const INPUTS_FILE: &str = "inputs.bin";
+
+/// Most bytes of each stream in one [`Reply::Output`].
+pub const OUTPUT_CHUNK_BYTES: usize = 16 << 10;
 
 /// Front → executor.
 #[derive(Debug, Serialize, Deserialize)]
@@ -36,6 +40,8 @@ pub enum Request {
     Run {
         id: u64,
         job: Box<Job>,
+        /// Send the guest's output as [`Reply::Output`] chunks while it runs.
+        stream: bool,
     },
     Cancel {
         id: u64,
@@ -87,6 +93,18 @@ pub enum Job {
     Turn { session: String, dir: String, spec: Spec, inputs: Inputs },
     /// A package tool (its sha256 must match the loaded package's) in the fresh directory `dir`.
     Tool { dir: String, tool: String, sha256: String, grant: GrantSpec, args: serde_json::Value },
+}
+
+impl Job {
+    /// Most bytes of stdout and stderr the run may stream in all: its caps, except a tool's
+    /// stdout, which is its result rather than output for a person to follow. Both sides use
+    /// it: the executor to cut, the front to check.
+    pub fn streamed_caps(&self) -> [usize; 2] {
+        match self {
+            Job::Fresh { spec, .. } | Job::Turn { spec, .. } => [spec.limits.stdout_bytes, spec.limits.stderr_bytes],
+            Job::Tool { grant, .. } => [0, grant.limits.stderr_bytes],
+        }
+    }
 }
 
 /// [`crate::sandbox::ExecSpec`] without its stdin (which is in the inputs blob).
@@ -142,6 +160,14 @@ pub enum Reply {
         id: u64,
         request: String,
         remaining_ms: u64,
+    },
+    /// What run `id`'s guest wrote since the last chunk: each at most [`OUTPUT_CHUNK_BYTES`],
+    /// and all of a run's chunks together at most its stdout and stderr caps. Only for runs
+    /// sent with `stream`.
+    Output {
+        id: u64,
+        stdout: String,
+        stderr: String,
     },
     Done {
         id: u64,

@@ -217,7 +217,7 @@ fn executor_self_test(home: &Home, profile: &str) -> Result<(Vec<Value>, Value),
             Language::Javascript => "console.log(6 * 7)",
         };
         let request = ExecuteCodeArgs { language: lang, code: code.into(), session_id: None, files: Vec::new(), stdin: None, limits: None };
-        let (ok, detail) = match rt.block_on(service.execute(&caller, request, CancelHandle::new())) {
+        let (ok, detail) = match rt.block_on(service.execute(&caller, request, CancelHandle::new(), None)) {
             Ok(r) => (r.outcome == Outcome::Ok && r.stdout == "42\n", format!("{}: {:?} {:?}", r.outcome, r.stdout, r.stderr)),
             Err(e) => (false, e.to_string()),
         };

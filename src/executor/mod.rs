@@ -10,6 +10,7 @@
 //! channel as a process of its own; in-process use is left to benchmarks and tests.
 
 pub mod process;
+pub mod stream;
 
 use std::sync::Arc;
 

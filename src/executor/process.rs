@@ -31,6 +31,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
+use super::stream::{self, Streamer};
 use super::{Executor, LiveSession, RunError};
 use crate::channel::proto::{Failure, Finished, GrantSpec, Init, Job, Probe, Ready, Reply, Request, Spec, VERSION};
 use crate::channel::{self, Receiver, Sender, inputs};
@@ -188,10 +189,10 @@ async fn serve(state: Arc<State>, mut tx: Sender, mut rx: Receiver, ready: Ready
                 tracing::error!("a second init; stopping");
                 break;
             }
-            Request::Run { id, job } => {
+            Request::Run { id, job, stream } => {
                 let (state, out) = (state.clone(), out.clone());
                 tokio::spawn(async move {
-                    let result = state.run(id, *job, &out).await;
+                    let result = state.run(id, *job, stream, &out).await;
                     let _ = out.send(Reply::Done { id, result });
                 });
             }
@@ -224,11 +225,32 @@ async fn serve(state: Arc<State>, mut tx: Sender, mut rx: Receiver, ready: Ready
 }
 
 impl State {
-    async fn run(&self, id: u64, job: Job, out: &UnboundedSender<Reply>) -> Result<Box<Finished>, Failure> {
+    /// Runs `job`; with `stream`, its output goes to the front as it is written (see
+    /// [`super::stream`]), all of it before the `Done` this returns.
+    async fn run(&self, id: u64, job: Job, stream: bool, out: &UnboundedSender<Reply>) -> Result<Box<Finished>, Failure> {
         let cancel = CancelHandle::new();
         let (door_tx, door_rx) = std::sync::mpsc::channel();
         lock(&self.runs).insert(id, RunSlot { cancel: cancel.clone(), door: door_tx });
-        let result = self.execute(id, job, &cancel, door_rx, out).await;
+        let streamer = stream.then(|| Streamer::new(id, out.clone(), cancel.output().clone(), job.streamed_caps()));
+        let work = self.execute(id, job, &cancel, door_rx, out);
+        let result = match streamer {
+            None => work.await,
+            Some(mut streamer) => {
+                tokio::pin!(work);
+                let mut tick = tokio::time::interval(stream::EVERY);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let result = loop {
+                    tokio::select! {
+                        r = &mut work => break r,
+                        _ = tick.tick() => streamer.tick(),
+                    }
+                };
+                if let Ok(report) = &result {
+                    streamer.finish(report);
+                }
+                result
+            }
+        };
         lock(&self.runs).remove(&id);
         result.map(|r| Box::new(finished(r))).map_err(|e| match e {
             RunError::Rejected(m) => Failure::Rejected(m),

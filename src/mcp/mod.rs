@@ -9,25 +9,30 @@
 //! error).
 
 mod content;
+pub mod progress;
+pub mod tasks;
 pub mod tools;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, ListResourcesResult, ListToolsResult,
-    PaginatedRequestParams, ProgressNotificationParam, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
-    ResourceContents, ServerCapabilities, ServerConfig, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, ContentBlock, CreateTaskResult, GetTaskParams,
+    GetTaskResult, Implementation, ListResourcesResult, ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde::de::DeserializeOwned;
 
+use crate::api::OutputSink;
 use crate::api::{CloseSessionArgs, CreateSessionArgs, ExecuteCodeArgs};
+use crate::audit::event::Event;
 use crate::auth::AuthContext;
 use crate::sandbox::CancelHandle;
 use crate::service::{Caller, ExecError, Service};
 use crate::session::Owner;
+use progress::with_progress;
 
 /// How the handler was reached; decides who the caller is.
 #[derive(Clone, Debug)]
@@ -42,15 +47,23 @@ enum Via {
 pub struct WardenMcp {
     exec: Arc<Service>,
     via: Via,
+    /// Calls running or finished as MCP tasks: one table for every connection, since a task
+    /// outlives the one that made it.
+    tasks: Arc<tasks::Tasks>,
 }
+
+/// A guest call, ready to run on the request or in a task of its own.
+type GuestCall = std::pin::Pin<Box<dyn std::future::Future<Output = Result<CallToolResult, McpError>> + Send>>;
 
 impl WardenMcp {
     pub fn stdio(exec: Arc<Service>) -> Self {
-        WardenMcp { exec, via: Via::Stdio { connection: format!("stdio-{}", uuid::Uuid::new_v4().simple()) } }
+        let via = Via::Stdio { connection: format!("stdio-{}", uuid::Uuid::new_v4().simple()) };
+        WardenMcp { exec, via, tasks: Arc::default() }
     }
 
-    pub fn http(exec: Arc<Service>) -> Self {
-        WardenMcp { exec, via: Via::Http }
+    /// The handler of one HTTP session; `tasks` is the server's one task table.
+    pub fn http(exec: Arc<Service>, tasks: Arc<tasks::Tasks>) -> Self {
+        WardenMcp { exec, via: Via::Http, tasks }
     }
 
     fn caller(&self, ctx: &RequestContext<RoleServer>) -> Caller {
@@ -71,6 +84,89 @@ impl WardenMcp {
                     parts.and_then(|p| p.headers.get("mcp-session-id")).and_then(|v| v.to_str().ok()).map(|s| format!("http-{s}"));
                 Caller { principal: principal.clone(), owner: Owner { principal, connection }, profile }
             }
+        }
+    }
+
+    /// Runs a call that runs a guest (`execute_code` or a package tool). It runs on its
+    /// request, with progress notifications; for a client that declared the tasks extension it
+    /// runs in a task of its own, and if it outlasts [`tasks::PROMOTE_AFTER`] the request is
+    /// answered with a task handle while the call goes on (see [`tasks`]).
+    async fn run_guest_call(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        caller: &Caller,
+        profile: &crate::service::Profile,
+        tool: &str,
+        call: impl FnOnce(CancelHandle, Option<OutputSink>) -> GuestCall,
+    ) -> Result<CallToolResponse, McpError> {
+        let policy = &profile.policy;
+        let timeout = Duration::from_millis(policy.file.limits.timeout_ms);
+        let task_capable = ctx.client_capabilities().is_some_and(|c| c.supports_tasks()) && policy.file.tasks.max > 0;
+        let (cancel, watcher) = cancel_on_request_end(ctx);
+        if !task_capable {
+            let result = with_progress(ctx, timeout, |out| call(cancel, out)).await;
+            watcher.abort();
+            return result.map(Into::into);
+        }
+        // Its own tokio task, so that it can outlive this request.
+        let (sink, mut chunks) = tokio::sync::mpsc::unbounded_channel();
+        let mut job = tokio::spawn(call(cancel.clone(), Some(sink)));
+        let notifier = progress::Notifier::new(ctx, timeout);
+        notifier.started().await;
+        let joined = |r: Result<Result<CallToolResult, McpError>, tokio::task::JoinError>| match r {
+            Ok(r) => r,
+            Err(e) => Err(McpError::internal_error(format!("the call's task failed: {e}"), None)),
+        };
+        if let Ok(r) = tokio::time::timeout(tasks::PROMOTE_AFTER, notifier.follow(&mut job, &mut chunks)).await {
+            watcher.abort();
+            return joined(r).map(Into::into);
+        }
+        let longest = timeout + Duration::from_millis(policy.file.limits.queue_timeout_ms);
+        let new = tasks::NewTask {
+            principal: &caller.principal,
+            profile: policy.name(),
+            limits: &policy.file.tasks,
+            longest_run: longest,
+            cancel: cancel.clone(),
+        };
+        let Some(task) = self.tasks.create(new) else {
+            // No room for another task: it ends on its request, as without the extension.
+            let r = notifier.follow(&mut job, &mut chunks).await;
+            watcher.abort();
+            return joined(r).map(Into::into);
+        };
+        // From here on only tasks/cancel stops it, not the request or its connection.
+        watcher.abort();
+        self.audit(&Event::TaskCreate {
+            task_id: task.task_id.clone(),
+            principal: caller.principal.clone(),
+            connection: caller.owner.connection.clone(),
+            tool: tool.to_string(),
+            profile: policy.name().to_string(),
+        });
+        let (tasks, id) = (self.tasks.clone(), task.task_id.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    Some(chunk) = chunks.recv() => tasks.output(&id, chunk),
+                    r = &mut job => {
+                        while let Ok(chunk) = chunks.try_recv() {
+                            tasks.output(&id, chunk);
+                        }
+                        tasks.finish(&id, joined(r));
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(CallToolResponse::Task(CreateTaskResult::new(task)))
+    }
+
+    /// Records a task's event. The call itself was recorded when it was admitted (fail closed);
+    /// a failure here is logged and counted, and the task goes on.
+    fn audit(&self, event: &Event) {
+        if let Err(e) = self.exec.audit_log().record(event) {
+            tracing::error!(error = %e, kind = event.kind(), "could not record a task event in the audit log");
         }
     }
 
@@ -95,6 +191,11 @@ pub const RETRY_AFTER_META: &str = "io.github.warden/retryAfterSeconds";
 /// refusals (busy, rate limited, shutting down), which also carry [`RETRY_AFTER_META`]. JSON-RPC
 /// errors are left for what is not the model's to fix: an unknown tool, and internal faults.
 fn exec_error(e: ExecError) -> Result<CallToolResponse, McpError> {
+    error_result(e).map(Into::into)
+}
+
+/// [`exec_error`] as a plain tool result (what a task keeps).
+fn error_result(e: ExecError) -> Result<CallToolResult, McpError> {
     match e {
         ExecError::UnknownTool(m) => Err(McpError::invalid_params(m, None)),
         ExecError::Internal(m) => {
@@ -113,7 +214,7 @@ fn exec_error(e: ExecError) -> Result<CallToolResponse, McpError> {
                 meta.insert(RETRY_AFTER_META.into(), s.into());
                 result.meta = Some(rmcp::model::MetaObject(meta));
             }
-            Ok(result.into())
+            Ok(result)
         }
     }
 }
@@ -128,31 +229,21 @@ macro_rules! args_or_answer {
     };
 }
 
-/// Sends progress notifications while `work` runs, if the client asked for them.
-async fn with_progress<F: std::future::Future>(ctx: &RequestContext<RoleServer>, total: Duration, work: F) -> F::Output {
-    let Some(token) = ctx.meta.get_progress_token() else { return work.await };
-    let started = Instant::now();
-    let notify = |msg: String| {
-        let elapsed = started.elapsed().as_secs_f64();
-        ctx.peer.notify_progress(ProgressNotificationParam::new(token.clone(), elapsed).with_total(total.as_secs_f64()).with_message(msg))
-    };
-    let _ = notify("started".into()).await;
-    tokio::pin!(work);
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            out = &mut work => return out,
-            _ = tick.tick() => {
-                let _ = notify(format!("running for {:.1} s", started.elapsed().as_secs_f64())).await;
-            }
-        }
-    }
+/// A cancel handle for one call that fires when the client cancels the request (or its
+/// connection ends), and the task that watches for it (abort it when the call is done).
+fn cancel_on_request_end(ctx: &RequestContext<RoleServer>) -> (CancelHandle, tokio::task::JoinHandle<()>) {
+    let cancel = CancelHandle::new();
+    let (ct, c) = (ctx.ct.clone(), cancel.clone());
+    let watcher = tokio::spawn(async move {
+        ct.cancelled().await;
+        c.cancel();
+    });
+    (cancel, watcher)
 }
 
 impl ServerHandler for WardenMcp {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_resources().build())
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_resources().enable_tasks().build())
             .with_server_info(Implementation::new("warden", env!("CARGO_PKG_VERSION")))
             .with_instructions(
                 "warden runs Python and JavaScript in isolated sandboxes. Call execute_code with the code; files the \
@@ -185,21 +276,16 @@ impl ServerHandler for WardenMcp {
         match req.name.as_ref() {
             tools::EXECUTE_CODE if !policy.file.runtimes.allowed.is_empty() => {
                 let args: ExecuteCodeArgs = args_or_answer!(req);
-                let cancel = CancelHandle::new();
-                let watcher = {
-                    let (ct, cancel) = (ctx.ct.clone(), cancel.clone());
-                    tokio::spawn(async move {
-                        ct.cancelled().await;
-                        cancel.cancel();
+                let (exec, who) = (self.exec.clone(), caller.clone());
+                let call = move |cancel, out| -> GuestCall {
+                    Box::pin(async move {
+                        match exec.execute(&who, args, cancel, out).await {
+                            Ok(r) => Ok(content::execution_result(r)),
+                            Err(e) => error_result(e),
+                        }
                     })
                 };
-                let timeout = Duration::from_millis(policy.file.limits.timeout_ms);
-                let result = with_progress(&ctx, timeout, self.exec.execute(&caller, args, cancel)).await;
-                watcher.abort();
-                match result {
-                    Ok(r) => Ok(content::execution_result(r).into()),
-                    Err(e) => exec_error(e),
-                }
+                self.run_guest_call(&ctx, &caller, &profile, tools::EXECUTE_CODE, call).await
             }
             tools::CREATE_SESSION if sessions_on => {
                 let args: CreateSessionArgs = args_or_answer!(req);
@@ -221,23 +307,33 @@ impl ServerHandler for WardenMcp {
             }
             other => {
                 let args = serde_json::Value::Object(req.arguments.clone().unwrap_or_default());
-                let cancel = CancelHandle::new();
-                let watcher = {
-                    let (ct, cancel) = (ctx.ct.clone(), cancel.clone());
-                    tokio::spawn(async move {
-                        ct.cancelled().await;
-                        cancel.cancel();
+                let (exec, who, name) = (self.exec.clone(), caller.clone(), other.to_string());
+                let call = move |cancel, out| -> GuestCall {
+                    Box::pin(async move {
+                        match exec.call_tool(&who, &name, args, cancel, out).await {
+                            Ok((meta, value)) => Ok(content::tool_result(meta, value)),
+                            Err(e) => error_result(e),
+                        }
                     })
                 };
-                let timeout = Duration::from_millis(policy.file.limits.timeout_ms);
-                let result = with_progress(&ctx, timeout, self.exec.call_tool(&caller, other, args, cancel)).await;
-                watcher.abort();
-                match result {
-                    Ok((meta, value)) => Ok(content::tool_result(meta, value).into()),
-                    Err(e) => exec_error(e),
-                }
+                self.run_guest_call(&ctx, &caller, &profile, other, call).await
             }
         }
+    }
+
+    async fn get_task(&self, req: GetTaskParams, ctx: RequestContext<RoleServer>) -> Result<GetTaskResult, McpError> {
+        self.tasks.get(&self.caller(&ctx).principal, &req.task_id)
+    }
+
+    async fn cancel_task(&self, req: CancelTaskParams, ctx: RequestContext<RoleServer>) -> Result<(), McpError> {
+        let caller = self.caller(&ctx);
+        self.tasks.cancel(&caller.principal, &req.task_id)?;
+        self.audit(&Event::TaskCancel {
+            task_id: req.task_id.clone(),
+            principal: caller.principal.clone(),
+            connection: caller.owner.connection.clone(),
+        });
+        Ok(())
     }
 
     async fn list_resources(

@@ -75,6 +75,17 @@ pub fn explain(p: &Policy) -> String {
             seconds(f.sessions.lifetime_seconds)
         );
     }
+    if f.tasks.max == 0 {
+        let _ = writeln!(o, "  - not run calls as tasks: a call ends with its request");
+    } else {
+        let _ = writeln!(
+            o,
+            "  - let a call outlive its request as a task: {} at once ({} per principal), each result kept {}",
+            f.tasks.max,
+            f.tasks.max_per_principal,
+            seconds(f.tasks.retention_seconds)
+        );
+    }
     let env: Vec<String> = f.env.set.iter().map(|(k, v)| format!("{k}={v}")).collect();
     if env.is_empty() && f.env.pass.is_empty() {
         let _ = writeln!(o, "  - see no environment variables besides TMPDIR=/tmp and HOME=/tmp");

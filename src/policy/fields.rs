@@ -202,6 +202,27 @@ pub const FIELDS: &[Field] = &[
         value: |f| Value::Num(f.sessions.lifetime_seconds),
     },
     Field {
+        name: "tasks.max",
+        about: "tasks (running or kept for their result) at once",
+        order: Order::MoreIsWider,
+        bounds: Some((0, 4096)),
+        value: |f| Value::Num(f.tasks.max.into()),
+    },
+    Field {
+        name: "tasks.max_per_principal",
+        about: "tasks one principal may hold (its share)",
+        order: Order::MoreIsWider,
+        bounds: Some((0, 4096)),
+        value: |f| Value::Num(f.tasks.max_per_principal.into()),
+    },
+    Field {
+        name: "tasks.retention_seconds",
+        about: "how long a finished task's result stays retrievable",
+        order: Order::MoreIsWider,
+        bounds: Some((0, 86_400)),
+        value: |f| Value::Num(f.tasks.retention_seconds),
+    },
+    Field {
         name: "artifacts.retention_seconds",
         about: "how long one-shot artifacts stay readable",
         order: Order::MoreIsWider,

@@ -61,6 +61,8 @@ pub struct PolicyFile {
     #[serde(default)]
     pub artifacts: ArtifactsSection,
     #[serde(default)]
+    pub tasks: TasksSection,
+    #[serde(default)]
     pub env: EnvSection,
     #[serde(default)]
     pub mounts: Vec<MountSection>,
@@ -132,6 +134,22 @@ pub struct SessionsSection {
     pub idle_seconds: u64,
     #[serde(default)]
     pub lifetime_seconds: u64,
+}
+
+/// Calls that outlive their request as MCP tasks (see [`crate::mcp::tasks`]).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TasksSection {
+    /// Tasks (running, or finished and kept for their result) under this profile at once; 0
+    /// turns tasks off.
+    #[serde(default)]
+    pub max: u32,
+    /// Most of those one principal may hold: its share. Required (1..=max) when tasks are on.
+    #[serde(default)]
+    pub max_per_principal: u32,
+    /// How long a finished task's result stays retrievable.
+    #[serde(default)]
+    pub retention_seconds: u64,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -389,6 +407,19 @@ fn validate(f: &PolicyFile, invalid: &dyn Fn(&str, String) -> PolicyError) -> Re
                 "must be between 1 and sessions.max ({}) when sessions are enabled: it is each principal's share of the session slots",
                 s.max
             ),
+        ));
+    }
+    let t = &f.tasks;
+    if t.max > 0 && (t.max_per_principal == 0 || t.max_per_principal > t.max) {
+        return Err(invalid(
+            "tasks.max_per_principal",
+            format!("must be between 1 and tasks.max ({}) when tasks are enabled: it is each principal's share of the tasks", t.max),
+        ));
+    }
+    if t.max > 0 && t.retention_seconds == 0 {
+        return Err(invalid(
+            "tasks.retention_seconds",
+            "must be at least 1 when tasks are enabled: a result nobody can fetch is lost".into(),
         ));
     }
     for (name, value) in &f.env.set {

@@ -87,6 +87,9 @@
   const write = (stream) => (...args) => {
     const text = args.length === 1 && typeof args[0] === "string" ? args[0] : format(args);
     stream.puts((indent ? indent + text.replace(/\n/g, "\n" + indent) : text) + "\n");
+    // Line by line, as on a terminal: a caller following the output while it runs sees each
+    // line when it is written, not when libc's buffer fills or the program ends.
+    stream.flush();
   };
   const out = write(std.out), err = write(std.err);
   const counts = new Map(), timers = new Map();

@@ -23,7 +23,7 @@ pub const RESET_PREOPENS_INTERNAL: &str = "__wasilibc_reset_preopens";
 pub const RESET_PREOPENS_EXPORT: &str = "warden_reset_preopens";
 
 /// Bumped whenever the recipe below changes, so old snapshots are never reused.
-const RECIPE_VERSION: &str = "1";
+const RECIPE_VERSION: &str = "2";
 
 /// Source of the private `_warden` module defined in the snapshot.
 const WARDEN_MODULE: &str = r#"
@@ -67,6 +67,10 @@ pub fn init_turns() -> Vec<String> {
             "import sys, types\n_m = types.ModuleType('_warden')\nexec({src:?}, _m.__dict__)\nsys.modules['_warden'] = _m\ndel sys, types, _m",
             src = WARDEN_MODULE
         ),
+        // stdout is not a terminal, so CPython buffers it in blocks; line by line instead, as
+        // on a terminal, so a caller following the output while it runs sees each line when it
+        // is printed (stderr is line-buffered already).
+        "import sys\nsys.stdout.reconfigure(line_buffering=True)\ndel sys".to_string(),
         "import gc\ngc.collect()\ngc.freeze()\ndel gc".to_string(),
     ]
 }

@@ -1,4 +1,6 @@
 //! Stopping a running guest: cancellation handles, deadlines, and the reason a guest was stopped.
+//! The cancellation handle is also the outside's window on the run's output while it runs
+//! ([`CancelHandle::output`]), since it is the one thing a caller shares with a running guest.
 //!
 //! A guest is checked in two places: the epoch callback, which runs every tick while wasm code
 //! executes, and every sliced wait in the shadowed `poll_oneoff`, which covers a guest asleep in
@@ -10,14 +12,23 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::io::OutputWatch;
+
 /// A cheap, cloneable handle that stops a running guest. Cancellation is observed within one
 /// tick ([`crate::engine::TICK`]) or one sleep slice of the call; async waiters (the front
 /// relaying a cancel to an executor) are woken at once by [`CancelHandle::cancelled`].
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct CancelHandle {
     /// Read on every epoch tick, so a plain atomic rather than the token's mutex.
     flag: Arc<AtomicBool>,
     token: CancellationToken,
+    output: OutputWatch,
+}
+
+impl std::fmt::Debug for CancelHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CancelHandle").field("cancelled", &self.is_cancelled()).finish_non_exhaustive()
+    }
 }
 
 impl CancelHandle {
@@ -34,6 +45,11 @@ impl CancelHandle {
     /// Completes when [`CancelHandle::cancel`] is called (at once if it already was).
     pub async fn cancelled(&self) {
         self.token.cancelled().await
+    }
+    /// The run's output as it is written: the sandbox attaches a guest's pipes here when it
+    /// arms it for the caller's code (never for hidden setup turns).
+    pub fn output(&self) -> &OutputWatch {
+        &self.output
     }
 }
 

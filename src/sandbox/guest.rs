@@ -149,6 +149,7 @@ impl Guest {
         }
         self.stdout.take(limits.stdout_bytes);
         self.stderr.take(limits.stderr_bytes);
+        cancel.output().attach(&self.stdout, &self.stderr);
         self.stdin.set(stdin);
         self.store.set_fuel(limits.fuel)?;
         self.armed = Some(Armed { limits: limits.clone(), started: Instant::now() });

@@ -1,4 +1,5 @@
-//! Guest stdio: capped output pipes and a refillable stdin.
+//! Guest stdio: capped output pipes, a watch that reads them while the guest runs, and a
+//! refillable stdin.
 //!
 //! Output is capped on the way in, never buffered unbounded. Bytes past the cap are dropped but
 //! reported to the guest as written: a full pipe that errors makes some guests (Rust's `println!`,
@@ -78,9 +79,61 @@ impl CappedPipe {
         (bytes, truncated)
     }
 
-    /// Bytes captured so far (cheap; used for progress reports).
-    pub fn len(&self) -> usize {
-        self.inner.buf.lock().unwrap_or_else(|e| e.into_inner()).len()
+    /// Up to `max` bytes captured from `offset` on, without draining them. The slice ends on a
+    /// UTF-8 character boundary when the output is UTF-8, so a character split across two reads
+    /// waits for the next one rather than turning into two replacement characters.
+    fn read_from(&self, offset: usize, max: usize) -> Vec<u8> {
+        let buf = self.inner.buf.lock().unwrap_or_else(|e| e.into_inner());
+        if offset >= buf.len() {
+            return Vec::new();
+        }
+        let slice = &buf[offset..buf.len().min(offset.saturating_add(max))];
+        match std::str::from_utf8(slice) {
+            // An incomplete character at the end (no invalid byte before it): stop short of it.
+            Err(e) if e.error_len().is_none() => slice[..e.valid_up_to()].to_vec(),
+            _ => slice.to_vec(),
+        }
+    }
+}
+
+/// A live view of one run's stdout and stderr, for streaming them while the guest runs. The
+/// sandbox attaches the run's pipes when it arms the guest; [`OutputWatch::read_new`] returns
+/// what was written since the last read. Reading never drains the pipes: the run's report
+/// still holds everything captured, under the same caps.
+#[derive(Clone, Default)]
+pub struct OutputWatch {
+    inner: Arc<Mutex<Watched>>,
+}
+
+#[derive(Default)]
+struct Watched {
+    pipes: Option<[CappedPipe; 2]>,
+    /// Bytes of each pipe already returned by `read_new`.
+    read: [usize; 2],
+}
+
+impl OutputWatch {
+    /// Watches `stdout` and `stderr` from their current (just reset) start.
+    pub fn attach(&self, stdout: &CappedPipe, stderr: &CappedPipe) {
+        let mut w = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        *w = Watched { pipes: Some([stdout.clone(), stderr.clone()]), read: [0, 0] };
+    }
+
+    /// What stdout and stderr gained since the last call, at most `max` bytes of each (the
+    /// rest comes on the next call). Empty until a run is attached, and after its pipes were
+    /// taken for the report.
+    pub fn read_new(&self, max: usize) -> [Vec<u8>; 2] {
+        let mut w = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(pipes) = w.pipes.clone() else { return [Vec::new(), Vec::new()] };
+        let out = [pipes[0].read_from(w.read[0], max), pipes[1].read_from(w.read[1], max)];
+        w.read[0] += out[0].len();
+        w.read[1] += out[1].len();
+        out
+    }
+
+    /// Bytes of stdout and stderr returned so far.
+    pub fn consumed(&self) -> [usize; 2] {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).read
     }
 }
 
@@ -210,6 +263,28 @@ mod tests {
         let (bytes, truncated) = pipe.take(10);
         assert_eq!(&bytes[..], b"again");
         assert!(!truncated);
+    }
+
+    #[test]
+    fn watch_reads_what_is_new_without_draining_or_splitting_characters() {
+        let mut out = CappedPipe::new(16);
+        let err = CappedPipe::new(16);
+        let watch = OutputWatch::default();
+        assert_eq!(watch.read_new(4), [Vec::<u8>::new(), Vec::new()], "nothing attached yet");
+        watch.attach(&out, &err);
+        OutputStream::write(&mut out, Bytes::from_static(b"ab\xc3")).unwrap();
+        // The first byte of "é" waits for its second.
+        assert_eq!(watch.read_new(4)[0], b"ab");
+        OutputStream::write(&mut out, Bytes::from_static(b"\xa9cdefgh")).unwrap();
+        assert_eq!(watch.read_new(4)[0], "écd".as_bytes(), "at most 4 bytes, ending on a boundary");
+        assert_eq!(watch.read_new(100)[0], b"efgh");
+        assert_eq!(watch.consumed(), [10, 0]);
+        // Past the cap nothing more is captured, so nothing more is read.
+        OutputStream::write(&mut out, Bytes::from_static(b"0123456789")).unwrap();
+        assert_eq!(watch.read_new(100)[0], b"012345");
+        let (all, truncated) = out.take(16);
+        assert_eq!((&all[..], truncated), ("abécdefgh012345".as_bytes(), true), "the report still gets everything");
+        assert!(watch.read_new(100)[0].is_empty(), "after the take there is nothing new");
     }
 
     #[test]

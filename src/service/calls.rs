@@ -10,7 +10,7 @@ use super::admission::MAX_AUDIT_REASON;
 use super::executors::{DoorHandler, Executors, GroupKey, Ran, crashed, finish};
 use super::request::inputs_digest;
 use super::{Caller, ExecError, Service};
-use crate::api::{ExecResult, ExecuteCodeArgs, InlineImage};
+use crate::api::{ExecResult, ExecuteCodeArgs, InlineImage, OutputSink};
 use crate::artifacts::{call_uri, session_uri};
 use crate::audit::Recorded;
 use crate::audit::bound::bound_str;
@@ -29,8 +29,14 @@ use crate::tools::{Grant, ToolPackage, interpret};
 const MAX_INLINE_IMAGES: usize = 4;
 
 impl Service {
-    /// Runs `execute_code`.
-    pub async fn execute(&self, caller: &Caller, args: ExecuteCodeArgs, cancel: CancelHandle) -> Result<ExecResult, ExecError> {
+    /// Runs `execute_code`; with `output`, the guest's output also goes there as it is written.
+    pub async fn execute(
+        &self,
+        caller: &Caller,
+        args: ExecuteCodeArgs,
+        cancel: CancelHandle,
+        output: Option<OutputSink>,
+    ) -> Result<ExecResult, ExecError> {
         self.admission.open()?;
         let profile = self.profile(caller)?;
         let policy = &profile.policy;
@@ -57,8 +63,8 @@ impl Service {
         let mut door = self.door(caller, &profile, &call_id, &cancel, &spec);
         let door = door.as_mut().map(|d| d as &mut dyn DoorHandler);
         let run = match &session {
-            None => self.run_fresh(&GroupKey::of(policy), &spec, &files, &cancel, door).await,
-            Some(s) => self.run_turn(s, &spec, &files, &cancel, door).await,
+            None => run_fresh(&self.executors, &GroupKey::of(policy), &spec, &files, &cancel, door, output.as_ref()).await,
+            Some(s) => self.run_turn(s, &spec, &files, &cancel, door, output.as_ref()).await,
         };
         let (mut report, workspace) = run.map_err(|e| self.audit_unfinished(&start, base.clone(), e))?;
         let images = inline_images(&workspace, &report, policy.file.artifacts.inline_image_bytes);
@@ -79,17 +85,6 @@ impl Service {
         Ok(result)
     }
 
-    async fn run_fresh(
-        &self,
-        key: &GroupKey,
-        spec: &ExecSpec,
-        files: &[InputFile],
-        cancel: &CancelHandle,
-        door: Option<&mut dyn DoorHandler>,
-    ) -> Result<(RunReport, Arc<Workspace>), ExecError> {
-        run_fresh(&self.executors, key, spec, files, cancel, door).await
-    }
-
     /// A session turn on the executor that holds the session. If that executor died, the
     /// session is lost and ended.
     async fn run_turn(
@@ -99,6 +94,7 @@ impl Service {
         files: &[InputFile],
         cancel: &CancelHandle,
         door: Option<&mut dyn DoorHandler>,
+        output: Option<&OutputSink>,
     ) -> Result<(RunReport, Arc<Workspace>), ExecError> {
         let started = Instant::now();
         let mut state = s.state.lock().await;
@@ -109,7 +105,7 @@ impl Service {
         }
         let inputs = inputs::stage(state.workspace.root(), &spec.stdin, files).map_err(internal)?;
         let job = Job::Turn { session: s.id.clone(), dir: s.dir.clone(), spec: wire_spec(spec, door.is_some()), inputs };
-        let ran = self.executors.run(&s.conn.busy(), job, cancel, spec.limits.timeout, door).await;
+        let ran = self.executors.run(&s.conn.busy(), job, cancel, spec.limits.timeout, door, output).await;
         let mut report = settle(&s.conn, ran, &spec.limits, started)?;
         if report.outcome == crate::sandbox::Outcome::Crashed {
             self.lose(s);
@@ -123,13 +119,15 @@ impl Service {
     }
 
     /// Runs a tool package as an MCP `tools/call`: the result, or the message explaining why
-    /// there is none, plus the same report and audit as `execute_code`.
+    /// there is none, plus the same report and audit as `execute_code`. With `output`, the
+    /// tool's stderr also goes there as it is written.
     pub async fn call_tool(
         &self,
         caller: &Caller,
         name: &str,
         args: serde_json::Value,
         cancel: CancelHandle,
+        output: Option<OutputSink>,
     ) -> Result<(ExecResult, Result<serde_json::Value, String>), ExecError> {
         self.admission.open()?;
         let profile = self.profile(caller)?;
@@ -145,9 +143,10 @@ impl Service {
         };
         let base = call_record(&call_id, caller, policy, what, &grant.limits);
         let start = self.audit.record(&Event::ExecutionStart(base.clone()))?;
-        let (mut report, workspace, value) = run_tool(&self.executors, &GroupKey::of(policy), &tool, &grant, &args, &cancel)
-            .await
-            .map_err(|e| self.audit_unfinished(&start, base.clone(), e))?;
+        let (mut report, workspace, value) =
+            run_tool(&self.executors, &GroupKey::of(policy), &tool, &grant, &args, &cancel, output.as_ref())
+                .await
+                .map_err(|e| self.audit_unfinished(&start, base.clone(), e))?;
         for a in &mut report.artifacts {
             a.uri = call_uri(&call_id, &a.path);
         }
@@ -237,6 +236,7 @@ pub(crate) async fn run_tool(
     grant: &Grant,
     args: &serde_json::Value,
     cancel: &CancelHandle,
+    output: Option<&OutputSink>,
 ) -> Result<(RunReport, Arc<Workspace>, Result<serde_json::Value, String>), ExecError> {
     let started = Instant::now();
     let conn = executors.place(key).await?;
@@ -249,7 +249,7 @@ pub(crate) async fn run_tool(
         grant: GrantSpec { env: grant.env.clone(), mounts: grant.mounts.clone(), limits: grant.limits.clone() },
         args: args.clone(),
     };
-    let ran = executors.run(&conn, job, cancel, grant.limits.timeout, None).await;
+    let ran = executors.run(&conn, job, cancel, grant.limits.timeout, None, output).await;
     let mut report = settle(&conn, ran, &grant.limits, started)?;
     let value = interpret(tool, &mut report);
     Ok((report, ws, value))
@@ -271,7 +271,6 @@ fn settle(conn: &super::executors::Conn, ran: Ran, limits: &Limits, started: Ins
     }
 }
 
-/// The channel's form of a spec (stdin travels in the inputs blob).
 /// A one-shot call on the least loaded executor of `key`'s group, in a directory made for it:
 /// the front's whole share of running a guest, without admission or audit (public for the
 /// channel-cost benchmark, which compares it with [`crate::executor::Executor::run_fresh`]).
@@ -282,6 +281,7 @@ pub async fn run_fresh(
     files: &[InputFile],
     cancel: &CancelHandle,
     door: Option<&mut dyn DoorHandler>,
+    output: Option<&OutputSink>,
 ) -> Result<(RunReport, Arc<Workspace>), ExecError> {
     let started = Instant::now();
     let conn = executors.place(key).await?;
@@ -290,10 +290,11 @@ pub async fn run_fresh(
     let ws = Arc::new(Workspace::create_named(conn.dir(), &dir).map_err(internal)?);
     let inputs = inputs::stage(ws.root(), &spec.stdin, files).map_err(internal)?;
     let job = Job::Fresh { dir, spec: wire_spec(spec, door.is_some()), inputs };
-    let ran = executors.run(&conn, job, cancel, spec.limits.timeout, door).await;
+    let ran = executors.run(&conn, job, cancel, spec.limits.timeout, door, output).await;
     Ok((settle(&conn, ran, &spec.limits, started)?, ws))
 }
 
+/// The channel's form of a spec (stdin travels in the inputs blob).
 fn wire_spec(spec: &ExecSpec, door: bool) -> Spec {
     Spec {
         language: spec.language,

@@ -31,7 +31,8 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::ExecError;
-use crate::channel::proto::{Failure, Finished, Init, Job, Probe, Ready, Reply, Request, VERSION};
+use crate::api::{OutputChunk, OutputSink};
+use crate::channel::proto::{Failure, Finished, Init, Job, OUTPUT_CHUNK_BYTES, Probe, Ready, Reply, Request, VERSION};
 use crate::channel::{self};
 use crate::metrics::Metrics;
 use crate::policy::{HardeningMode, Policy};
@@ -112,8 +113,23 @@ pub trait DoorHandler: Send {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u8>> + Send + 'a>>;
 }
 
+/// A run the front waits on: where its events go, and how much output it may still stream.
+struct Running {
+    events: UnboundedSender<Event>,
+    /// `None` for a run that did not ask to stream.
+    stream: Option<Streamed>,
+}
+
+/// A streaming run's output so far against its caps, checked as each chunk arrives (so a
+/// hostile executor cannot queue more than the caps while the run waits on something else).
+struct Streamed {
+    caps: [usize; 2],
+    sent: [usize; 2],
+}
+
 enum Event {
     Door { request: Vec<u8>, remaining: Duration },
+    Output(OutputChunk),
     Done(Result<Box<Finished>, Failure>),
     Crashed(String),
 }
@@ -162,7 +178,7 @@ pub struct Conn {
     pub slot: usize,
     dir: PathBuf,
     out: UnboundedSender<Request>,
-    runs: Mutex<HashMap<u64, UnboundedSender<Event>>>,
+    runs: Mutex<HashMap<u64, Running>>,
     probes: Mutex<HashMap<u64, oneshot::Sender<Probe>>>,
     inflight: AtomicUsize,
     dead: CancellationToken,
@@ -448,8 +464,16 @@ impl Executors {
     }
 
     /// Runs `job` on `conn`: see [`Conn::run`].
-    pub async fn run(&self, conn: &Busy, job: Job, cancel: &CancelHandle, timeout: Duration, door: Option<&mut dyn DoorHandler>) -> Ran {
-        conn.run(self.id(), job, cancel, timeout, door).await
+    pub async fn run(
+        &self,
+        conn: &Busy,
+        job: Job,
+        cancel: &CancelHandle,
+        timeout: Duration,
+        door: Option<&mut dyn DoorHandler>,
+        output: Option<&OutputSink>,
+    ) -> Ran {
+        conn.run(self.id(), job, cancel, timeout, door, output).await
     }
 
     /// Asks `conn` to report its confinement, trying to open each of `paths`.
@@ -579,7 +603,7 @@ impl Conn {
         }
         self.dead.cancel();
         for (_, run) in lock(&self.runs).drain() {
-            let _ = run.send(Event::Crashed(why.to_string()));
+            let _ = run.events.send(Event::Crashed(why.to_string()));
         }
         lock(&self.probes).clear();
         self.launcher.kill(self.pid);
@@ -594,13 +618,22 @@ impl Conn {
                 let request = B64.decode(request).map_err(|_| "it sent a door request that is not base64".to_string())?;
                 let runs = lock(&self.runs);
                 let run = runs.get(&id).ok_or("it sent a door request for no running call")?;
-                let _ = run.send(Event::Door { request, remaining: Duration::from_millis(remaining_ms) });
+                let _ = run.events.send(Event::Door { request, remaining: Duration::from_millis(remaining_ms) });
+                Ok(())
+            }
+            Reply::Output { id, stdout, stderr } => {
+                let mut runs = lock(&self.runs);
+                // Like `Done`, output may trail a call the front gave up on: dropped.
+                let Some(run) = runs.get_mut(&id) else { return Ok(()) };
+                let chunk = OutputChunk { stdout, stderr };
+                check_chunk(&chunk, run.stream.as_mut())?;
+                let _ = run.events.send(Event::Output(chunk));
                 Ok(())
             }
             Reply::Done { id, result } => {
                 // A call the front already gave up on (cancelled past its grace) has no entry.
                 if let Some(run) = lock(&self.runs).remove(&id) {
-                    let _ = run.send(Event::Done(result));
+                    let _ = run.events.send(Event::Done(result));
                 }
                 Ok(())
             }
@@ -613,13 +646,24 @@ impl Conn {
         }
     }
 
-    /// Sends `job`, answers its door requests with `door`, relays a cancel, and waits for its
-    /// end: done, or crashed if the executor dies, breaks the protocol, or stays silent past
-    /// `timeout` plus a grace (then it is killed).
-    async fn run(&self, id: u64, job: Job, cancel: &CancelHandle, timeout: Duration, mut door: Option<&mut dyn DoorHandler>) -> Ran {
+    /// Sends `job`, answers its door requests with `door`, passes its output on to `output`
+    /// (if given) as it comes, relays a cancel, and waits for its end: done, or crashed if the
+    /// executor dies, breaks the protocol, or stays silent past `timeout` plus a grace (then it
+    /// is killed).
+    async fn run(
+        &self,
+        id: u64,
+        job: Job,
+        cancel: &CancelHandle,
+        timeout: Duration,
+        mut door: Option<&mut dyn DoorHandler>,
+        output: Option<&OutputSink>,
+    ) -> Ran {
         let (tx, mut rx) = unbounded_channel();
-        lock(&self.runs).insert(id, tx);
-        if self.dead.is_cancelled() || self.out.send(Request::Run { id, job: Box::new(job) }).is_err() {
+        let stream = output.map(|_| Streamed { caps: job.streamed_caps(), sent: [0, 0] });
+        lock(&self.runs).insert(id, Running { events: tx, stream });
+        let run = Request::Run { id, job: Box::new(job), stream: output.is_some() };
+        if self.dead.is_cancelled() || self.out.send(run).is_err() {
             lock(&self.runs).remove(&id);
             return Ran::Crashed("the executor had already ended".into());
         }
@@ -639,6 +683,12 @@ impl Conn {
                         let answer = d.answer(remaining, &request).await;
                         let _ = self.out.send(Request::DoorAnswer { id, answer: B64.encode(answer) });
                     }
+                    Some(Event::Output(chunk)) => {
+                        // Checked on arrival (`dispatch`): only a streaming run gets any.
+                        if let Some(sink) = output {
+                            let _ = sink.send(chunk);
+                        }
+                    }
                 },
                 _ = cancel.cancelled(), if !cancel_sent => {
                     cancel_sent = true;
@@ -652,6 +702,25 @@ impl Conn {
             }
         }
     }
+}
+
+/// Holds an executor's output chunk to what the protocol allows: only for a run that asked to
+/// stream, each stream at most [`OUTPUT_CHUNK_BYTES`] a chunk, and all chunks within the run's
+/// caps.
+fn check_chunk(chunk: &OutputChunk, stream: Option<&mut Streamed>) -> Result<(), String> {
+    let Some(stream) = stream else {
+        return Err("it streamed output for a call that did not ask for it".into());
+    };
+    for (i, text) in [&chunk.stdout, &chunk.stderr].into_iter().enumerate() {
+        if text.len() > OUTPUT_CHUNK_BYTES {
+            return Err(format!("it sent an output chunk of {} bytes, over the {OUTPUT_CHUNK_BYTES} allowed", text.len()));
+        }
+        stream.sent[i] += text.len();
+        if stream.sent[i] > stream.caps[i] {
+            return Err(format!("it streamed {} bytes of output, over the call's cap of {}", stream.sent[i], stream.caps[i]));
+        }
+    }
+    Ok(())
 }
 
 /// How `pid` ended, asking `launcher` for up to half a second.
@@ -908,5 +977,18 @@ mod tests {
         let mut greedy = ok();
         greedy.fuel_used = u64::MAX;
         assert_eq!(finish(greedy, &limits()).unwrap().fuel_used, 1000);
+    }
+
+    #[test]
+    fn streamed_output_is_held_to_the_request_and_the_caps() {
+        let chunk = |o: usize, e: usize| OutputChunk { stdout: "o".repeat(o), stderr: "e".repeat(e) };
+        assert!(check_chunk(&chunk(1, 0), None).unwrap_err().contains("did not ask"), "only a streaming run may stream");
+        let mut s = Streamed { caps: [20_000, 100], sent: [0, 0] };
+        check_chunk(&chunk(OUTPUT_CHUNK_BYTES, 60), Some(&mut s)).unwrap();
+        let e = check_chunk(&chunk(OUTPUT_CHUNK_BYTES + 1, 0), Some(&mut s)).unwrap_err();
+        assert!(e.contains("chunk of"), "{e}");
+        check_chunk(&chunk(20_000 - OUTPUT_CHUNK_BYTES, 40), Some(&mut s)).unwrap();
+        let e = check_chunk(&chunk(0, 1), Some(&mut s)).unwrap_err();
+        assert!(e.contains("over the call's cap of 100"), "{e}");
     }
 }

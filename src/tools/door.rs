@@ -169,7 +169,7 @@ impl CodeModeDoor {
             return err("denied", format!("the audit log cannot be written, so the tool did not run: {e}"));
         }
         let key = GroupKey::of(&self.profile.policy);
-        let run = crate::service::calls::run_tool(&self.executors, &key, &tool, &grant, &args, &self.cancel).await;
+        let run = crate::service::calls::run_tool(&self.executors, &key, &tool, &grant, &args, &self.cancel, None).await;
         let (report, _workspace, value) = match run {
             Ok(r) => r,
             Err(e) => {

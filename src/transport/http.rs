@@ -93,7 +93,8 @@ pub fn router(exec: Arc<Service>, opts: &HttpOptions, health: Health, shutdown: 
         .with_cancellation_token(sessions_end);
     let factory_exec = exec.clone();
     let sessions = Arc::new(LocalSessionManager::default());
-    let mcp = StreamableHttpService::new(move || Ok(WardenMcp::http(factory_exec.clone())), sessions.clone(), config);
+    let tasks = Arc::new(crate::mcp::tasks::Tasks::default());
+    let mcp = StreamableHttpService::new(move || Ok(WardenMcp::http(factory_exec.clone(), tasks.clone())), sessions.clone(), config);
     let refusals = Arc::new(Refusals::default());
     spawn_refusal_flusher(exec.clone(), refusals.clone(), shutdown.clone());
     let trusted_proxies = Arc::new(opts.trusted_proxies.clone());

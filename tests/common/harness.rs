@@ -21,7 +21,14 @@ pub struct Recorder {
 }
 
 impl ClientHandler for Recorder {
-    async fn on_progress(&self, params: ProgressNotificationParam, _ctx: NotificationContext<RoleClient>) {
+    async fn on_progress(&self, mut params: ProgressNotificationParam, ctx: NotificationContext<RoleClient>) {
+        // rmcp 3.11 hands a notification's `_meta` to the context, not the params, and there
+        // (swapping the extensions out before reading the meta from them) leaves it in the
+        // context's extensions rather than `ctx.meta`: put it back.
+        if params.meta.is_none() {
+            params.meta =
+                ctx.extensions.get::<rmcp::model::NotificationMetaObject>().cloned().or(Some(ctx.meta)).filter(|m| !m.0.is_empty());
+        }
         self.progress.lock().unwrap().push(params);
     }
 }

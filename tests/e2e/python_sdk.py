@@ -187,6 +187,33 @@ async def suite(report: Report, conn: Conn, tag: str) -> None:
 
     await step(report, f"[{tag}] execute_code javascript", javascript)
 
+    # Output while it runs: progress notifications carry the new output before the result.
+    async def streamed() -> None:
+        name = f"[{tag}] execute_code python progress messages carry output while it runs"
+        seen: list[tuple[float, str | None]] = []
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            seen.append((time.monotonic(), message))
+
+        code = "import time\nprint('first')\ntime.sleep(1.5)\nprint('second')"
+        r = await conn.call_tool(
+            "execute_code",
+            {"language": "python", "code": code},
+            read_timeout_seconds=REQUEST_TIMEOUT_S,
+            progress_callback=on_progress,
+        )
+        finished = time.monotonic()
+        s = r.structured_content if isinstance(r.structured_content, dict) else {}
+        firsts = [t for t, m in seen if m and "first" in m]
+        report.check(
+            name,
+            s.get("stdout") == "first\nsecond\n" and bool(firsts) and finished - firsts[0] >= 1.0,
+            f"stdout {s.get('stdout')!r}; progress messages {[m for _, m in seen]!r}; "
+            f"result {finished - firsts[0] if firsts else None!r} s after the first chunk (expected >= 1.0)",
+        )
+
+    await step(report, f"[{tag}] execute_code python streamed output", streamed)
+
     # matplotlib chart + text file
     async def artifacts() -> None:
         name = f"[{tag}] execute_code python matplotlib + out.txt"

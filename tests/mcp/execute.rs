@@ -144,6 +144,83 @@ async fn progress_is_reported_while_the_guest_runs() {
     assert_eq!(progress[0].total, Some(30.0));
 }
 
+/// The output chunks a call's progress notifications carried so far, as (stdout, stderr) each.
+fn streamed(client: &Client) -> Vec<(String, String)> {
+    let progress = client.service().progress.lock().unwrap().clone();
+    progress
+        .iter()
+        .filter_map(|p| {
+            let out = p.meta.as_ref()?.0.get("io.github.warden/output")?;
+            Some((out["stdout"].as_str().unwrap().to_string(), out["stderr"].as_str().unwrap().to_string()))
+        })
+        .collect()
+}
+
+fn joined(chunks: &[(String, String)]) -> (String, String) {
+    (chunks.iter().map(|c| c.0.as_str()).collect(), chunks.iter().map(|c| c.1.as_str()).collect())
+}
+
+#[tokio::test]
+async fn output_streams_in_progress_notifications_before_the_guest_finishes() {
+    let files = ServerFiles::new();
+    let client = stdio(&files, None).await;
+    let cases = [
+        py("import sys, time\nprint('first')\nprint('careful', file=sys.stderr)\ntime.sleep(1.5)\nprint('second')"),
+        js("console.log('first'); console.error('careful');\nawait new Promise((r) => setTimeout(r, 1500));\nconsole.log('second');"),
+    ];
+    for args in cases {
+        client.service().progress.lock().unwrap().clear();
+        let started = Instant::now();
+        let handle = start_call(&client, "execute_code", args.clone()).await;
+        // The first line arrives while the guest still sleeps.
+        let first_seen = loop {
+            if joined(&streamed(&client)).0.contains("first") {
+                break started.elapsed();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no output streamed for {args}: {:?}",
+                client.service().progress.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let r = call_result(handle.await_response().await.unwrap());
+        let finished = started.elapsed();
+        let s = r.structured_content.unwrap();
+        assert_eq!(s["outcome"], "ok", "{s:#}");
+        assert!(
+            finished >= first_seen + Duration::from_millis(1000),
+            "the first chunk came at {first_seen:?}, the result at {finished:?}: not before the guest finished"
+        );
+        // Every chunk came before the result, in order, and they add up to the whole output.
+        let chunks = streamed(&client);
+        assert_eq!(joined(&chunks), ("first\nsecond\n".to_string(), "careful\n".to_string()), "{chunks:?}");
+        assert_eq!((s["stdout"].as_str().unwrap(), s["stderr"].as_str().unwrap()), ("first\nsecond\n", "careful\n"));
+        let progress = client.service().progress.lock().unwrap().clone();
+        let with_first = progress.iter().find(|p| p.meta.is_some()).unwrap();
+        assert_eq!(with_first.message.as_deref(), Some("first\ncareful\n"), "the message carries the text too");
+        assert!(progress.windows(2).all(|w| w[1].progress > w[0].progress), "progress must increase: {progress:?}");
+    }
+}
+
+#[tokio::test]
+async fn streamed_output_is_bounded_per_notification_and_by_the_cap() {
+    let files = ServerFiles::new();
+    let policy = files.policy(&[("stdout_bytes = 1_048_576", "stdout_bytes = 100_000")]);
+    let client = stdio(&files, Some(&policy)).await;
+    // 60 000 bytes at once (more than one notification may carry), then 90 000 more, past the cap.
+    let code = "import time\nprint('a' * 59_999)\ntime.sleep(0.5)\nprint('b' * 89_999)";
+    let handle = start_call(&client, "execute_code", py(code)).await;
+    let s = call_result(handle.await_response().await.unwrap()).structured_content.unwrap();
+    assert_eq!((&s["outcome"], &s["truncated"]), (&json!("output_limit"), &json!(true)), "{}", s["message"]);
+    let chunks = streamed(&client);
+    assert!(chunks.len() >= 4, "{} chunks", chunks.len());
+    assert!(chunks.iter().all(|(o, e)| o.len() <= 16 << 10 && e.is_empty()), "{:?}", chunks.iter().map(|c| c.0.len()).collect::<Vec<_>>());
+    let (out, _) = joined(&chunks);
+    assert_eq!(out.len(), 100_000, "streamed no more than the cap");
+    assert_eq!(out, s["stdout"].as_str().unwrap(), "and exactly what the result holds");
+}
+
 #[tokio::test]
 async fn cancellation_stops_the_guest_within_100ms() {
     let files = ServerFiles::new();
