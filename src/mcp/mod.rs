@@ -111,7 +111,7 @@ impl WardenMcp {
         // Its own tokio task, so that it can outlive this request.
         let (sink, mut chunks) = tokio::sync::mpsc::unbounded_channel();
         let mut job = tokio::spawn(call(cancel.clone(), Some(sink)));
-        let notifier = progress::Notifier::new(ctx, timeout);
+        let notifier = progress::Notifier::new(ctx, timeout).keeping();
         notifier.started().await;
         let joined = |r: Result<Result<CallToolResult, McpError>, tokio::task::JoinError>| match r {
             Ok(r) => r,
@@ -137,6 +137,8 @@ impl WardenMcp {
         };
         // From here on only tasks/cancel stops it, not the request or its connection.
         watcher.abort();
+        // The first poll starts from the start: the client that saw the progress so far may be gone.
+        self.tasks.output(&task.task_id, notifier.kept());
         self.audit(&Event::TaskCreate {
             task_id: task.task_id.clone(),
             principal: caller.principal.clone(),

@@ -36,12 +36,26 @@ pub struct Notifier<'a> {
     token: Option<ProgressToken>,
     started: Instant,
     total: Duration,
+    /// Everything passed on so far, when asked to keep it ([`Notifier::keeping`]).
+    kept: Option<std::sync::Mutex<OutputChunk>>,
 }
 
 impl<'a> Notifier<'a> {
     /// For the request of `ctx`, whose call may run for `total`.
     pub fn new(ctx: &'a RequestContext<RoleServer>, total: Duration) -> Self {
-        Notifier { ctx, token: ctx.meta.get_progress_token(), started: Instant::now(), total }
+        Notifier { ctx, token: ctx.meta.get_progress_token(), started: Instant::now(), total, kept: None }
+    }
+
+    /// Also keeps a copy of the output passed on (bounded, like the output, by the call's
+    /// caps), for a call that may become a task: its first poll then starts from the start.
+    pub fn keeping(mut self) -> Self {
+        self.kept = Some(Default::default());
+        self
+    }
+
+    /// The output passed on so far (empty unless [`Notifier::keeping`]).
+    pub fn kept(self) -> OutputChunk {
+        self.kept.map(|k| k.into_inner().unwrap_or_else(|e| e.into_inner())).unwrap_or_default()
     }
 
     async fn notify(&self, message: String, output: Option<OutputChunk>) {
@@ -93,6 +107,11 @@ impl<'a> Notifier<'a> {
     }
 
     async fn output(&self, chunk: OutputChunk) {
+        if let Some(kept) = &self.kept {
+            let mut k = kept.lock().unwrap_or_else(|e| e.into_inner());
+            k.stdout.push_str(&chunk.stdout);
+            k.stderr.push_str(&chunk.stderr);
+        }
         self.notify(format!("{}{}", chunk.stdout, chunk.stderr), Some(chunk)).await;
     }
 

@@ -4,8 +4,9 @@
 //! extension, runs as usual; if it is still running after [`PROMOTE_AFTER`], the request is
 //! answered with a task handle and the call goes on in the background, cut loose from the
 //! request and its connection. Its owner (the principal that made it) polls `tasks/get`, which
-//! carries the output written since the last poll and, at the end, the call's result exactly as
-//! `tools/call` would have returned it; `tasks/cancel` stops the guest. Any other principal gets
+//! carries the output written since the last poll (the first poll: everything so far, since the
+//! client that saw the progress notifications may be gone) and, at the end, the call's result
+//! exactly as `tools/call` would have returned it; `tasks/cancel` stops the guest. Any other principal gets
 //! "unknown task", as for an id that never existed.
 //!
 //! Bounds: a profile's tasks (running, and finished ones kept for their result) are capped in
@@ -223,4 +224,34 @@ fn to_object<T: serde::Serialize>(v: &T) -> JsonObject {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new<'a>(principal: &'a str, limits: &'a TasksSection) -> NewTask<'a> {
+        NewTask { principal, profile: "p", limits, longest_run: Duration::from_secs(1), cancel: CancelHandle::new() }
+    }
+
+    #[test]
+    fn tasks_belong_to_their_principal_and_expire_after_their_retention() {
+        let limits = TasksSection { max: 2, max_per_principal: 1, retention_seconds: 0 };
+        let tasks = Tasks::default();
+        let a = tasks.create(new("alice", &limits)).unwrap().task_id;
+        assert!(tasks.create(new("alice", &limits)).is_none(), "alice's share is one running task");
+        let b = tasks.create(new("bob", &limits)).unwrap().task_id;
+        assert!(tasks.create(new("carol", &limits)).is_none(), "the profile's two are taken");
+        assert!(tasks.get("bob", &a).is_err() && tasks.cancel("bob", &a).is_err(), "not bob's");
+        tasks.output(&a, OutputChunk { stdout: "é".repeat(POLL_OUTPUT_BYTES), stderr: String::new() });
+        let first = tasks.get("alice", &a).unwrap();
+        let out = first.meta.unwrap().0[OUTPUT_META]["stdout"].as_str().unwrap().len();
+        assert_eq!(out, POLL_OUTPUT_BYTES, "one poll returns at most its bound, on a character boundary");
+        let second = tasks.get("alice", &a).unwrap();
+        assert_eq!(second.meta.unwrap().0[OUTPUT_META]["stdout"].as_str().unwrap().len(), POLL_OUTPUT_BYTES, "the rest next time");
+        assert!(tasks.get("alice", &a).unwrap().meta.is_none(), "then nothing new");
+        tasks.finish(&b, Ok(CallToolResult::success(Vec::new())));
+        // Retention 0: gone at the next look.
+        assert!(tasks.get("bob", &b).is_err());
+    }
 }

@@ -372,6 +372,27 @@ pub async fn stateless_call(url: &str, token: &str, tool: &str, arguments: Value
     serde_json::from_str(json).unwrap_or_else(|e| panic!("not a JSON-RPC response ({e}): {text}"))
 }
 
+/// One stateless MCP 2026-07-28 request of any `method` over HTTP, from a client that declares
+/// the tasks extension (SEP-2663), as `token`'s principal. Returns the JSON-RPC response.
+pub async fn tasks_rpc(url: &str, token: &str, method: &str, mut params: Value) -> Value {
+    params["_meta"] = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {"extensions": {"io.modelcontextprotocol/tasks": {}}}});
+    let mut req = reqwest::Client::new()
+        .post(url)
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", method);
+    if let Some(name) = ["name", "uri", "taskId"].iter().find_map(|k| params.get(*k)).and_then(Value::as_str) {
+        req = req.header("mcp-name", name);
+    }
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string();
+    let text = req.body(body).send().await.expect("POST /mcp").text().await.expect("response body");
+    let json = text.lines().filter_map(|l| l.strip_prefix("data: ")).find(|d| d.contains("\"id\"")).unwrap_or(&text);
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("not a JSON-RPC response ({e}): {text}"))
+}
+
 /// A JSON-RPC `initialize` POSTed to `/mcp` with extra headers, outside any MCP client:
 /// `(status, response headers, body)`.
 pub async fn post_initialize(url: &str, headers: &[(&str, &str)]) -> (u16, reqwest::header::HeaderMap, String) {

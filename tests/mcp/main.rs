@@ -9,3 +9,4 @@ mod errors;
 mod execute;
 mod http;
 mod sessions;
+mod tasks;
