@@ -56,7 +56,7 @@ const MAX_ENDED: usize = 1024;
 /// How long the front waits for a reply before it gives up on the spawner.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The environment the spawner (and so every executor) gets; everything else is cleared.
-const PASSED_ENV: [&str; 3] = ["WARDEN_HOME", "WARDEN_LOG", "RUST_BACKTRACE"];
+const PASSED_ENV: [&str; 4] = ["WARDEN_HOME", "WARDEN_LOG", crate::cli::LOG_FORMAT_ENV, "RUST_BACKTRACE"];
 
 /// What executors may need, which the spawner's Landlock domain must therefore keep reachable:
 /// runtimes, module cache, tool packages and read-only mounts; workspaces and read-write mounts.

@@ -156,19 +156,26 @@ pub const MAX_LOG_RECORD_BYTES: usize = 8 * 1024;
 /// A `tracing_subscriber` writer factory for stderr that cuts every record at
 /// [`MAX_LOG_RECORD_BYTES`], whoever logged it (warden, rmcp, hyper): a log field quoting a
 /// request can then never make one record larger than that. The fmt layer formats a record
-/// completely and writes it through one writer, so the cap applies per record.
-pub struct CappedStderr;
+/// completely and writes it through one writer, so the cap applies per record. A JSON record
+/// (`json`) is held until it is complete, so that one over the cap is replaced by a valid JSON
+/// line saying so (with its start), never written cut in the middle of a string.
+#[derive(Clone, Copy, Default)]
+pub struct CappedStderr {
+    pub json: bool,
+}
 
 pub struct CappedWriter {
     left: usize,
     cut: bool,
+    /// The JSON record so far (at most the cap), written whole when the record ends.
+    held: Option<Vec<u8>>,
     inner: std::io::Stderr,
 }
 
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CappedStderr {
     type Writer = CappedWriter;
     fn make_writer(&'a self) -> CappedWriter {
-        CappedWriter { left: MAX_LOG_RECORD_BYTES, cut: false, inner: std::io::stderr() }
+        CappedWriter { left: MAX_LOG_RECORD_BYTES, cut: false, held: self.json.then(Vec::new), inner: std::io::stderr() }
     }
 }
 
@@ -176,7 +183,10 @@ impl std::io::Write for CappedWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = buf.len().min(self.left);
         if n > 0 {
-            self.inner.write_all(&buf[..n])?;
+            match &mut self.held {
+                Some(held) => held.extend_from_slice(&buf[..n]),
+                None => self.inner.write_all(&buf[..n])?,
+            }
             self.left -= n;
         }
         if n < buf.len() {
@@ -192,16 +202,44 @@ impl std::io::Write for CappedWriter {
 
 impl Drop for CappedWriter {
     fn drop(&mut self) {
-        if self.cut {
-            use std::io::Write;
-            let _ = self.inner.write_all("…[log record cut]\n".as_bytes());
+        use std::io::Write;
+        match (self.held.take(), self.cut) {
+            (Some(held), false) => {
+                let _ = self.inner.write_all(&held);
+            }
+            (Some(held), true) => {
+                let _ = self.inner.write_all(cut_json_record(&held).as_bytes());
+            }
+            (None, true) => {
+                let _ = self.inner.write_all("…[log record cut]\n".as_bytes());
+            }
+            (None, false) => {}
         }
     }
+}
+
+/// The line written in place of a JSON log record over [`MAX_LOG_RECORD_BYTES`]: valid JSON,
+/// with the record's start as a string.
+fn cut_json_record(held: &[u8]) -> String {
+    let start = String::from_utf8_lossy(&held[..held.len().min(MAX_LOG_RECORD_BYTES / 2)]).into_owned();
+    let line =
+        json!({"level": "WARN", "fields": {"message": "log record cut", "limit_bytes": MAX_LOG_RECORD_BYTES, "record_start": start}});
+    format!("{line}\n")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cut_json_log_record_is_still_one_json_line() {
+        let record = format!("{{\"fields\":{{\"message\":\"{}\"}}}}", "é".repeat(MAX_LOG_RECORD_BYTES));
+        let line = cut_json_record(&record.as_bytes()[..MAX_LOG_RECORD_BYTES]);
+        assert!(line.len() < MAX_LOG_RECORD_BYTES && line.ends_with('\n') && line.matches('\n').count() == 1);
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["fields"]["message"], "log record cut");
+        assert!(v["fields"]["record_start"].as_str().unwrap().starts_with("{\"fields\""));
+    }
 
     #[test]
     fn strings_are_cut_at_a_character_boundary_with_a_marker() {

@@ -27,6 +27,11 @@ pub struct Cli {
     #[arg(long, env = "WARDEN_HOME", global = true)]
     pub home: Option<PathBuf>,
 
+    /// Log records on stderr as plain text, or as one JSON object per line (for a log
+    /// collector). Executors log in the same format.
+    #[arg(long, env = LOG_FORMAT_ENV, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -82,6 +87,15 @@ pub enum Command {
     },
 }
 
+/// The environment variable that carries `--log-format` (to the spawner and executors too).
+pub const LOG_FORMAT_ENV: &str = "WARDEN_LOG_FORMAT";
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 /// An error already explained to the user; carries the exit status.
 #[derive(Debug)]
 pub struct Failure {
@@ -97,7 +111,13 @@ impl<E: std::fmt::Display> From<E> for Failure {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    if cli.log_format == LogFormat::Json {
+        // The processes this one starts (spawner, executors) log alike: they inherit the
+        // variable. SAFETY: nothing else runs yet (no threads), so nothing reads the
+        // environment while it changes.
+        unsafe { std::env::set_var(LOG_FORMAT_ENV, "json") };
+    }
+    init_logging(cli.log_format);
     // The internal processes read no data directory of their own choosing: the spawner needs
     // none, an executor learns everything, its data directory included, from the front.
     match cli.command {
@@ -142,19 +162,38 @@ fn executor(fd: i32) -> Result<(), Failure> {
 }
 
 fn fail(f: Failure) -> ExitCode {
-    eprintln!("warden: {}", f.message);
+    say("ERROR", &f.message, serde_json::json!({}));
     ExitCode::from(f.status)
 }
 
+/// A line for the operator that must appear whatever the log filter (the address served, a
+/// fatal error): `warden: MESSAGE` as text, or in `--log-format json` a JSON record like the
+/// log's, with `fields` beside the message.
+pub fn say(level: &str, message: &str, fields: serde_json::Value) {
+    if std::env::var(LOG_FORMAT_ENV).is_ok_and(|f| f == "json") {
+        let mut all = serde_json::Map::new();
+        all.insert("message".into(), format!("warden: {message}").into());
+        if let serde_json::Value::Object(more) = fields {
+            all.extend(more);
+        }
+        let line = serde_json::json!({"timestamp": crate::service::rfc3339(std::time::SystemTime::now()), "level": level, "fields": all, "target": "warden"});
+        eprintln!("{line}");
+    } else {
+        eprintln!("warden: {message}");
+    }
+}
+
 /// Logs go to stderr only, so stdout stays clean for results (and for JSON-RPC in stdio mode).
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
     // rmcp logs every error response at WARN; those are the caller's mistakes, not the server's.
     let filter = tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rmcp::service=error"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(crate::audit::bound::CappedStderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Text => {
+            builder.with_writer(crate::audit::bound::CappedStderr { json: false }).with_ansi(std::io::stderr().is_terminal()).try_init()
+        }
+        LogFormat::Json => builder.json().with_writer(crate::audit::bound::CappedStderr { json: true }).try_init(),
+    };
 }

@@ -339,7 +339,9 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
                 opts.trusted_proxies = args.trusted_proxies.clone();
                 let health = Health { hardening: Some(hardening), probe_paths: probe_paths.clone() };
                 let app = crate::transport::http::router(exec.clone(), &opts, health, &shutdown, shared_auth);
-                eprintln!("warden: serving MCP at http://{addr}/mcp (policy {})", exec.profiles().default);
+                let url = format!("http://{addr}/mcp");
+                let policy = exec.profiles().default.clone();
+                super::say("INFO", &format!("serving MCP at {url} (policy {policy})"), serde_json::json!({"url": url, "policy": policy}));
                 tracing::info!(%addr, "listening");
                 crate::transport::http::serve(l, app, shutdown.clone()).await.map_err(anyhow::Error::from)
             }

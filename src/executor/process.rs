@@ -120,6 +120,7 @@ fn start_and_serve(mut stream: std::os::unix::net::UnixStream, serving: Arc<std:
             sessions: Mutex::new(HashMap::new()),
         });
         let (tx, rx) = channel::split(stream);
+        tracing::info!(pid = ready.pid, tools = ready.tools.len(), "executor ready");
         serving.store(true, std::sync::atomic::Ordering::SeqCst);
         serve(state, tx, rx, ready).await
     })

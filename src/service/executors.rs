@@ -768,7 +768,7 @@ impl Launcher for DirectLauncher {
         let mut cmd = std::process::Command::new(&self.exe);
         cmd.args(["executor", "--channel-fd", "3", "--label", label])
             .env_clear()
-            .envs(std::env::vars_os().filter(|(k, _)| k == "WARDEN_LOG"))
+            .envs(std::env::vars_os().filter(|(k, _)| k == "WARDEN_LOG" || k == crate::cli::LOG_FORMAT_ENV))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .arg0(format!("warden-executor-{label}"));

@@ -185,6 +185,11 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
+    /// The server's log lines so far but its announcement, oldest first (the last 10,000).
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().iter().cloned().collect()
+    }
+
     /// Waits up to `within` for a line of the server's log (stderr) containing every one of
     /// `words`; returns it.
     pub async fn log_line(&self, words: &[&str], within: Duration) -> Option<String> {
@@ -214,6 +219,7 @@ pub async fn start_http_of(server: &Server, files: &ServerFiles, policy: Option<
     cmd.stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
     let mut child = cmd.spawn().expect("spawn");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut early = std::collections::VecDeque::new();
     let url = loop {
         let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
             .await
@@ -223,10 +229,17 @@ pub async fn start_http_of(server: &Server, files: &ServerFiles, policy: Option<
         if let Some(rest) = line.strip_prefix("warden: serving MCP at ") {
             break rest.split_whitespace().next().unwrap().to_string();
         }
+        // The same announcement under `--log-format json`.
+        if let Ok(record) = serde_json::from_str::<Value>(&line)
+            && let Some(url) = record["fields"]["url"].as_str()
+        {
+            break url.to_string();
+        }
         eprintln!("server: {line}");
+        early.push_back(line);
     };
     // Forward the server's log (visible with --nocapture), and keep its last lines for tests.
-    let log = Arc::new(Mutex::new(std::collections::VecDeque::new()));
+    let log = Arc::new(Mutex::new(early));
     let kept = log.clone();
     tokio::spawn(async move {
         while let Ok(Some(line)) = lines.next_line().await {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use rmcp::model::ReadResourceRequestParams;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::harness::*;
 
@@ -131,4 +131,22 @@ async fn sigterm_shuts_down_gracefully_and_removes_workspaces() {
     assert!(leftovers.is_empty(), "workspaces left behind under {dir:?}: {leftovers:?}");
     let closes = audit_events(&files, "session.close", 1, Duration::from_secs(1)).await;
     assert_eq!(closes[0]["reason"], "shutdown");
+}
+
+#[tokio::test]
+async fn log_format_json_writes_every_record_as_one_json_object_executors_too() {
+    let files = ServerFiles::new();
+    let server = Server { log: Some("info".into()), ..Server::default() };
+    let http = start_http_of(&server, &files, None, &["--log-format", "json"]).await;
+    let r = stateless_call(&http.url, "none", "execute_code", py("print(1)")).await;
+    assert_eq!(r["result"]["structuredContent"]["stdout"], "1\n", "{r}");
+    let ready = http.log_line(&["executor ready"], Duration::from_secs(10)).await.expect("an executor logged");
+    let record: Value = serde_json::from_str(&ready).expect("the executor's record is JSON");
+    assert_eq!(record["target"], "warden::executor::process", "{record}");
+    let lines = http.log_lines();
+    assert!(lines.len() >= 3, "{lines:?}");
+    for line in &lines {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["fields"]["message"].is_string(), "{line}");
+    }
 }
