@@ -7,13 +7,20 @@ Run it with tests/e2e/run_python_sdk.sh, which installs the pinned SDK into a ve
 
 What it does, each step printed as a PASS or FAIL line:
   * stdio, the SDK's `stdio_client` + `ClientSession.initialize()` (the initialize handshake):
-    tools/list, Python and JavaScript runs, a matplotlib chart and a text artifact read back
-    with resources/read, a Python session, an invalid-params error and a call after it;
+    tools/list, Python and JavaScript runs, progress messages that carry a run's output before
+    it ends, a matplotlib chart and a text artifact read back with resources/read, a Python
+    session, an invalid-params error and a call after it;
   * the same suite over stdio with the SDK's high-level `Client` in its default mode, which
-    probes `server/discover` and speaks the newest protocol revision both sides support;
+    probes `server/discover` and speaks the newest protocol revision both sides support, then a
+    call the client gives up on, whose guest must stop (the audit log says cancelled);
   * streamable HTTP (`warden serve --http 127.0.0.1:0`): a Python run with the SDK's
     `streamable_http_client` and with `Client(url)`, then SIGTERM, which must end the server
-    with status 0 within 15 s.
+    with status 0 within 15 s;
+  * a server with JWT authentication: 401 without a token, and the SDK's own discovery helpers
+    find and parse the protected-resource metadata it points to.
+
+MCP tasks are not checked here: SDK 2.3.0 has no client side for the tasks extension
+(tests/mcp/tasks.rs drives them over HTTP).
 
 Every server this script starts shares one audit log in a fresh temporary directory, so the test
 never touches the installation's own log. The last line is "e2e: N passed, M failed"; the exit
@@ -23,6 +30,7 @@ status is non-zero when anything failed or nothing ran.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import re
@@ -41,6 +49,12 @@ import anyio
 import mcp.types as types
 from mcp import Client, ClientSession, MCPError, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.client.auth.utils import (
+    build_protected_resource_metadata_discovery_urls,
+    extract_resource_metadata_from_www_auth,
+    handle_protected_resource_response,
+)
+import httpx2
 
 DEFAULT_BIN = "/work/main/target/release/warden"
 INVALID_PARAMS = -32602
@@ -414,9 +428,41 @@ async def stdio_auto(report: Report, binary: str, tmp: str) -> None:
                     info=f"protocol {client.protocol_version}",
                 )
                 await suite(report, client, tag)
+                await cancellation(report, client, tag, os.path.join(tmp, "audit.jsonl"))
     except Exception as e:
         report.fail(f"[{tag}] connection", f"{describe(e)}; server stderr:\n{tail(errlog)}")
     report.info(f"[{tag}] took {time.monotonic() - started:.1f} s")
+
+
+async def cancellation(report: Report, conn: Conn, tag: str, audit_log: str) -> None:
+    """A call the client gives up on (the SDK sends notifications/cancelled) stops its guest:
+    the audit log records the run as cancelled, and the server goes on answering."""
+    name = f"[{tag}] cancelling a call stops its guest"
+
+    def ends() -> list[dict[str, Any]]:
+        with open(audit_log) as f:
+            return [e for e in (json.loads(line) for line in f if line.strip()) if e.get("kind") == "execution"]
+
+    before = len(ends())
+    with anyio.move_on_after(1.0):
+        await call(conn, "execute_code", {"language": "python", "code": "import time\ntime.sleep(60)"})
+    cancelled_at = time.monotonic()
+    last = None
+    while time.monotonic() - cancelled_at < 5:
+        now = ends()
+        if len(now) > before:
+            last = now[-1]
+            break
+        await anyio.sleep(0.05)
+    took = time.monotonic() - cancelled_at
+    r = await call(conn, "execute_code", {"language": "python", "code": "print('alive')"})
+    s = r.structured_content if isinstance(r.structured_content, dict) else {}
+    report.check(
+        name,
+        last is not None and last.get("outcome") == "cancelled" and s.get("stdout") == "alive\n",
+        f"audit end {last!r} {took:.2f} s after the cancel; next call stdout {s.get('stdout')!r}",
+        info=f"ended {took:.2f} s after the cancel",
+    )
 
 
 class HttpServer:
@@ -424,12 +470,12 @@ class HttpServer:
 
     LINE = re.compile(r"warden: serving MCP at (http://\S+/mcp) \(policy ([^)]*)\)")
 
-    def __init__(self, binary: str, audit_log: str) -> None:
+    def __init__(self, binary: str, audit_log: str, extra: list[str] | None = None) -> None:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **server_env(audit_log)}
         if os.environ.get("HOME"):
             env["HOME"] = os.environ["HOME"]
         self.proc = subprocess.Popen(
-            [binary, "serve", "--http", "127.0.0.1:0"],
+            [binary, "serve", "--http", "127.0.0.1:0", *(extra or [])],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -562,6 +608,59 @@ async def http(report: Report, binary: str, tmp: str) -> None:
         report.info(f"[{tag}] took {time.monotonic() - started:.1f} s")
 
 
+async def auth_discovery(report: Report, binary: str, tmp: str) -> None:
+    """A server with JWT authentication: an unauthenticated request gets 401, and the SDK's own
+    discovery helpers (SEP-985 / RFC 9728) find and parse the protected-resource metadata from
+    the WWW-Authenticate header, naming the resource and its authorization server."""
+    tag = "http auth"
+    started = time.monotonic()
+    issuer = "https://issuer.example"
+    jwks = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "jwt", "jwks.json")
+    auth = os.path.join(tmp, "auth.toml")
+    with open(auth, "w") as f:
+        f.write(
+            '[[roles]]\nname = "user"\nprofile = "default"\n\n'
+            f'[jwt]\njwks = "{os.path.abspath(jwks)}"\nissuer = "{issuer}"\naudience = "warden-e2e"\n'
+        )
+    server = HttpServer(binary, os.path.join(tmp, "audit-auth.jsonl"), ["--auth", auth])
+    try:
+        await anyio.to_thread.run_sync(server.announced.wait, HTTP_STARTUP_TIMEOUT_S)
+        if not report.check(f"[{tag}] server starts with --auth", server.url is not None, server.stderr_text()):
+            return
+        assert server.url is not None
+        body = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "1"}}}
+        async with httpx2.AsyncClient(timeout=30) as http:
+            r = await http.post(server.url, json=body, headers={"accept": "application/json, text/event-stream"})
+            meta_url = extract_resource_metadata_from_www_auth(r)
+            if not report.check(
+                f"[{tag}] no token -> 401 whose WWW-Authenticate names resource_metadata",
+                r.status_code == 401 and meta_url is not None,
+                f"status {r.status_code}, WWW-Authenticate {r.headers.get('WWW-Authenticate')!r}",
+                info=str(meta_url),
+            ):
+                return
+            found = None
+            tried = []
+            for url in build_protected_resource_metadata_discovery_urls(meta_url, server.url):
+                tried.append(url)
+                found = await handle_protected_resource_response(await http.get(url))
+                if found is not None:
+                    break
+            servers = [str(a).rstrip("/") for a in (found.authorization_servers if found else [])]
+            report.check(
+                f"[{tag}] the SDK's discovery parses the protected-resource metadata",
+                found is not None and str(found.resource).rstrip("/") == server.url and servers == [issuer],
+                f"tried {tried}; got {found!r}",
+                info=f"resource {found.resource if found else None}, authorization servers {servers}",
+            )
+    except Exception as e:
+        report.fail(f"[{tag}] discovery", f"{describe(e)}; server stderr:\n{server.stderr_text()}")
+    finally:
+        server.kill()
+        report.info(f"[{tag}] took {time.monotonic() - started:.1f} s")
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -569,6 +668,7 @@ async def main_async(report: Report, binary: str, tmp: str) -> None:
     await stdio_legacy(report, binary, tmp)
     await stdio_auto(report, binary, tmp)
     await http(report, binary, tmp)
+    await auth_discovery(report, binary, tmp)
 
 
 def main() -> int:
