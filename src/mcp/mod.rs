@@ -9,6 +9,7 @@
 //! error).
 
 mod content;
+pub mod logging;
 pub mod progress;
 pub mod tasks;
 pub mod tools;
@@ -50,6 +51,8 @@ pub struct WardenMcp {
     /// Calls running or finished as MCP tasks: one table for every connection, since a task
     /// outlives the one that made it.
     tasks: Arc<tasks::Tasks>,
+    /// The level this connection's client set with `logging/setLevel`.
+    log: Arc<logging::ClientLog>,
 }
 
 /// A guest call, ready to run on the request or in a task of its own.
@@ -58,12 +61,12 @@ type GuestCall = std::pin::Pin<Box<dyn std::future::Future<Output = Result<CallT
 impl WardenMcp {
     pub fn stdio(exec: Arc<Service>) -> Self {
         let via = Via::Stdio { connection: format!("stdio-{}", uuid::Uuid::new_v4().simple()) };
-        WardenMcp { exec, via, tasks: Arc::default() }
+        WardenMcp { exec, via, tasks: Arc::default(), log: Arc::default() }
     }
 
     /// The handler of one HTTP session; `tasks` is the server's one task table.
     pub fn http(exec: Arc<Service>, tasks: Arc<tasks::Tasks>) -> Self {
-        WardenMcp { exec, via: Via::Http, tasks }
+        WardenMcp { exec, via: Via::Http, tasks, log: Arc::default() }
     }
 
     fn caller(&self, ctx: &RequestContext<RoleServer>) -> Caller {
@@ -106,6 +109,7 @@ impl WardenMcp {
         if !task_capable {
             let result = with_progress(ctx, timeout, |out| call(cancel, out)).await;
             watcher.abort();
+            self.log.call_ended(ctx, tool, &result).await;
             return result.map(Into::into);
         }
         // Its own tokio task, so that it can outlive this request.
@@ -119,7 +123,9 @@ impl WardenMcp {
         };
         if let Ok(r) = tokio::time::timeout(tasks::PROMOTE_AFTER, notifier.follow(&mut job, &mut chunks)).await {
             watcher.abort();
-            return joined(r).map(Into::into);
+            let result = joined(r);
+            self.log.call_ended(ctx, tool, &result).await;
+            return result.map(Into::into);
         }
         let longest = timeout + Duration::from_millis(policy.file.limits.queue_timeout_ms);
         let new = tasks::NewTask {
@@ -133,7 +139,9 @@ impl WardenMcp {
             // No room for another task: it ends on its request, as without the extension.
             let r = notifier.follow(&mut job, &mut chunks).await;
             watcher.abort();
-            return joined(r).map(Into::into);
+            let result = joined(r);
+            self.log.call_ended(ctx, tool, &result).await;
+            return result.map(Into::into);
         };
         // From here on only tasks/cancel stops it, not the request or its connection.
         watcher.abort();
@@ -244,8 +252,10 @@ fn cancel_on_request_end(ctx: &RequestContext<RoleServer>) -> (CancelHandle, tok
 }
 
 impl ServerHandler for WardenMcp {
+    // Logging is deprecated by SEP-2577 but still answered for the clients that set a level.
+    #[allow(deprecated)]
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_resources().enable_tasks().build())
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_resources().enable_logging().enable_tasks().build())
             .with_server_info(Implementation::new("warden", env!("CARGO_PKG_VERSION")))
             .with_instructions(
                 "warden runs Python and JavaScript in isolated sandboxes. Call execute_code with the code; files the \
@@ -323,6 +333,12 @@ impl ServerHandler for WardenMcp {
         }
     }
 
+    #[allow(deprecated)]
+    async fn set_level(&self, req: rmcp::model::SetLevelRequestParams, _ctx: RequestContext<RoleServer>) -> Result<(), McpError> {
+        self.log.set(req.level);
+        Ok(())
+    }
+
     async fn get_task(&self, req: GetTaskParams, ctx: RequestContext<RoleServer>) -> Result<GetTaskResult, McpError> {
         self.tasks.get(&self.caller(&ctx).principal, &req.task_id)
     }
@@ -362,7 +378,7 @@ impl ServerHandler for WardenMcp {
         let caller = self.caller(&ctx);
         let (bytes, mime) = self.exec.read_artifact(&caller, &req.uri).await.map_err(|e| match e {
             e @ (ExecError::Limited(_) | ExecError::Busy { .. }) => McpError::internal_error(e.to_string(), None),
-            e => McpError::resource_not_found(e.to_string(), None),
+            e => McpError::resource_not_found(e.to_string(), Some(serde_json::json!({"uri": req.uri}))),
         })?;
         // Encoding up to MAX_READ_BYTES is work proportional to guest data: off the async runtime.
         let uri = req.uri.clone();

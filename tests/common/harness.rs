@@ -14,13 +14,20 @@ use serde_json::{Value, json};
 use crate::common::home;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-/// A client that records the progress notifications it receives.
+/// A client that records the progress notifications and log messages it receives.
 #[derive(Clone, Default)]
 pub struct Recorder {
     pub progress: Arc<Mutex<Vec<ProgressNotificationParam>>>,
+    #[allow(deprecated)]
+    pub logs: Arc<Mutex<Vec<rmcp::model::LoggingMessageNotificationParam>>>,
 }
 
 impl ClientHandler for Recorder {
+    #[allow(deprecated)]
+    async fn on_logging_message(&self, params: rmcp::model::LoggingMessageNotificationParam, _ctx: NotificationContext<RoleClient>) {
+        self.logs.lock().unwrap().push(params);
+    }
+
     async fn on_progress(&self, mut params: ProgressNotificationParam, ctx: NotificationContext<RoleClient>) {
         // rmcp 3.11 hands a notification's `_meta` to the context, not the params, and there
         // (swapping the extensions out before reading the meta from them) leaves it in the

@@ -222,6 +222,30 @@ async fn streamed_output_is_bounded_per_notification_and_by_the_cap() {
 }
 
 #[tokio::test]
+#[allow(deprecated)]
+async fn a_client_that_sets_a_log_level_is_told_how_each_call_ended() {
+    use rmcp::model::{LoggingLevel, SetLevelRequestParams};
+    let files = ServerFiles::new();
+    let client = stdio(&files, None).await;
+    let logs = || client.service().logs.lock().unwrap().clone();
+    exec(&client, py("print(1)")).await;
+    assert!(logs().is_empty(), "nothing before a level is set");
+    client.peer().set_level(SetLevelRequestParams::new(LoggingLevel::Warning)).await.unwrap();
+    exec(&client, py("print(1)")).await;
+    exec(&client, py("raise ValueError('boom')")).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let got = logs();
+    assert_eq!(got.len(), 1, "only the failure passes a warning level: {got:?}");
+    assert_eq!((got[0].level, got[0].logger.as_deref()), (LoggingLevel::Warning, Some("warden")));
+    assert_eq!((got[0].data["tool"].as_str(), got[0].data["outcome"].as_str()), (Some("execute_code"), Some("error")), "{:?}", got[0]);
+    client.peer().set_level(SetLevelRequestParams::new(LoggingLevel::Info)).await.unwrap();
+    exec(&client, py("print(1)")).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let got = logs();
+    assert_eq!((got.len(), got[1].level, got[1].data["outcome"].as_str()), (2, LoggingLevel::Info, Some("ok")), "{got:?}");
+}
+
+#[tokio::test]
 async fn cancellation_stops_the_guest_within_100ms() {
     let files = ServerFiles::new();
     let client = stdio(&files, None).await;
