@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Smoke test of `warden serve` with the official TypeScript MCP SDK clients (tests/clients/
+# smoke.mjs): @modelcontextprotocol/sdk 1.32.2 (the v1 line) and @modelcontextprotocol/client
+# 2.4.0 (the v2 line, speaking MCP 2026-07-28), over stdio and streamable HTTP, on the machine's
+# Node.js (20 here; both lines run on it).
+#
+#   tests/clients/run.sh [WARDEN_BIN]
+#
+# Installs the pinned clients from package-lock.json into ${CARGO_TARGET_DIR:-target}/clients on
+# first use, starts `warden serve --http` on loopback with its own audit log, and stops it.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+target="${CARGO_TARGET_DIR:-target}"
+dir="$target/clients"
+bin="${1:-${WARDEN_BIN:-$target/release/warden}}"
+case "$bin" in /*) ;; *) bin="$PWD/$bin" ;; esac
+export WARDEN_HOME="${WARDEN_HOME:-$PWD/target/warden}"
+
+if [[ ! -x "$bin" ]]; then
+    echo "clients: no warden binary at $bin; build it first (scripts/setup)" >&2
+    exit 1
+fi
+mkdir -p "$dir"
+if ! cmp -s tests/clients/package-lock.json "$dir/package-lock.json" || [[ ! -d "$dir/node_modules/@modelcontextprotocol/client" ]]; then
+    echo "clients: installing the pinned TypeScript SDK clients into $dir" >&2
+    cp tests/clients/package.json tests/clients/package-lock.json "$dir/"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
+fi
+cp tests/clients/smoke.mjs "$dir/"
+
+work="$(mktemp -d)"
+server=""
+cleanup() {
+    [[ -n "$server" ]] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null
+    rm -rf "$work"
+}
+trap cleanup EXIT
+# One audit log per server running at once: the HTTP server's, and the stdio servers' (which
+# the smoke test starts one after the other).
+WARDEN_AUDIT_LOG="$work/http-audit.jsonl" "$bin" serve --http 127.0.0.1:0 2>"$work/server.log" &
+server=$!
+url=""
+for _ in $(seq 200); do
+    url="$(sed -n 's/^warden: serving MCP at \(http:[^ ]*\) .*/\1/p' "$work/server.log" | head -1)"
+    [[ -n "$url" ]] && break
+    kill -0 "$server" 2>/dev/null || break
+    sleep 0.1
+done
+if [[ -z "$url" ]]; then
+    echo "clients: the server did not start:" >&2
+    cat "$work/server.log" >&2
+    exit 1
+fi
+WARDEN_AUDIT_LOG="$work/stdio-audit.jsonl" node "$dir/smoke.mjs" "$bin" "$url"
