@@ -50,11 +50,69 @@ fn execute_code_description(policy: &Policy) -> String {
 }
 
 fn input<T: schemars::JsonSchema + 'static>() -> Arc<JsonObject> {
-    standard_schema(&schema_for_input::<T>().expect("object schema"))
+    let mut schema = (*schema_for_input::<T>().expect("object schema")).clone();
+    drop_null_types(&mut schema);
+    standard_schema(&schema)
+}
+
+/// Turns schemars' `"type": [T, "null"]` for an optional argument into `"type": T`, at any
+/// depth. Leaving an argument out already means "none", so the `null` adds nothing for a caller,
+/// and a type array is less portable: clients that map tool schemas onto a single-`type` dialect
+/// (the OpenAPI subset of Gemini function declarations, say) reject or mangle it (the MCP
+/// Inspector's schema-portability check flags each one). A `null` sent anyway still parses.
+fn drop_null_types(schema: &mut JsonObject) {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(o) => {
+                if let Some(serde_json::Value::Array(types)) = o.get("type") {
+                    let rest: Vec<_> = types.iter().filter(|t| t.as_str() != Some("null")).cloned().collect();
+                    if rest.len() == 1 && types.len() == 2 {
+                        o.insert("type".into(), rest[0].clone());
+                    }
+                }
+                o.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    schema.values_mut().for_each(walk);
 }
 
 fn output<T: schemars::JsonSchema + 'static>() -> Arc<JsonObject> {
-    standard_schema(&schema_for_output::<T>())
+    let mut schema = (*schema_for_output::<T>()).clone();
+    null_types_as_any_of(&mut schema);
+    standard_schema(&schema)
+}
+
+/// Rewrites schemars' `"type": [T, "null"]` for a result field that may be null as
+/// `"anyOf": [{"type": T, ...its constraints}, {"type": "null"}]`: the same values, in the form
+/// single-`type` dialects can map (see [`drop_null_types`]).
+fn null_types_as_any_of(schema: &mut JsonObject) {
+    const ANNOTATIONS: &[&str] = &["description", "title", "default", "examples"];
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(o) => {
+                o.values_mut().for_each(walk);
+                let Some(serde_json::Value::Array(types)) = o.get("type") else { return };
+                let rest: Vec<_> = types.iter().filter(|t| t.as_str() != Some("null")).cloned().collect();
+                if rest.len() != 1 || types.len() != 2 {
+                    return;
+                }
+                let mut branch = serde_json::Map::new();
+                for key in o.keys().filter(|k| !ANNOTATIONS.contains(&k.as_str())).cloned().collect::<Vec<_>>() {
+                    if let Some(val) = o.remove(&key) {
+                        branch.insert(key, val);
+                    }
+                }
+                branch.insert("type".into(), rest[0].clone());
+                o.insert("anyOf".into(), serde_json::json!([branch, {"type": "null"}]));
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    schema.values_mut().for_each(walk);
 }
 
 /// The `format` values JSON Schema (2020-12) defines. schemars adds its own (`uint64`, `int32`,
