@@ -51,7 +51,15 @@ pub enum AuditError {
     Damaged { path: PathBuf, why: String },
     #[error("writing the audit log {path:?}: {source}")]
     Write { path: PathBuf, source: io::Error },
+    #[error(
+        "the audit log {path:?} is in use by another warden process (waited {waited_s} s); two writers would break its chain. Give each server, and `warden exec` beside a running server, its own --audit-log (or WARDEN_AUDIT_LOG)"
+    )]
+    InUse { path: PathBuf, waited_s: u64 },
 }
+
+/// How long opening the log waits for another process that holds it (a `warden exec` finishing
+/// its one call) before giving up.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One recorded event as returned to callers: the event fields plus `id`, `time`, `prev` and
 /// `hash`.
@@ -75,11 +83,30 @@ struct Inner {
 impl AuditLog {
     /// Opens (creating if needed) an append-only log, after checking its existing chain.
     pub fn open(path: &Path) -> Result<AuditLog, AuditError> {
+        Self::open_waiting(path, LOCK_WAIT)
+    }
+
+    /// [`AuditLog::open`], waiting up to `wait` for another process's hold on the file.
+    fn open_waiting(path: &Path, wait: std::time::Duration) -> Result<AuditLog, AuditError> {
         let open_err = |source| AuditError::Open { path: path.to_path_buf(), source };
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(open_err)?;
         }
         let file = OpenOptions::new().create(true).append(true).read(true).open(path).map_err(open_err)?;
+        // One writer at a time: each process keeps the chain's last hash in memory, so a second
+        // writer's lines would break it. The lock lasts as long as this process keeps the file
+        // open (it is close-on-exec, so executors and the spawner never hold it).
+        let started = std::time::Instant::now();
+        loop {
+            match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::WOULDBLOCK) if started.elapsed() < wait => std::thread::sleep(std::time::Duration::from_millis(20)),
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    return Err(AuditError::InUse { path: path.to_path_buf(), waited_s: wait.as_secs() });
+                }
+                Err(e) => return Err(open_err(e.into())),
+            }
+        }
         let report = verify::verify_reader(BufReader::new(File::open(path).map_err(open_err)?));
         if let Some(problem) = report.problem {
             return Err(AuditError::Damaged { path: path.to_path_buf(), why: problem });
@@ -214,6 +241,25 @@ pub fn read_lines(path: &Path) -> io::Result<Vec<Map<String, Value>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_writer_at_a_time_keeps_the_chain_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        let first = AuditLog::open(&path).unwrap();
+        first.append("test", serde_json::json!({"n": 1})).unwrap();
+        let e = AuditLog::open_waiting(&path, std::time::Duration::from_millis(100)).err().expect("a second writer is refused");
+        assert!(matches!(e, AuditError::InUse { .. }) && e.to_string().contains("--audit-log"), "{e}");
+        // Once the first lets go, the next one opens (it waited) and continues the chain.
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            drop(first);
+        });
+        let second = AuditLog::open(&path).unwrap();
+        second.append("test", serde_json::json!({"n": 2})).unwrap();
+        release.join().unwrap();
+        assert_eq!(verify::verify_reader(BufReader::new(File::open(&path).unwrap())).problem, None);
+    }
 
     #[test]
     fn refused_writes_are_counted() {
