@@ -108,9 +108,7 @@ impl WardenMcp {
         let (cancel, watcher) = cancel_on_request_end(ctx);
         if !task_capable {
             let result = with_progress(ctx, timeout, |out| call(cancel, out)).await;
-            watcher.abort();
-            self.log.call_ended(ctx, tool, &result).await;
-            return result.map(Into::into);
+            return self.answer(ctx, tool, watcher, result).await;
         }
         // Its own tokio task, so that it can outlive this request.
         let (sink, mut chunks) = tokio::sync::mpsc::unbounded_channel();
@@ -122,10 +120,7 @@ impl WardenMcp {
             Err(e) => Err(McpError::internal_error(format!("the call's task failed: {e}"), None)),
         };
         if let Ok(r) = tokio::time::timeout(tasks::PROMOTE_AFTER, notifier.follow(&mut job, &mut chunks)).await {
-            watcher.abort();
-            let result = joined(r);
-            self.log.call_ended(ctx, tool, &result).await;
-            return result.map(Into::into);
+            return self.answer(ctx, tool, watcher, joined(r)).await;
         }
         let longest = timeout + Duration::from_millis(policy.file.limits.queue_timeout_ms);
         let new = tasks::NewTask {
@@ -138,10 +133,7 @@ impl WardenMcp {
         let Some(task) = self.tasks.create(new) else {
             // No room for another task: it ends on its request, as without the extension.
             let r = notifier.follow(&mut job, &mut chunks).await;
-            watcher.abort();
-            let result = joined(r);
-            self.log.call_ended(ctx, tool, &result).await;
-            return result.map(Into::into);
+            return self.answer(ctx, tool, watcher, joined(r)).await;
         };
         // From here on only tasks/cancel stops it, not the request or its connection.
         watcher.abort();
@@ -170,6 +162,20 @@ impl WardenMcp {
             }
         });
         Ok(CallToolResponse::Task(CreateTaskResult::new(task)))
+    }
+
+    /// Ends a guest call on its request: stops watching for the request's end, tells a client
+    /// that set a log level how it went, and answers with the result.
+    async fn answer(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        tool: &str,
+        watcher: tokio::task::JoinHandle<()>,
+        result: Result<CallToolResult, McpError>,
+    ) -> Result<CallToolResponse, McpError> {
+        watcher.abort();
+        self.log.call_ended(ctx, tool, &result).await;
+        result.map(Into::into)
     }
 
     /// Records a task's event. The call itself was recorded when it was admitted (fail closed);

@@ -95,21 +95,23 @@ impl Tasks {
         }
         let mut table = lock(&self.table);
         sweep(&mut table);
-        let of_profile = |t: &HashMap<String, Entry>| t.values().filter(|e| e.profile == new.profile).count();
-        let mine = |t: &HashMap<String, Entry>| t.values().filter(|e| e.profile == new.profile && e.principal == new.principal).count();
-        // Make room by dropping this principal's own oldest finished tasks, never another's.
-        while mine(&table) >= limits.max_per_principal as usize || of_profile(&table) >= limits.max as usize {
-            let oldest = table
-                .iter()
-                .filter(|(_, e)| e.profile == new.profile && e.principal == new.principal && e.end.is_some())
-                .min_by_key(|(_, e)| e.created)
-                .map(|(id, _)| id.clone());
-            match oldest {
-                Some(id) => {
-                    table.remove(&id);
-                }
-                None => return None,
-            }
+        // Make room by dropping this principal's own oldest finished tasks, never another's, and
+        // only if that makes enough room: a result is not thrown away for nothing.
+        let of_profile = table.values().filter(|e| e.profile == new.profile).count();
+        let mut mine: Vec<(Instant, String, bool)> = table
+            .iter()
+            .filter(|(_, e)| e.profile == new.profile && e.principal == new.principal)
+            .map(|(id, e)| (e.created, id.clone(), e.end.is_some()))
+            .collect();
+        let over = |n: usize, cap: u32| (n + 1).saturating_sub(cap as usize);
+        let drop = over(mine.len(), limits.max_per_principal).max(over(of_profile, limits.max));
+        mine.retain(|(_, _, finished)| *finished);
+        if mine.len() < drop {
+            return None;
+        }
+        mine.sort();
+        for (_, id, _) in mine.into_iter().take(drop) {
+            table.remove(&id);
         }
         let id = uuid::Uuid::new_v4().to_string();
         let retention = Duration::from_secs(limits.retention_seconds);
@@ -253,5 +255,23 @@ mod tests {
         tasks.finish(&b, Ok(CallToolResult::success(Vec::new())));
         // Retention 0: gone at the next look.
         assert!(tasks.get("bob", &b).is_err());
+    }
+
+    #[test]
+    fn a_finished_task_is_dropped_for_room_only_when_that_makes_room() {
+        let wide = TasksSection { max: 3, max_per_principal: 3, retention_seconds: 600 };
+        let tasks = Tasks::default();
+        let done = tasks.create(new("alice", &wide)).unwrap().task_id;
+        tasks.finish(&done, Ok(CallToolResult::success(Vec::new())));
+        tasks.create(new("bob", &wide)).unwrap();
+        tasks.create(new("carol", &wide)).unwrap();
+        // A reload narrowed the profile to two: dropping alice's one finished task would not make
+        // room (two others run), so it is kept and her call runs without a task.
+        let narrow = TasksSection { max: 2, max_per_principal: 2, retention_seconds: 600 };
+        assert!(tasks.create(new("alice", &narrow)).is_none());
+        assert!(tasks.get("alice", &done).is_ok(), "her result was not thrown away for nothing");
+        // At the old width one drop is enough: then it goes, and she gets her task.
+        assert!(tasks.create(new("alice", &wide)).is_some());
+        assert!(tasks.get("alice", &done).is_err(), "her oldest finished task made room");
     }
 }
