@@ -49,6 +49,7 @@ pub mod server;
 pub mod service;
 pub mod session;
 pub mod spawner;
+pub mod telemetry;
 pub mod throttle;
 pub mod tools;
 pub mod transport;

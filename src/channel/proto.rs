@@ -19,10 +19,10 @@ use serde::{Deserialize, Serialize};
 use crate::harden::Report;
 use crate::policy::HardeningMode;
 use crate::runtime::Language;
-use crate::sandbox::{Limits, Mount, Outcome};
+use crate::sandbox::{Limits, Mount, Outcome, Phase};
 
 /// Bumped whenever a message changes shape; both sides refuse any other.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// The inputs blob's name in a call's (or session's) directory, beside `workspace/` and `tmp/`
 /// (the guest sees neither the directory nor the blob).
@@ -206,6 +206,19 @@ pub struct Finished {
     pub artifacts: Vec<(String, u64, String)>,
     pub message: Option<String>,
     pub ended_session: bool,
+    /// How long each stage took, for the front's trace spans: each phase at most once.
+    pub phases: Vec<PhaseTiming>,
+}
+
+/// One stage of a run, in microseconds from when the executor took the run up. The front
+/// places it between its own sending of the run and the report's arrival, and refuses a report
+/// whose stages do not fit there.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseTiming {
+    pub phase: Phase,
+    pub offset_us: u64,
+    pub duration_us: u64,
 }
 
 /// Why a run produced no report.

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crate::runtime::{Language, Runtimes};
 use crate::sandbox::{
-    CancelHandle, CommandSpec, Door, ExecSpec, Guest, InputFile, MAX_ARTIFACTS, RunReport, Sandbox, SandboxError, Workspace,
+    CancelHandle, CommandSpec, Door, ExecSpec, Guest, InputFile, Phase, PhaseTime, RunReport, Sandbox, SandboxError, Workspace,
     on_guest_thread_async,
 };
 use crate::tools::{Grant, ToolPackage};
@@ -39,6 +39,13 @@ impl From<SandboxError> for RunError {
             other => RunError::Internal(other.to_string()),
         }
     }
+}
+
+/// Writes a call's input files into its workspace, timed as [`Phase::Inputs`].
+fn write_inputs(ws: &Workspace, spec: &ExecSpec, files: &[InputFile]) -> Result<PhaseTime, RunError> {
+    let start = std::time::Instant::now();
+    ws.write_inputs(files, spec.limits.workspace_bytes, spec.limits.workspace_files).map_err(|e| RunError::Rejected(e.to_string()))?;
+    Ok(PhaseTime::until_now(Phase::Inputs, start))
 }
 
 /// A session's state on the executor: its workspace (with the quota ledger its guests share)
@@ -76,10 +83,12 @@ impl Executor {
         cancel: &CancelHandle,
         door: Option<Box<dyn Door>>,
     ) -> Result<RunReport, RunError> {
-        ws.write_inputs(files, spec.limits.workspace_bytes, spec.limits.workspace_files).map_err(|e| RunError::Rejected(e.to_string()))?;
+        let inputs = write_inputs(&ws, spec, files)?;
         let (sandbox, spec2, cancel2) = (self.sandbox.clone(), spec.clone(), cancel.clone());
         let door = if spec.language == Language::Python { door } else { None };
-        Ok(on_guest_thread_async(move || sandbox.run_fresh(&spec2, &ws, &cancel2, door)).await??)
+        let mut report = on_guest_thread_async(move || sandbox.run_fresh(&spec2, &ws, &cancel2, door)).await??;
+        report.phases.insert(0, inputs);
+        Ok(report)
     }
 
     /// One turn of a session: its inputs written into the kept workspace, then for Python the
@@ -93,13 +102,10 @@ impl Executor {
         cancel: &CancelHandle,
         door: Option<Box<dyn Door>>,
     ) -> Result<RunReport, RunError> {
-        state
-            .workspace
-            .write_inputs(files, spec.limits.workspace_bytes, spec.limits.workspace_files)
-            .map_err(|e| RunError::Rejected(e.to_string()))?;
+        let inputs = write_inputs(&state.workspace, spec, files)?;
         let ws = state.workspace.clone();
         let (sandbox, spec2, cancel2) = (self.sandbox.clone(), spec.clone(), cancel.clone());
-        let report = match spec.language {
+        let mut report = match spec.language {
             Language::Python => {
                 let guest = state.guest.take();
                 let (report, guest) = on_guest_thread_async(move || -> (Result<RunReport, RunError>, _) {
@@ -117,7 +123,7 @@ impl Executor {
                     guest.set_door(door);
                     let mut report = guest.run(&spec2.code);
                     guest.set_door(None);
-                    report.artifacts = ws.collect_changes(MAX_ARTIFACTS, spec2.limits.workspace_bytes);
+                    crate::sandbox::collect_artifacts(&mut report, &ws, &spec2.limits);
                     let keep = !report.ended_session;
                     (Ok(report), keep.then_some(guest))
                 })
@@ -132,6 +138,7 @@ impl Executor {
             }
             Language::Javascript => on_guest_thread_async(move || sandbox.run_fresh(&spec2, &ws, &cancel2, None)).await??,
         };
+        report.phases.insert(0, inputs);
         state.turns += 1;
         Ok(report)
     }

@@ -33,7 +33,7 @@ use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
 use super::stream::{self, Streamer};
 use super::{Executor, LiveSession, RunError};
-use crate::channel::proto::{Failure, Finished, GrantSpec, Init, Job, Probe, Ready, Reply, Request, Spec, VERSION};
+use crate::channel::proto::{Failure, Finished, GrantSpec, Init, Job, PhaseTiming, Probe, Ready, Reply, Request, Spec, VERSION};
 use crate::channel::{self, Receiver, Sender, inputs};
 use crate::engine::{EngineSettings, build_engine, spawn_epoch_ticker};
 use crate::harden::landlock::{LandlockReport, LandlockStatus};
@@ -229,6 +229,7 @@ impl State {
     /// Runs `job`; with `stream`, its output goes to the front as it is written (see
     /// [`super::stream`]), all of it before the `Done` this returns.
     async fn run(&self, id: u64, job: Job, stream: bool, out: &UnboundedSender<Reply>) -> Result<Box<Finished>, Failure> {
+        let taken_up = std::time::Instant::now();
         let cancel = CancelHandle::new();
         let (door_tx, door_rx) = std::sync::mpsc::channel();
         lock(&self.runs).insert(id, RunSlot { cancel: cancel.clone(), door: door_tx });
@@ -253,7 +254,7 @@ impl State {
             }
         };
         lock(&self.runs).remove(&id);
-        result.map(|r| Box::new(finished(r))).map_err(|e| match e {
+        result.map(|r| Box::new(finished(r, taken_up))).map_err(|e| match e {
             RunError::Rejected(m) => Failure::Rejected(m),
             RunError::Internal(m) => Failure::Internal(m),
         })
@@ -344,7 +345,18 @@ fn exec_spec(spec: &Spec, stdin: Vec<u8>) -> ExecSpec {
     }
 }
 
-fn finished(r: RunReport) -> Finished {
+/// The report as the channel carries it; its phases in microseconds from `taken_up`.
+fn finished(r: RunReport, taken_up: std::time::Instant) -> Finished {
+    let us = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    let phases = r
+        .phases
+        .iter()
+        .map(|p| PhaseTiming {
+            phase: p.phase,
+            offset_us: us(p.start.saturating_duration_since(taken_up)),
+            duration_us: us(p.end.saturating_duration_since(p.start)),
+        })
+        .collect();
     Finished {
         outcome: r.outcome,
         exit_code: r.exit_code,
@@ -356,6 +368,7 @@ fn finished(r: RunReport) -> Finished {
         artifacts: r.artifacts.into_iter().map(|a| (a.path, a.size, a.sha256)).collect(),
         message: r.message,
         ended_session: r.ended_session,
+        phases,
     }
 }
 

@@ -122,6 +122,7 @@ mod tests {
             artifacts: Vec::new(),
             message: None,
             ended_session: false,
+            phases: Vec::new(),
         }
     }
 

@@ -14,7 +14,7 @@ use super::fsgate::FsGate;
 use super::host::{GuestClock, GuestState};
 use super::io::{CappedPipe, SharedInput};
 use super::limits::{Limits, TrackingLimiter};
-use super::outcome::{Exit, RunFacts, classify};
+use super::outcome::{Exit, Phase, PhaseTime, RunFacts, classify};
 use crate::runtime::Language;
 
 /// A directory the policy mounts into guests.
@@ -57,6 +57,8 @@ pub struct Guest {
     stderr: CappedPipe,
     stdin: SharedInput,
     armed: Option<Armed>,
+    /// How long this guest took to start, reported with its first run.
+    start_phase: Option<PhaseTime>,
 }
 
 struct Armed {
@@ -123,7 +125,12 @@ impl Guest {
         } else {
             None
         };
-        Ok(Guest { store, instance, language, python, stdout, stderr, stdin, armed: None })
+        Ok(Guest { store, instance, language, python, stdout, stderr, stdin, armed: None, start_phase: None })
+    }
+
+    /// Notes how long this guest took to start (from `start` until now), for its first report.
+    pub fn started_at(&mut self, start: Instant) {
+        self.start_phase = Some(PhaseTime::until_now(Phase::GuestStart, start));
     }
 
     pub fn language(&self) -> Option<Language> {
@@ -241,6 +248,7 @@ impl Guest {
             artifacts: Vec::new(),
             message,
             ended_session,
+            phases: self.start_phase.take().into_iter().chain([PhaseTime::until_now(Phase::GuestRun, armed.started)]).collect(),
         }
     }
 }

@@ -36,7 +36,7 @@ pub use control::{CancelHandle, Stop};
 pub use guest::{Guest, GuestSpec, Mount};
 pub use host::{Door, GuestState, linker};
 pub use limits::{Limits, RequestedLimits};
-pub use outcome::{Outcome, RunReport};
+pub use outcome::{Outcome, Phase, PhaseTime, RunReport};
 pub use workspace::{Artifact, InputFile, Workspace};
 
 use crate::engine::GUEST_THREAD_STACK;
@@ -144,7 +144,10 @@ impl Sandbox {
             Ok(g)
         });
         match setup {
-            Ok(g) => Ok(Ok(g)),
+            Ok(mut g) => {
+                g.started_at(started);
+                Ok(Ok(g))
+            }
             Err(e) => setup_failure(e, Some(spec.language), &spec.limits, started).map(Err),
         }
     }
@@ -194,7 +197,10 @@ pub fn run_command(spec: &CommandSpec, ws: &Workspace, cancel: &CancelHandle) ->
         mounts: &spec.mounts,
     };
     let guest = match Guest::start(&gspec, &spec.limits, cancel) {
-        Ok(g) => Ok(g),
+        Ok(mut g) => {
+            g.started_at(started);
+            Ok(g)
+        }
         Err(e) => Err(setup_failure(e, None, &spec.limits, started)?),
     };
     finish_run(guest, &spec.limits, spec.stdin.clone(), "", ws, cancel, started)
@@ -217,8 +223,15 @@ fn finish_run(
     let mut report = guest.run(code);
     drop(guest);
     report.duration_ms = started.elapsed().as_millis() as u64;
-    report.artifacts = ws.collect_changes(MAX_ARTIFACTS, limits.workspace_bytes);
+    collect_artifacts(&mut report, ws, limits);
     Ok(report)
+}
+
+/// Fills in what a run left in `/workspace`, timing it as [`Phase::ArtifactsCollect`].
+pub fn collect_artifacts(report: &mut RunReport, ws: &Workspace, limits: &Limits) {
+    let start = Instant::now();
+    report.artifacts = ws.collect_changes(MAX_ARTIFACTS, limits.workspace_bytes);
+    report.phases.push(PhaseTime::until_now(Phase::ArtifactsCollect, start));
 }
 
 /// QuickJS-NG command line: std/os modules, warden's console prelude, then the code. `-e`

@@ -94,6 +94,53 @@ pub struct RunReport {
     /// A Python session's interpreter ended (`exit()`, a trap): the next turn starts fresh.
     #[serde(skip)]
     pub ended_session: bool,
+    /// How long each stage of the run took, where it ran: for traces, never for the caller.
+    #[serde(skip)]
+    pub phases: Vec<PhaseTime>,
+}
+
+/// A stage of a run, timed by the process that ran it (the executor) and sent to the front for
+/// its trace spans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Writing the call's input files into the workspace.
+    Inputs,
+    /// Instantiating the guest (for Python: from warden's snapshot, past its hidden setup turn).
+    GuestStart,
+    /// The caller's code.
+    GuestRun,
+    /// Finding and hashing what the run left in `/workspace`.
+    ArtifactsCollect,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 4] = [Phase::Inputs, Phase::GuestStart, Phase::GuestRun, Phase::ArtifactsCollect];
+
+    /// The span name of this stage.
+    pub fn span_name(self) -> &'static str {
+        match self {
+            Phase::Inputs => "warden.inputs",
+            Phase::GuestStart => "warden.guest.start",
+            Phase::GuestRun => "warden.guest.run",
+            Phase::ArtifactsCollect => "warden.artifacts.collect",
+        }
+    }
+}
+
+/// When one [`Phase`] started and ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PhaseTime {
+    pub phase: Phase,
+    pub start: std::time::Instant,
+    pub end: std::time::Instant,
+}
+
+impl PhaseTime {
+    /// The phase from `start` until now.
+    pub fn until_now(phase: Phase, start: std::time::Instant) -> PhaseTime {
+        PhaseTime { phase, start, end: std::time::Instant::now() }
+    }
 }
 
 impl RunReport {
@@ -111,6 +158,7 @@ impl RunReport {
             artifacts: Vec::new(),
             message,
             ended_session: true,
+            phases: Vec::new(),
         }
     }
 }

@@ -259,14 +259,14 @@ pub(crate) async fn run_tool(
 /// died or lied about the run (it is then killed), or the error it gave.
 fn settle(conn: &super::executors::Conn, ran: Ran, limits: &Limits, started: Instant) -> Result<RunReport, ExecError> {
     match ran {
-        Ran::Done(Ok(f)) => match finish(*f, limits) {
+        Ran::Done(Ok(f), sent) => match finish(*f, limits, sent) {
             Ok(r) => Ok(r),
             Err(lie) => {
                 conn.kill(&lie);
                 Ok(crashed("it broke the protocol", started))
             }
         },
-        Ran::Done(Err(e)) => Err(e.into()),
+        Ran::Done(Err(e), _) => Err(e.into()),
         Ran::Crashed(why) => Ok(crashed(&why, started)),
     }
 }

@@ -32,12 +32,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::ExecError;
 use crate::api::{OutputChunk, OutputSink};
-use crate::channel::proto::{Failure, Finished, Init, Job, OUTPUT_CHUNK_BYTES, Probe, Ready, Reply, Request, VERSION};
+use crate::channel::proto::{Failure, Finished, Init, Job, OUTPUT_CHUNK_BYTES, PhaseTiming, Probe, Ready, Reply, Request, VERSION};
 use crate::channel::{self};
 use crate::metrics::Metrics;
 use crate::policy::{HardeningMode, Policy};
 use crate::runtime::Language;
-use crate::sandbox::{Artifact, CancelHandle, Limits, MAX_ARTIFACTS, Outcome, RunReport};
+use crate::sandbox::{Artifact, CancelHandle, Limits, MAX_ARTIFACTS, Outcome, PhaseTime, RunReport};
 
 /// How long a new executor may take to load and confine itself.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -98,7 +98,9 @@ impl GroupKey {
 
 /// How a run ended, as far as the front can tell.
 pub enum Ran {
-    Done(Result<Box<Finished>, Failure>),
+    /// Its report or failure, and when the run was sent (the executor's phase timings count
+    /// from about then).
+    Done(Result<Box<Finished>, Failure>, Instant),
     /// The executor died or was killed before answering.
     Crashed(String),
 }
@@ -663,6 +665,7 @@ impl Conn {
         let stream = output.map(|_| Streamed { caps: job.streamed_caps(), sent: [0, 0] });
         lock(&self.runs).insert(id, Running { events: tx, stream });
         let run = Request::Run { id, job: Box::new(job), stream: output.is_some() };
+        let sent = Instant::now();
         if self.dead.is_cancelled() || self.out.send(run).is_err() {
             lock(&self.runs).remove(&id);
             return Ran::Crashed("the executor had already ended".into());
@@ -672,7 +675,7 @@ impl Conn {
         loop {
             tokio::select! {
                 ev = rx.recv() => match ev {
-                    Some(Event::Done(r)) => return Ran::Done(r),
+                    Some(Event::Done(r)) => return Ran::Done(r, sent),
                     Some(Event::Crashed(why)) => return Ran::Crashed(why),
                     None => return Ran::Crashed("the executor ended".into()),
                     Some(Event::Door { request, remaining }) => {
@@ -875,8 +878,11 @@ impl Drop for Busy {
 }
 
 /// Turns an executor's account of a run into a report, checking everything it claims against
-/// what the call allowed. `Err` means the executor lied, which the caller treats as a crash.
-pub fn finish(f: Finished, limits: &Limits) -> Result<RunReport, String> {
+/// what the call allowed and, for its phase timings, against when the front sent the run
+/// (`sent`) and got the report (now). `Err` means the executor lied, which the caller treats as
+/// a crash.
+pub fn finish(f: Finished, limits: &Limits, sent: Instant) -> Result<RunReport, String> {
+    let phases = place_phases(&f.phases, sent, Instant::now())?;
     // Lossy UTF-8 can triple a byte; anything beyond that was not captured under the cap.
     let cap = |n: usize| n.saturating_mul(3).saturating_add(256);
     if f.stdout.len() > cap(limits.stdout_bytes) || f.stderr.len() > cap(limits.stderr_bytes) {
@@ -916,7 +922,31 @@ pub fn finish(f: Finished, limits: &Limits) -> Result<RunReport, String> {
         artifacts,
         message: f.message,
         ended_session: f.ended_session,
+        phases,
     })
+}
+
+/// Slack for rounding between the executor's microseconds and the front's clock (both read the
+/// same monotonic clock).
+const PHASE_SLACK: Duration = Duration::from_millis(1);
+
+/// The executor's phase timings as times on the front's clock: each phase at most once, each
+/// within the time between sending the run and receiving its report.
+fn place_phases(phases: &[PhaseTiming], sent: Instant, received: Instant) -> Result<Vec<PhaseTime>, String> {
+    let window = received.saturating_duration_since(sent) + PHASE_SLACK;
+    let mut out: Vec<PhaseTime> = Vec::with_capacity(phases.len());
+    for p in phases {
+        if out.iter().any(|o| o.phase == p.phase) {
+            return Err("it reported a run phase twice".into());
+        }
+        let (offset, duration) = (Duration::from_micros(p.offset_us), Duration::from_micros(p.duration_us));
+        if offset.checked_add(duration).is_none_or(|end| end > window) {
+            return Err("it reported a run phase outside the time the run took".into());
+        }
+        let start = sent + offset;
+        out.push(PhaseTime { phase: p.phase, start, end: start + duration });
+    }
+    Ok(out)
 }
 
 /// The report of a call whose executor died under it.
@@ -930,6 +960,7 @@ pub fn crashed(why: &str, started: Instant) -> RunReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sandbox::Phase;
 
     fn limits() -> Limits {
         Limits {
@@ -955,17 +986,20 @@ mod tests {
             artifacts: vec![("out/a.png".into(), 10, "a".repeat(64))],
             message: None,
             ended_session: false,
+            phases: vec![PhaseTiming { phase: Phase::GuestRun, offset_us: 0, duration_us: 10 }],
         }
     }
 
     #[test]
     fn an_executors_claims_are_checked_against_the_call() {
-        let r = finish(ok(), &limits()).unwrap();
+        let sent = Instant::now() - Duration::from_millis(50);
+        let r = finish(ok(), &limits(), sent).unwrap();
+        assert_eq!(r.phases, vec![PhaseTime { phase: Phase::GuestRun, start: sent, end: sent + Duration::from_micros(10) }]);
         assert_eq!(r.artifacts[0].mime, "image/png", "the front names the type itself");
         let lie = |f: fn(&mut Finished)| {
             let mut x = ok();
             f(&mut x);
-            finish(x, &limits()).unwrap_err()
+            finish(x, &limits(), sent).unwrap_err()
         };
         lie(|f| f.stdout = "x".repeat(1000));
         lie(|f| f.outcome = Outcome::Crashed);
@@ -974,9 +1008,13 @@ mod tests {
         lie(|f| f.artifacts[0].1 = 1 << 40);
         lie(|f| f.artifacts[0].2 = "zz".into());
         lie(|f| f.artifacts = vec![("a".into(), 1, "a".repeat(64)); MAX_ARTIFACTS + 1]);
+        // Phases must fit between sending the run and its report, once each.
+        lie(|f| f.phases[0].duration_us = 60_000_000);
+        lie(|f| f.phases[0].offset_us = u64::MAX);
+        lie(|f| f.phases.push(f.phases[0]));
         let mut greedy = ok();
         greedy.fuel_used = u64::MAX;
-        assert_eq!(finish(greedy, &limits()).unwrap().fuel_used, 1000);
+        assert_eq!(finish(greedy, &limits(), sent).unwrap().fuel_used, 1000);
     }
 
     #[test]
