@@ -365,7 +365,8 @@ fn confine(mode: HardeningMode, plan: &SpawnerPlan) -> Result<(Report, PathBuf),
     // The loader's index of libraries: without it, it probes dozens of directories per library.
     read_only.extend(Some(PathBuf::from("/etc/ld.so.cache")).filter(|p| p.exists()));
     read_only.push(harden::own_tasks_dir());
-    let hplan = harden::Plan { mode, read_only, read_write: plan.read_write.clone(), removable: Vec::new(), listener_fd: None };
+    let hplan =
+        harden::Plan { mode, read_only, read_write: plan.read_write.clone(), removable: Vec::new(), listener_fd: None, collector: None };
     let execute: Vec<PathBuf> = [Some(exe.clone()), interpreter].into_iter().flatten().collect();
     let landlock = landlock::restrict_with_execute(&hplan, &execute)?;
     let seccomp = seccomp::install_spawner(mode)?;

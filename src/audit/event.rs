@@ -185,6 +185,10 @@ constant!(Failed, "error");
 #[derive(Debug, Clone, Serialize)]
 pub struct Call {
     pub call_id: String,
+    /// The OpenTelemetry trace the call belongs to (the caller's, continued, or the server's),
+    /// when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     pub principal: String,
     pub connection: Option<String>,
     #[serde(flatten)]

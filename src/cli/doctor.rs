@@ -217,7 +217,8 @@ fn executor_self_test(home: &Home, profile: &str) -> Result<(Vec<Value>, Value),
             Language::Javascript => "console.log(6 * 7)",
         };
         let request = ExecuteCodeArgs { language: lang, code: code.into(), session_id: None, files: Vec::new(), stdin: None, limits: None };
-        let (ok, detail) = match rt.block_on(service.execute(&caller, request, CancelHandle::new(), None)) {
+        let (ok, detail) = match rt.block_on(service.execute(&caller, request, CancelHandle::new(), None, crate::telemetry::Trace::none()))
+        {
             Ok(r) => (r.outcome == Outcome::Ok && r.stdout == "42\n", format!("{}: {:?} {:?}", r.outcome, r.stdout, r.stderr)),
             Err(e) => (false, e.to_string()),
         };
@@ -307,6 +308,7 @@ pub fn probe(home: &Home, args: ProbeArgs) -> Result<(), Failure> {
         read_write: vec![workspaces.clone()],
         removable: Vec::new(),
         listener_fd: None,
+        collector: None,
     };
     let ll = landlock::restrict(&plan)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

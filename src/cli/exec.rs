@@ -133,7 +133,7 @@ pub fn run(home: &Home, args: ExecArgs) -> Result<(), Failure> {
     let _enter = rt.enter();
     let executors = rt.block_on(plan.start(launcher, workspaces.clone(), &mut tools))?;
     let exec = Service::new(executors, profiles, audit, Arc::new(tools));
-    let outcome = rt.block_on(exec.execute(&caller, request, CancelHandle::new(), None));
+    let outcome = rt.block_on(exec.execute(&caller, request, CancelHandle::new(), None, crate::telemetry::Trace::none()));
     let mut result = match outcome {
         Ok(r) => r,
         Err(e @ (ExecError::InvalidRequest(_) | ExecError::Session(_))) => return Err(usage(e.to_string())),

@@ -77,6 +77,36 @@ pub struct ServeArgs {
     /// Executor processes per group of profiles with the same mounts (default: one per core).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub executors: Option<u16>,
+    /// Write trace spans to FILE as OTLP-JSON lines (one export request per line, what the
+    /// OpenTelemetry Collector's `otlpjsonfile` receiver reads). The file rotates by copy and
+    /// truncate into FILE.1 at --otlp-file-max-bytes.
+    #[arg(long, value_name = "FILE", env = "WARDEN_OTLP_FILE")]
+    pub otlp_file: Option<PathBuf>,
+    /// The size at which the trace file rotates (at least 1 MiB; at most about twice this is on disk).
+    #[arg(long, value_name = "BYTES", default_value_t = crate::telemetry::file::DEFAULT_MAX_BYTES,
+          value_parser = clap::value_parser!(u64).range(crate::telemetry::file::MIN_MAX_BYTES..))]
+    pub otlp_file_max_bytes: u64,
+    /// Send trace spans over OTLP/HTTP (protobuf) to this collector, http://HOST[:PORT][/PATH]
+    /// (default port 4318, path /v1/traces). A host name is resolved once, at start; the
+    /// confined server may connect to that port and nowhere else.
+    #[arg(long, value_name = "URL", env = "WARDEN_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+}
+
+impl ServeArgs {
+    /// Where traces go, the collector resolved.
+    fn trace_settings(&self) -> Result<crate::telemetry::Settings, Failure> {
+        let collector = match self.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
+            Some(e) => Some(crate::telemetry::collector::Collector::resolve(e)?),
+            None => None,
+        };
+        let file = self
+            .otlp_file
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(|path| crate::telemetry::file::FileSettings { path, max_bytes: self.otlp_file_max_bytes });
+        Ok(crate::telemetry::Settings { file, collector })
+    }
 }
 
 /// What every profile this process serves must satisfy, now and after a reload: no mount reaches
@@ -217,8 +247,13 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
         }
     }
     let audit_path = args.audit_log.clone().filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| home.audit_log());
+    let traces = args.trace_settings()?;
     let mut own = OwnFiles::of_home(home);
     own.add("the audit log", &audit_path);
+    if let Some(f) = &traces.file {
+        own.add("the trace file", &f.path);
+        own.add("the rotated trace file", &crate::telemetry::file::rotated_path(&f.path));
+    }
     for t in &args.tools {
         own.add("a tool package directory", t);
     }
@@ -229,6 +264,9 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
     // executors compile them.
     let mut tools = ToolRegistry::load(&args.tools, None);
     let audit = Arc::new(AuditLog::open(&audit_path)?);
+    // Opened (and created) now: once confined, the front may write these two files and no
+    // other in their directory.
+    let trace_file = traces.file.as_ref().map(crate::telemetry::file::TraceFile::open).transpose()?;
     let workspaces = process_workspaces(home)?;
     let listener = match args.http {
         Some(addr) => {
@@ -250,7 +288,7 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
     ));
 
     // Confinement: Landlock now, while single-threaded; seccomp once the runtime exists.
-    let hplan = hardening_plan(&args, &workspaces, &audit_path, mode, listener.as_ref(), auth.as_ref());
+    let hplan = hardening_plan(&args, &workspaces, &audit_path, &traces, mode, listener.as_ref(), auth.as_ref());
     let landlock = if mode == HardeningMode::Off {
         LandlockReport { status: LandlockStatus::Off, ..Default::default() }
     } else {
@@ -262,6 +300,8 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
     }
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("warden-rt").build()?;
+    // After Landlock: the exporters' threads inherit it.
+    let telemetry = crate::telemetry::Telemetry::start(&traces, trace_file, rt.handle())?;
     // What an executor must not open (the front's files, other groups' mounts) or may (its own
     // group's mounts), probed from inside each when an operator asks `/healthz`.
     let mut probe_paths = vec![audit_path.clone()];
@@ -295,7 +335,7 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
             tools_refused: tools.refusals.iter().map(|r| ToolRefused { path: r.path.clone(), reason: r.reason.clone() }).collect(),
             hardening: Report::off(),
         };
-        let exec = Arc::new(Service::new(executors, profiles, audit, Arc::new(tools)));
+        let exec = Arc::new(Service::new(executors, profiles, audit, Arc::new(tools)).with_telemetry(telemetry));
         // With authentication, callers are principals that must not starve one another.
         exec.set_multi_tenant(multi_tenant);
         // Everything that registers with the kernel (signal handlers, the listener's epoll
@@ -365,6 +405,7 @@ fn hardening_plan(
     args: &ServeArgs,
     workspaces: &std::path::Path,
     audit_log: &std::path::Path,
+    traces: &crate::telemetry::Settings,
     mode: HardeningMode,
     listener: Option<&std::net::TcpListener>,
     auth: Option<&AuthConfig>,
@@ -380,12 +421,23 @@ fn hardening_plan(
     // The workspaces: the front makes each call's directory, writes its inputs, reads its
     // artifacts and removes it.
     let mut read_write = vec![workspaces.to_path_buf(), audit_log.to_path_buf()];
+    // Likewise the trace file and its rotated copy (already open), not their directory.
+    if let Some(f) = &traces.file {
+        read_write.extend([f.path.clone(), crate::telemetry::file::rotated_path(&f.path)]);
+    }
     read_only.sort();
     read_only.dedup();
     read_write.sort();
     read_write.dedup();
     let removable = workspaces.parent().map(|p| vec![p.to_path_buf()]).unwrap_or_default();
-    Plan { mode, read_only, read_write, removable, listener_fd: listener.map(|l| l.as_raw_fd()) }
+    Plan {
+        mode,
+        read_only,
+        read_write,
+        removable,
+        listener_fd: listener.map(|l| l.as_raw_fd()),
+        collector: traces.collector.as_ref().map(|c| c.addr),
+    }
 }
 
 /// Logs, for each profile, the tools it lists that it will not serve and why.

@@ -138,7 +138,7 @@ fn plan(home: &Home, init: &Init) -> Plan {
         v.sort();
         v.dedup();
     }
-    Plan { mode: init.hardening, read_only, read_write, removable: Vec::new(), listener_fd: None }
+    Plan { mode: init.hardening, read_only, read_write, removable: Vec::new(), listener_fd: None, collector: None }
 }
 
 struct State {

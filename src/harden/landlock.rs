@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, LandlockStatus as KernelStatus, PathBeneath, PathFd,
+    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, LandlockStatus as KernelStatus, NetPort, PathBeneath, PathFd,
     RestrictSelfAttr, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
 };
 use serde::{Deserialize, Serialize};
@@ -80,6 +80,10 @@ pub struct LandlockReport {
     pub execute: Vec<String>,
     /// The ruleset also binds threads that existed before (Landlock ABI 8).
     pub all_threads: bool,
+    /// TCP ports the process may connect to (only the front's, to a trace collector the
+    /// operator named; absent when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub connect_tcp: Vec<u16>,
 }
 
 /// The kernel's Landlock ABI version, or 0 (asks the kernel directly).
@@ -118,7 +122,8 @@ fn execute_rights(_: &Path) -> BitFlags<AccessFs> {
 }
 
 /// Restricts this thread (and every thread it creates later) to `plan`'s paths, with no TCP
-/// bind or connect, and nothing executable. Call it while the process is single-threaded.
+/// bind, no TCP connect but to `plan`'s collector port, and nothing executable. Call it while
+/// the process is single-threaded.
 pub fn restrict(plan: &Plan) -> Result<LandlockReport, HardenError> {
     restrict_with_execute(plan, &[])
 }
@@ -133,6 +138,7 @@ pub fn restrict_with_execute(plan: &Plan, execute: &[PathBuf]) -> Result<Landloc
         read_only: plan.read_only.iter().map(|p| p.display().to_string()).collect(),
         read_write: plan.read_write.iter().map(|p| p.display().to_string()).collect(),
         execute: execute.iter().map(|p| p.display().to_string()).collect(),
+        connect_tcp: plan.collector.iter().map(|a| a.port()).collect(),
         ..Default::default()
     };
     if plan.mode == HardeningMode::Off {
@@ -162,6 +168,9 @@ pub fn restrict_with_execute(plan: &Plan, execute: &[PathBuf]) -> Result<Landloc
             let fd = PathFd::new(p).map_err(|e| HardenError::Landlock(format!("{}: {e}", p.display())))?;
             ruleset = ruleset.add_rule(PathBeneath::new(fd, rights(p))).map_err(err)?;
         }
+    }
+    for port in &report.connect_tcp {
+        ruleset = ruleset.add_rule(NetPort::new(*port, AccessNet::ConnectTcp)).map_err(err)?;
     }
     // On kernels with Landlock ABI 8 the ruleset also binds threads that already exist; older
     // kernels ignore the request (warden asserts it is single-threaded anyway).

@@ -49,6 +49,9 @@ pub struct Plan {
     pub removable: Vec<PathBuf>,
     /// The HTTP listener, when serving HTTP: the only socket the process may accept on.
     pub listener_fd: Option<i32>,
+    /// The trace collector (`--otlp-endpoint`), when the operator names one: the only address
+    /// family the process may make TCP sockets of, and the only port it may connect to.
+    pub collector: Option<std::net::SocketAddr>,
 }
 
 /// What was achieved; reported by `/healthz`, the startup audit event and `warden doctor`.

@@ -1,6 +1,8 @@
 //! Seccomp: which system calls the process may still make after lockdown. The policy is data
 //! (`syscalls.toml`, next to this file); this module only compiles and installs it.
 
+use std::net::SocketAddr;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -17,6 +19,7 @@ struct PolicyFile {
     allow: Vec<Group>,
     channel: Group,
     http: Group,
+    collector: Group,
     spawner: SpawnerSection,
 }
 
@@ -161,18 +164,31 @@ fn policy() -> Result<PolicyFile, HardenError> {
     toml::from_str(POLICY).map_err(|e| HardenError::Seccomp(format!("syscalls.toml: {e}")))
 }
 
-/// The two filters as seccompiler JSON: (tripwire, allowlist).
-pub fn filters_json(plan_http_fd: Option<i32>) -> Result<(Value, Value, usize, usize), HardenError> {
+/// The two filters as seccompiler JSON: (tripwire, allowlist). With `listener_fd`, serving
+/// HTTP on that listener; with `collector`, connecting to a trace collector at that address.
+pub fn filters_json(listener_fd: Option<i32>, collector: Option<SocketAddr>) -> Result<(Value, Value, usize, usize), HardenError> {
     let policy = policy()?;
     let arch = std::env::consts::ARCH;
     let tripwire_rules = rules(&policy.tripwire, arch);
     let mut allow: Vec<Value> = policy.allow.iter().chain([&policy.channel]).flat_map(|g| rules(g, arch)).collect();
-    if let Some(fd) = plan_http_fd {
-        let http: Vec<Value> =
-            rules(&policy.http, arch).into_iter().filter(|r| !allow.iter().any(|a| a["syscall"] == r["syscall"])).collect();
-        allow.extend(http);
+    let add_new = |allow: &mut Vec<Value>, group: &Group| {
+        let new: Vec<Value> = rules(group, arch).into_iter().filter(|r| !allow.iter().any(|a| a["syscall"] == r["syscall"])).collect();
+        allow.extend(new);
+    };
+    if let Some(fd) = listener_fd {
+        add_new(&mut allow, &policy.http);
         allow
             .push(json!({"syscall": "accept4", "args": [{"index": 0, "type": "dword", "op": "eq", "val": fd, "comment": "the listener"}]}));
+    }
+    if let Some(addr) = collector {
+        add_new(&mut allow, &policy.collector);
+        let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+        allow.push(json!({"syscall": "socket", "args": [
+            {"index": 0, "type": "dword", "op": "eq", "val": family, "comment": "the collector's address family"},
+            {"index": 1, "type": "dword", "op": {"masked_eq": 0xF}, "val": libc::SOCK_STREAM, "comment": "TCP (flags aside)"},
+        ]}));
+    }
+    if listener_fd.is_some() || collector.is_some() {
         for call in ["getsockopt", "setsockopt"] {
             for level in [1u64, 6] {
                 allow.push(json!({"syscall": call, "args": [{"index": 1, "type": "dword", "op": "eq", "val": level}]}));
@@ -233,7 +249,7 @@ fn compile(json: &Value, name: &str) -> Result<seccompiler::BpfProgram, HardenEr
 
 /// Compiles both filters (without installing them): checks the policy is valid here.
 pub fn check(listener_fd: Option<i32>) -> Result<(usize, usize), HardenError> {
-    let (t, a, tn, an) = filters_json(listener_fd)?;
+    let (t, a, tn, an) = filters_json(listener_fd, None)?;
     compile(&t, "tripwire")?;
     compile(&a, "allow")?;
     Ok((tn, an))
@@ -242,7 +258,7 @@ pub fn check(listener_fd: Option<i32>) -> Result<(usize, usize), HardenError> {
 /// Installs the tripwire, then the allowlist, on every thread of the process (TSYNC). The
 /// order matters: installing a filter needs `prctl` and `seccomp`, which the allowlist refuses.
 pub fn install(plan: &Plan) -> Result<SeccompReport, HardenError> {
-    apply(plan.mode, || filters_json(plan.listener_fd))
+    apply(plan.mode, || filters_json(plan.listener_fd, plan.collector))
 }
 
 /// Installs the spawner's filters ([`spawner_filters_json`]) like [`install`] does the server's.
@@ -291,7 +307,7 @@ mod tests {
 
     #[test]
     fn dangerous_syscalls_are_tripwires_and_sockets_are_not_allowed() {
-        let (t, a, _, _) = filters_json(Some(3)).unwrap();
+        let (t, a, _, _) = filters_json(Some(3), None).unwrap();
         let names = |v: &Value, k: &str| -> Vec<String> {
             v[k]["filter"].as_array().unwrap().iter().map(|r| r["syscall"].as_str().unwrap().to_string()).collect()
         };
@@ -303,6 +319,28 @@ mod tests {
         for s in ["socket", "connect", "bind", "listen", "clone3", "kill", "execve"] {
             assert!(!allow.contains(&s.to_string()), "{s} must not be allowed");
         }
+    }
+
+    /// A trace collector opens TCP sockets of its address's family and `connect` (Landlock
+    /// holds the port), nothing else: still no bind, listen or other families.
+    #[test]
+    fn a_collector_allows_tcp_sockets_of_its_family_only() {
+        let (_, a, _, _) = filters_json(None, Some("127.0.0.1:4318".parse().unwrap())).unwrap();
+        compile(&a, "allow").unwrap();
+        let rules_of = |name: &str| -> Vec<Value> {
+            a["allow"]["filter"].as_array().unwrap().iter().filter(|r| r["syscall"] == name).cloned().collect()
+        };
+        let socket = rules_of("socket");
+        assert_eq!(socket.len(), 1, "{socket:?}");
+        assert_eq!(socket[0]["args"][0]["val"], libc::AF_INET);
+        assert_eq!(socket[0]["args"][1]["val"], libc::SOCK_STREAM);
+        assert_eq!(rules_of("connect").len(), 1);
+        for s in ["bind", "listen", "accept4", "accept"] {
+            assert!(rules_of(s).is_empty(), "{s} must not be allowed");
+        }
+        let (_, a6, _, _) = filters_json(None, Some("[::1]:4318".parse().unwrap())).unwrap();
+        let v6: Vec<&Value> = a6["allow"]["filter"].as_array().unwrap().iter().filter(|r| r["syscall"] == "socket").collect();
+        assert_eq!(v6[0]["args"][0]["val"], libc::AF_INET6);
     }
 
     /// The spawner may fork, exec and reap, and let an executor narrow its own confinement; it

@@ -13,6 +13,7 @@ pub mod logging;
 pub mod progress;
 pub mod tasks;
 pub mod tools;
+pub mod trace;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -137,6 +138,7 @@ impl WardenMcp {
         };
         // From here on only tasks/cancel stops it, not the request or its connection.
         watcher.abort();
+        trace::of(ctx).set(opentelemetry::KeyValue::new("warden.task.id", task.task_id.clone()));
         // The first poll starts from the start: the client that saw the progress so far may be gone.
         self.tasks.output(&task.task_id, notifier.kept());
         self.audit(&Event::TaskCreate {
@@ -294,10 +296,10 @@ impl ServerHandler for WardenMcp {
         match req.name.as_ref() {
             tools::EXECUTE_CODE if !policy.file.runtimes.allowed.is_empty() => {
                 let args: ExecuteCodeArgs = args_or_answer!(req);
-                let (exec, who) = (self.exec.clone(), caller.clone());
+                let (exec, who, trace) = (self.exec.clone(), caller.clone(), trace::of(&ctx));
                 let call = move |cancel, out| -> GuestCall {
                     Box::pin(async move {
-                        match exec.execute(&who, args, cancel, out).await {
+                        match exec.execute(&who, args, cancel, out, trace).await {
                             Ok(r) => Ok(content::execution_result(r)),
                             Err(e) => error_result(e),
                         }
@@ -325,10 +327,10 @@ impl ServerHandler for WardenMcp {
             }
             other => {
                 let args = serde_json::Value::Object(req.arguments.clone().unwrap_or_default());
-                let (exec, who, name) = (self.exec.clone(), caller.clone(), other.to_string());
+                let (exec, who, name, trace) = (self.exec.clone(), caller.clone(), other.to_string(), trace::of(&ctx));
                 let call = move |cancel, out| -> GuestCall {
                     Box::pin(async move {
-                        match exec.call_tool(&who, &name, args, cancel, out).await {
+                        match exec.call_tool(&who, &name, args, cancel, out, trace).await {
                             Ok((meta, value)) => Ok(content::tool_result(meta, value)),
                             Err(e) => error_result(e),
                         }

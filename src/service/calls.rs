@@ -22,20 +22,24 @@ use crate::policy::Policy;
 use crate::runtime::Language;
 use crate::sandbox::{CancelHandle, ExecSpec, InputFile, Limits, RunReport, Workspace};
 use crate::session::{Session, SessionError};
+use crate::telemetry::{Trace, bounded};
 use crate::tools::door::CodeModeDoor;
 use crate::tools::{Grant, ToolPackage, interpret};
+use opentelemetry::KeyValue;
 
 /// Most images returned inline per call; the rest are resource links.
 const MAX_INLINE_IMAGES: usize = 4;
 
 impl Service {
     /// Runs `execute_code`; with `output`, the guest's output also goes there as it is written.
+    /// Its stages are recorded under `trace`.
     pub async fn execute(
         &self,
         caller: &Caller,
         args: ExecuteCodeArgs,
         cancel: CancelHandle,
         output: Option<OutputSink>,
+        trace: Trace,
     ) -> Result<ExecResult, ExecError> {
         self.admission.open()?;
         let profile = self.profile(caller)?;
@@ -45,7 +49,13 @@ impl Service {
             Some(id) => Some(self.session_for(caller, policy, id, spec.language)?),
             None => None,
         };
-        let _admitted = self.admission.call(caller, &profile, &cancel).await?;
+        trace.set(KeyValue::new("warden.language", spec.language.as_str()));
+        if policy.file.audit.record_code && trace.recording() {
+            // The semantic conventions' opt-in attribute, only where the profile records code.
+            let arguments = serde_json::json!({"language": spec.language, "code": spec.code}).to_string();
+            trace.set(KeyValue::new("gen_ai.tool.call.arguments", bounded(arguments)));
+        }
+        let _admitted = self.admit(caller, &profile, &cancel, &trace).await?;
 
         let call_id = uuid::Uuid::new_v4().to_string();
         let what = CallWhat::Code {
@@ -56,16 +66,18 @@ impl Service {
             inputs_sha256: inputs_digest(&files, &spec.stdin),
             code: policy.file.audit.record_code.then(|| spec.code.clone()),
         };
-        let base = call_record(&call_id, caller, policy, what, &spec.limits);
+        let base = call_record(&call_id, caller, policy, what, &spec.limits, &trace);
         // Fail closed: if the start cannot be recorded, nothing runs.
-        let start = self.audit.record(&Event::ExecutionStart(base.clone()))?;
+        let start = self.audit_record(&trace, &Event::ExecutionStart(base.clone()))?;
 
         let mut door = self.door(caller, &profile, &call_id, &cancel, &spec);
         let door = door.as_mut().map(|d| d as &mut dyn DoorHandler);
+        let ran_from = Instant::now();
         let run = match &session {
             None => run_fresh(&self.executors, &GroupKey::of(policy), &spec, &files, &cancel, door, output.as_ref()).await,
             Some(s) => self.run_turn(s, &spec, &files, &cancel, door, output.as_ref()).await,
         };
+        record_run(&trace, ran_from, run.as_ref().map(|(r, _)| r));
         let (mut report, workspace) = run.map_err(|e| self.audit_unfinished(&start, base.clone(), e))?;
         let images = inline_images(&workspace, &report, policy.file.artifacts.inline_image_bytes);
         for a in &mut report.artifacts {
@@ -75,9 +87,9 @@ impl Service {
             };
         }
         if session.is_none() {
-            self.retain(&call_id, caller, policy, &workspace, &mut report);
+            self.retain(&call_id, caller, policy, &workspace, &mut report, &trace);
         }
-        let recorded = self.audit_end(&start, base, &report)?;
+        let recorded = self.audit_end(&start, base, &report, &trace)?;
         self.metrics.record_execution(spec.language.as_str(), report.outcome.as_str(), report.duration_ms, report.fuel_used);
         let mut result = to_result(report, recorded, args.session_id);
         result.inline_images = images;
@@ -128,12 +140,13 @@ impl Service {
         args: serde_json::Value,
         cancel: CancelHandle,
         output: Option<OutputSink>,
+        trace: Trace,
     ) -> Result<(ExecResult, Result<serde_json::Value, String>), ExecError> {
         self.admission.open()?;
         let profile = self.profile(caller)?;
         let policy = &profile.policy;
         let (tool, grant) = self.prepare_tool(caller, policy, name, &args)?;
-        let _admitted = self.admission.call(caller, &profile, &cancel).await?;
+        let _admitted = self.admit(caller, &profile, &cancel, &trace).await?;
         let call_id = uuid::Uuid::new_v4().to_string();
         let what = CallWhat::Tool {
             tool: name.to_string(),
@@ -141,18 +154,18 @@ impl Service {
             tool_sha256: tool.manifest.wasm_sha256.clone(),
             args_sha256: sha256_hex(args.to_string().as_bytes()),
         };
-        let base = call_record(&call_id, caller, policy, what, &grant.limits);
-        let start = self.audit.record(&Event::ExecutionStart(base.clone()))?;
-        let (mut report, workspace, value) =
-            run_tool(&self.executors, &GroupKey::of(policy), &tool, &grant, &args, &cancel, output.as_ref())
-                .await
-                .map_err(|e| self.audit_unfinished(&start, base.clone(), e))?;
+        let base = call_record(&call_id, caller, policy, what, &grant.limits, &trace);
+        let start = self.audit_record(&trace, &Event::ExecutionStart(base.clone()))?;
+        let ran_from = Instant::now();
+        let run = run_tool(&self.executors, &GroupKey::of(policy), &tool, &grant, &args, &cancel, output.as_ref()).await;
+        record_run(&trace, ran_from, run.as_ref().map(|(r, _, _)| r));
+        let (mut report, workspace, value) = run.map_err(|e| self.audit_unfinished(&start, base.clone(), e))?;
         for a in &mut report.artifacts {
             a.uri = call_uri(&call_id, &a.path);
         }
         let images = inline_images(&workspace, &report, policy.file.artifacts.inline_image_bytes);
-        self.retain(&call_id, caller, policy, &workspace, &mut report);
-        let recorded = self.audit_end(&start, base, &report)?;
+        self.retain(&call_id, caller, policy, &workspace, &mut report, &trace);
+        let recorded = self.audit_end(&start, base, &report, &trace)?;
         self.metrics.record_tool_call(name, report.outcome.as_str(), report.duration_ms);
         let mut result = to_result(report, recorded, None);
         result.inline_images = images;
@@ -189,9 +202,13 @@ impl Service {
     }
 
     /// Keeps a one-shot call's artifacts readable, or says in the report why they are not.
-    fn retain(&self, call_id: &str, caller: &Caller, policy: &Policy, ws: &Arc<Workspace>, report: &mut RunReport) {
+    fn retain(&self, call_id: &str, caller: &Caller, policy: &Policy, ws: &Arc<Workspace>, report: &mut RunReport, trace: &Trace) {
         let retention = Duration::from_secs(policy.file.artifacts.retention_seconds);
-        if !self.artifacts.retain(call_id, &caller.owner, ws.clone(), &report.artifacts, retention) {
+        let attributes = vec![KeyValue::new("warden.artifacts", report.artifacts.len() as i64)];
+        let kept = trace.time("warden.artifacts.retain", attributes, || {
+            self.artifacts.retain(call_id, &caller.owner, ws.clone(), &report.artifacts, retention)
+        });
+        if !kept {
             let note = "the artifacts were not kept for resources/read: the server's artifact store is full; read them from this result or retry later";
             report.message = Some(match report.message.take() {
                 Some(m) => format!("{m}; {note}"),
@@ -200,18 +217,46 @@ impl Service {
         }
     }
 
+    /// Waits for admission (rate, shares, a slot), recorded as the `warden.admission` stage.
+    async fn admit<'a>(
+        &'a self,
+        caller: &Caller,
+        profile: &super::Profile,
+        cancel: &CancelHandle,
+        trace: &Trace,
+    ) -> Result<super::admission::Admitted<'a>, ExecError> {
+        let from = Instant::now();
+        let admitted = self.admission.call(caller, profile, cancel).await;
+        let attributes = match &admitted {
+            Ok(_) => Vec::new(),
+            Err(e) => vec![KeyValue::new("error.type", e.kind())],
+        };
+        trace.record("warden.admission", from, Instant::now(), attributes);
+        admitted
+    }
+
+    /// Writes one audit line, recorded as a `warden.audit.write` stage.
+    fn audit_record(&self, trace: &Trace, event: &Event) -> Result<Recorded, ExecError> {
+        let attributes = vec![KeyValue::new("warden.audit.event", event.kind())];
+        Ok(trace.time("warden.audit.write", attributes, || self.audit.record(event))?)
+    }
+
     /// Records how a call ended, with its artifacts.
-    fn audit_end(&self, start: &Recorded, call: Call, report: &RunReport) -> Result<Recorded, ExecError> {
-        Ok(self.audit.record(&Event::Execution {
-            call,
-            started: start_id(start),
-            end: RunEnd::of(report),
-            artifacts: report
-                .artifacts
-                .iter()
-                .map(|a| ArtifactDigest { path: a.path.clone(), size: a.size, sha256: a.sha256.clone() })
-                .collect(),
-        })?)
+    fn audit_end(&self, start: &Recorded, call: Call, report: &RunReport, trace: &Trace) -> Result<Recorded, ExecError> {
+        trace.set(KeyValue::new("warden.outcome", report.outcome.as_str()));
+        self.audit_record(
+            trace,
+            &Event::Execution {
+                call,
+                started: start_id(start),
+                end: RunEnd::of(report),
+                artifacts: report
+                    .artifacts
+                    .iter()
+                    .map(|a| ArtifactDigest { path: a.path.clone(), size: a.size, sha256: a.sha256.clone() })
+                    .collect(),
+            },
+        )
     }
 
     /// Records that a call whose start was recorded ended without running (its inputs could not
@@ -310,9 +355,27 @@ fn internal(e: impl std::fmt::Display) -> ExecError {
     ExecError::Internal(e.to_string())
 }
 
-/// The audit record of a call: who, what, under which profile and limits.
-fn call_record(call_id: &str, caller: &Caller, policy: &Policy, what: CallWhat, limits: &crate::sandbox::Limits) -> Call {
+/// Records a call's run on an executor (from `from`, before it was placed, until now) as the
+/// `warden.execute` stage, with the phases the executor timed inside it.
+fn record_run(trace: &Trace, from: Instant, report: Result<&RunReport, &ExecError>) {
+    if !trace.recording() {
+        return;
+    }
+    let attributes = match report {
+        Ok(r) => vec![KeyValue::new("warden.outcome", r.outcome.as_str()), KeyValue::new("warden.fuel_used", r.fuel_used as i64)],
+        Err(e) => vec![KeyValue::new("error.type", e.kind())],
+    };
+    let run = trace.record("warden.execute", from, Instant::now(), attributes);
+    for p in report.map(|r| r.phases.as_slice()).unwrap_or_default() {
+        run.record(p.phase.span_name(), p.start, p.end, Vec::new());
+    }
+}
+
+/// The audit record of a call: who, what, under which profile and limits, in which trace.
+fn call_record(call_id: &str, caller: &Caller, policy: &Policy, what: CallWhat, limits: &crate::sandbox::Limits, trace: &Trace) -> Call {
+    trace.set(KeyValue::new("warden.call.id", call_id.to_string()));
     Call {
+        trace_id: trace.trace_id(),
         call_id: call_id.to_string(),
         principal: caller.principal.clone(),
         connection: caller.owner.connection.clone(),

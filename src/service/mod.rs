@@ -35,6 +35,7 @@ use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::service::executors::{Executors, GroupKey};
 use crate::session::{Owner, SessionError, Sessions};
+use crate::telemetry::Telemetry;
 use crate::tools::{Grant, ToolPackage, ToolRegistry, grant};
 
 pub use self::reads::MAX_READ_BYTES;
@@ -106,6 +107,20 @@ pub enum ExecError {
 }
 
 impl ExecError {
+    /// A low-cardinality name for the error (a span's `error.type`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ExecError::InvalidRequest(_) => "invalid_request",
+            ExecError::UnknownTool(_) => "unknown_tool",
+            ExecError::Session(_) => "session",
+            ExecError::Busy { .. } => "busy",
+            ExecError::Limited(_) => "limited",
+            ExecError::ShuttingDown => "shutting_down",
+            ExecError::Audit(_) => "audit",
+            ExecError::Internal(_) => "internal",
+        }
+    }
+
     /// For refusals that pass with time, how many seconds to wait before trying again.
     pub fn retry_after_s(&self) -> Option<u64> {
         match self {
@@ -153,6 +168,7 @@ pub struct Service {
     pub metrics: Arc<Metrics>,
     pub tools: Arc<ToolRegistry>,
     audit: Arc<AuditLog>,
+    telemetry: Telemetry,
 }
 
 impl Service {
@@ -171,7 +187,18 @@ impl Service {
             metrics,
             tools,
             audit,
+            telemetry: Telemetry::off(),
         }
+    }
+
+    /// This service, recording spans with `telemetry` (the server's exporters).
+    pub fn with_telemetry(mut self, telemetry: Telemetry) -> Service {
+        self.telemetry = telemetry;
+        self
+    }
+
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
     }
 
     pub fn profiles(&self) -> Arc<Profiles> {
@@ -255,6 +282,7 @@ impl Service {
         }
         self.artifacts.clear();
         self.executors.shutdown();
+        self.telemetry.shutdown();
     }
 
     pub fn is_shutting_down(&self) -> bool {

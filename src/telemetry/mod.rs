@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkError;
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, Tracer};
 
 pub use context::Parent;
@@ -114,12 +115,12 @@ impl Telemetry {
         Trace { tracer: Some(tracer.clone()), cx: parent.cx.with_span(span) }
     }
 
-    /// Exports what is queued and stops the exporters (at shutdown).
+    /// Exports what is queued and stops the exporters (at shutdown; later calls do nothing).
     pub fn shutdown(&self) {
-        if let Some(p) = &self.provider
-            && let Err(e) = p.shutdown_with_timeout(Duration::from_secs(5))
-        {
-            tracing::warn!(error = %e, "flushing traces at shutdown");
+        let Some(p) = &self.provider else { return };
+        match p.shutdown_with_timeout(Duration::from_secs(5)) {
+            Ok(()) | Err(OTelSdkError::AlreadyShutdown) => {}
+            Err(e) => tracing::warn!(error = %e, "flushing traces at shutdown"),
         }
     }
 }

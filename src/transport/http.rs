@@ -22,6 +22,7 @@ use crate::audit::refusals::Refusals;
 use crate::auth::AuthConfig;
 use crate::auth::middleware::{AuthState, is_authenticated, protected_resource_metadata, require_auth};
 use crate::mcp::WardenMcp;
+use crate::mcp::trace::Traced;
 use crate::service::Service;
 use crate::transport::guard::{self, Cidr, Guard};
 
@@ -94,7 +95,8 @@ pub fn router(exec: Arc<Service>, opts: &HttpOptions, health: Health, shutdown: 
     let factory_exec = exec.clone();
     let sessions = Arc::new(LocalSessionManager::default());
     let tasks = Arc::new(crate::mcp::tasks::Tasks::default());
-    let mcp = StreamableHttpService::new(move || Ok(WardenMcp::http(factory_exec.clone(), tasks.clone())), sessions.clone(), config);
+    let mcp =
+        StreamableHttpService::new(move || Ok(Traced(WardenMcp::http(factory_exec.clone(), tasks.clone()))), sessions.clone(), config);
     let refusals = Arc::new(Refusals::default());
     spawn_refusal_flusher(exec.clone(), refusals.clone(), shutdown.clone());
     let trusted_proxies = Arc::new(opts.trusted_proxies.clone());
