@@ -115,6 +115,9 @@ pub enum Event {
         connection: Option<String>,
         tool: String,
         profile: String,
+        /// The call's trace (its `execution` lines carry the same id), when there is one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        trace_id: Option<String>,
     },
     /// Its owner asked to cancel a running task (`task.cancel`); the call's `execution` line
     /// says how it ended.
@@ -219,6 +222,9 @@ pub enum CallWhat {
 /// A tool call made from code, under its parent call.
 #[derive(Debug, Clone, Serialize)]
 pub struct NestedCall {
+    /// The parent call's trace, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     pub call_id: String,
     pub parent_call_id: String,
     pub via: Via,

@@ -147,6 +147,7 @@ impl WardenMcp {
             connection: caller.owner.connection.clone(),
             tool: tool.to_string(),
             profile: policy.name().to_string(),
+            trace_id: trace::of(ctx).trace_id(),
         });
         let (tasks, id) = (self.tasks.clone(), task.task_id.clone());
         tokio::spawn(async move {

@@ -70,7 +70,7 @@ impl Service {
         // Fail closed: if the start cannot be recorded, nothing runs.
         let start = self.audit_record(&trace, &Event::ExecutionStart(base.clone()))?;
 
-        let mut door = self.door(caller, &profile, &call_id, &cancel, &spec);
+        let mut door = self.door(caller, &profile, &call_id, &cancel, &spec, &trace);
         let door = door.as_mut().map(|d| d as &mut dyn DoorHandler);
         let ran_from = Instant::now();
         let run = match &session {
@@ -181,6 +181,7 @@ impl Service {
         call_id: &str,
         cancel: &CancelHandle,
         spec: &ExecSpec,
+        trace: &Trace,
     ) -> Option<CodeModeDoor> {
         let max = profile.policy.file.tools.calls_per_execution;
         let tools = self.granted_tools(&profile.policy);
@@ -198,6 +199,7 @@ impl Service {
             cancel.clone(),
             Instant::now() + spec.limits.timeout,
             max,
+            trace.clone(),
         ))
     }
 
@@ -357,7 +359,7 @@ fn internal(e: impl std::fmt::Display) -> ExecError {
 
 /// Records a call's run on an executor (from `from`, before it was placed, until now) as the
 /// `warden.execute` stage, with the phases the executor timed inside it.
-fn record_run(trace: &Trace, from: Instant, report: Result<&RunReport, &ExecError>) {
+pub(crate) fn record_run(trace: &Trace, from: Instant, report: Result<&RunReport, &ExecError>) {
     if !trace.recording() {
         return;
     }

@@ -146,9 +146,11 @@ impl Trace {
         sc.is_valid().then(|| sc.trace_id().to_string())
     }
 
-    /// Whether spans are recorded (attributes worth computing).
+    /// Whether spans under this trace are recorded (and attributes worth computing): a tracer,
+    /// and a sampled context. (Not the span's own `is_recording`: a stage recorded after the
+    /// fact has ended already, and its sub-stages still count.)
     pub fn recording(&self) -> bool {
-        self.tracer.is_some() && self.cx.span().is_recording()
+        self.tracer.is_some() && self.cx.span().span_context().is_sampled()
     }
 
     /// Sets an attribute on this trace's current span, if it is still recording.
@@ -160,7 +162,7 @@ impl Trace {
 
     /// Records a finished stage, from `start` to `end`, as a child of this trace's span; the
     /// returned trace is that stage's, for stages within it.
-    pub fn record(&self, name: &'static str, start: Instant, end: Instant, attributes: Vec<KeyValue>) -> Trace {
+    pub fn record(&self, name: impl Into<Cow<'static, str>>, start: Instant, end: Instant, attributes: Vec<KeyValue>) -> Trace {
         let Some(tracer) = &self.tracer else {
             return self.clone();
         };

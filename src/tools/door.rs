@@ -20,6 +20,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use opentelemetry::KeyValue;
+
 use serde_json::{Value, json};
 
 use super::{Grant, ToolPackage, descriptor};
@@ -30,6 +32,7 @@ use crate::sandbox::CancelHandle;
 use crate::service::admission::Admission;
 use crate::service::executors::{DoorHandler, Executors, GroupKey};
 use crate::service::{Caller, ExecError, Profile};
+use crate::telemetry::Trace;
 
 /// The protocol version this door speaks.
 const PROTOCOL: u64 = 1;
@@ -54,6 +57,8 @@ pub struct CodeModeDoor {
     calls: u32,
     max_calls: u32,
     request_bytes: u64,
+    /// The parent call's trace: each nested call is an `execute_tool {tool}` span in it.
+    trace: Trace,
 }
 
 impl CodeModeDoor {
@@ -69,6 +74,7 @@ impl CodeModeDoor {
         cancel: CancelHandle,
         deadline: Instant,
         max_calls: u32,
+        trace: Trace,
     ) -> Self {
         CodeModeDoor {
             tools,
@@ -83,6 +89,7 @@ impl CodeModeDoor {
             calls: 0,
             max_calls,
             request_bytes: 0,
+            trace,
         }
     }
 
@@ -155,7 +162,9 @@ impl CodeModeDoor {
         }
         let mut grant = grant;
         grant.limits.timeout = grant.limits.timeout.min(remaining);
+        let started = Instant::now();
         let base = NestedCall {
+            trace_id: self.trace.trace_id(),
             call_id: uuid::Uuid::new_v4().to_string(),
             parent_call_id: self.parent_call.clone(),
             via: Via,
@@ -169,7 +178,17 @@ impl CodeModeDoor {
             return err("denied", format!("the audit log cannot be written, so the tool did not run: {e}"));
         }
         let key = GroupKey::of(&self.profile.policy);
+        let ran_from = Instant::now();
         let run = crate::service::calls::run_tool(&self.executors, &key, &tool, &grant, &args, &self.cancel, None).await;
+        if self.trace.recording() {
+            let attributes = vec![
+                KeyValue::new("gen_ai.tool.name", name.to_string()),
+                KeyValue::new("gen_ai.operation.name", "execute_tool"),
+                KeyValue::new("warden.call.id", base.call_id.clone()),
+            ];
+            let nested = self.trace.record(format!("execute_tool {name}"), started, Instant::now(), attributes);
+            crate::service::calls::record_run(&nested, ran_from, run.as_ref().map(|(r, _, _)| r));
+        }
         let (report, _workspace, value) = match run {
             Ok(r) => r,
             Err(e) => {

@@ -10,6 +10,7 @@ no code in spans unless the profile records code, and the same trace id in the a
     otel.py WARDEN_BIN
 """
 
+import asyncio
 import base64
 import http.server
 import json
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.request
 
 from google.protobuf import json_format
@@ -262,28 +264,79 @@ def main():
         else:
             print(f"  SKIPPED: seccomp is {seccomp} here; export under the filter is not checked")
 
-        print("a profile that records code puts it in the span; a caller without context gets a new trace:")
+        print("a profile that records code puts it in the span; a caller without context gets a new trace;")
+        print("a tool called from code is a span of its own:")
+        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
         profile = os.path.join(tmp, "recording.toml")
-        with open(os.path.join(os.path.dirname(__file__), "..", "..", "policies", "default.toml")) as f:
+        with open(os.path.join(root, "policies", "default.toml")) as f:
             text = f.read()
         text = re.sub(r'(?m)^name = "default"', 'name = "recording"', text)
         text = re.sub(r"(?m)^record_code = false", "record_code = true", text)
+        text = text.replace("[hardening]", '[tools]\nallowed = ["json_query"]\ncalls_per_execution = 1\n\n[hardening]')
         with open(profile, "w") as f:
             f.write(text)
         trace_file_b = os.path.join(tmp, "b-traces.jsonl")
-        proc, url, audit = serve(tmp, "b", ["--policy", profile, "--otlp-file", trace_file_b])
-        r = rpc(url, "tools/call", {"name": "execute_code", "arguments": {"language": "python", "code": f"print('{MARKER}')"}},
-                name="execute_code")
-        check(MARKER in json.dumps(r["result"]), "the call ran")
+        tools = os.path.join(root, "examples", "json_query", "package")
+        proc, url, audit = serve(tmp, "b", ["--policy", profile, "--otlp-file", trace_file_b, "--tools", tools])
+        code = f"from host import tools\nprint('{MARKER}', tools.json_query(document={{'a': [1, 2]}}, query='$.a[1]')['count'])"
+        r = rpc(url, "tools/call", {"name": "execute_code", "arguments": {"language": "python", "code": code}}, name="execute_code")
+        check(f"{MARKER} 1" in json.dumps(r["result"]), "the call ran, calling a tool from code")
         stop(proc)
         spans = [s for _, s in spans_of(read_file(trace_file_b))]
         call = next(s for s in spans if s.name == "tools/call execute_code")
         check(MARKER in attrs(call)["gen_ai.tool.call.arguments"], "gen_ai.tool.call.arguments holds the code")
         check(call.parent_span_id == b"" and len(call.trace_id) == 16, "a root span of a new trace")
-        start = next(l for l in audit_lines(audit) if l.get("kind") == "execution.start")
+        lines = audit_lines(audit)
+        start = next(l for l in lines if l.get("kind") == "execution.start")
         check(start["trace_id"] == call.trace_id.hex(), "the audit record carries the server's trace id")
+        run = next(s for s in spans if s.name == "warden.execute" and s.parent_span_id == call.span_id)
+        guest = next(s for s in spans if s.name == "warden.guest.run" and s.parent_span_id == run.span_id)
+        nested = [s for s in spans if s.name == "execute_tool json_query"]
+        check(len(nested) == 1 and nested[0].parent_span_id == call.span_id, "the nested call is an execute_tool span of the call")
+        check(guest.start_time_unix_nano <= nested[0].start_time_unix_nano <= guest.end_time_unix_nano, "it happened while the guest ran")
+        check(any(s.name == "warden.guest.run" and s.trace_id == call.trace_id and s.parent_span_id != run.span_id for s in spans),
+              "the tool's own run is traced under it")
+        nested_audit = next(l for l in lines if l.get("kind") == "tool.call.start")
+        check(nested_audit["trace_id"] == call.trace_id.hex() and nested_audit["call_id"] == attrs(nested[0])["warden.call.id"],
+              "the nested call's audit record carries the trace id and the span's call id")
+
+        print("over stdio, with the official MCP Python SDK passing the context in _meta:")
+        trace_file_c = os.path.join(tmp, "c-traces.jsonl")
+        asyncio.run(stdio_call(tmp, trace_file_c))
+        # The SDK may return before the server has finished exiting: wait for its last export.
+        deadline = time.monotonic() + 15
+        while True:
+            spans = [s for _, s in spans_of(read_file(trace_file_c))]
+            if any(s.name == "tools/call execute_code" for s in spans) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        call = next(s for s in spans if s.name == "tools/call execute_code")
+        a = attrs(call)
+        check(call.trace_id.hex() == META_TRACE and call.parent_span_id.hex() == META_SPAN, "its parent is the _meta traceparent")
+        check(a["network.transport"] == "pipe" and a["warden.principal"] == "operator", "network.transport pipe, the operator")
+        check(any(s.name == "warden.guest.run" and s.trace_id == call.trace_id for s in spans), "the guest's run is in the trace")
         collector.shutdown()
     print("otel: all checks passed")
+
+
+async def stdio_call(tmp, trace_file):
+    from mcp import ClientSession, StdioServerParameters, stdio_client
+
+    env = {"WARDEN_AUDIT_LOG": os.path.join(tmp, "c-audit.jsonl"), "WARDEN_OTLP_FILE": trace_file}
+    if os.environ.get("WARDEN_HOME"):
+        env["WARDEN_HOME"] = os.environ["WARDEN_HOME"]
+    params = StdioServerParameters(command=BIN, args=["serve", "--executors", "1"], env=env)
+    with open(os.path.join(tmp, "c.stderr"), "w") as err:
+        async with stdio_client(params, errlog=err) as (read, write):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                r = await session.call_tool(
+                    "execute_code",
+                    {"language": "python", "code": "print(6*7)"},
+                    meta={"traceparent": f"00-{META_TRACE}-{META_SPAN}-01"},
+                )
+                check(not r.is_error and "42" in str(r.content), "the call ran over stdio")
+    # The client closed stdin: the server drained and flushed its spans on the way out.
 
 
 if __name__ == "__main__":
