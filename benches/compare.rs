@@ -2,7 +2,7 @@
 //! the engine and through MCP stdio, HTTP throughput with 16 clients, startup to ready, and RSS
 //! with idle sessions and over many calls.
 //!
-//! `cargo bench --bench compare -- [engine|stdio|keepalive|throughput|startup|memory]...` (all by
+//! `cargo bench --bench compare -- [engine|stdio|keepalive|tracing|throughput|startup|memory]...` (all by
 //! default).
 //! Every number is also printed as a `BENCH {json}` line, which `benches/peers/run` collects.
 //! Everything runs on loopback and is bounded in count and time. Counts can be scaled with
@@ -406,6 +406,54 @@ async fn keepalive() {
     println!("keepalive: HTTP/stdio ratio p50 {:.2}x, p90 {:.2}x", ms(http.0) / ms(stdio.0), ms(http.1) / ms(stdio.1));
 }
 
+/// What tracing costs a call: sequential Python hello calls over one keep-alive HTTP connection
+/// to a server without an exporter and to one writing OTLP-JSON to a file (every request span
+/// and stage recorded), in alternating rounds so both see the same machine.
+async fn tracing() {
+    let files = ServerFiles::new();
+    let traces = files.dir.path().join("traces.jsonl");
+    let traces_arg = traces.display().to_string();
+    let n = runs() * 2;
+    let mut p50s: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..3 {
+        for (i, extra) in [&[][..], &["--otlp-file", traces_arg.as_str()][..]].into_iter().enumerate() {
+            let server = harness::start_http(&files, None, extra).await;
+            let client = harness::connect_http(&server.url, None).await;
+            let mut samples = Vec::with_capacity(n);
+            for k in 0..n + 5 {
+                let t = Instant::now();
+                exec_ok(&client, Language::Python, "print('hello')").await;
+                if k >= 5 {
+                    samples.push(t.elapsed());
+                }
+            }
+            client.cancel().await.ok();
+            drop(server);
+            samples.sort();
+            let layer = if i == 0 { "http" } else { "http+otlp-file" };
+            println!(
+                "round {round} {layer:<15} python_hello p50 {:>7.2} ms  p90 {:>7.2} ms",
+                ms(percentile(&samples, 0.5)),
+                ms(percentile(&samples, 0.9))
+            );
+            p50s[i].push(percentile(&samples, 0.5));
+        }
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (off, on) = (median(&mut p50s[0]), median(&mut p50s[1]));
+    let lines = std::fs::read_to_string(&traces).map(|t| t.lines().count()).unwrap_or(0);
+    println!(
+        "tracing: p50 with/without spans {:.3}x ({:.2} ms vs {:.2} ms; {lines} export lines written)",
+        ms(on) / ms(off),
+        ms(on),
+        ms(off)
+    );
+    emit(json!({"system": "warden", "layer": "http", "workload": "python_hello_tracing", "p50_off_ms": ms(off), "p50_on_ms": ms(on)}));
+}
+
 async fn startup() {
     let files = ServerFiles::new();
     let http = reqwest::Client::new();
@@ -491,7 +539,7 @@ async fn memory() {
 
 fn main() {
     let modes: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    let all = ["engine", "stdio", "keepalive", "throughput", "startup", "memory"];
+    let all = ["engine", "stdio", "keepalive", "tracing", "throughput", "startup", "memory"];
     let modes: Vec<&str> = if modes.is_empty() { all.to_vec() } else { modes.iter().map(String::as_str).collect() };
     let rt = tokio::runtime::Runtime::new().expect("tokio");
     for m in modes {
@@ -499,6 +547,7 @@ fn main() {
             "engine" => engine(),
             "stdio" => rt.block_on(stdio()),
             "keepalive" => rt.block_on(keepalive()),
+            "tracing" => rt.block_on(tracing()),
             "throughput" => rt.block_on(throughput()),
             "startup" => rt.block_on(startup()),
             "memory" => rt.block_on(memory()),

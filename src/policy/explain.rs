@@ -147,7 +147,7 @@ pub fn explain(p: &Policy) -> String {
     let _ = writeln!(
         o,
         "  - records in the audit log the sha256 of code and inputs{}",
-        if f.audit.record_code { ", and the code itself" } else { ", never the code itself" }
+        if f.audit.record_code { ", and the code itself (also in trace spans)" } else { ", never the code itself (nor do trace spans)" }
     );
     let _ = writeln!(
         o,

@@ -278,7 +278,7 @@ pub const FIELDS: &[Field] = &[
     },
     Field {
         name: "audit.record_code",
-        about: "execution events keep the code itself",
+        about: "execution events and trace spans keep the code itself",
         order: Order::Neutral,
         bounds: None,
         value: |f| Value::Flag(f.audit.record_code),

@@ -19,11 +19,13 @@ pub mod file;
 use std::borrow::Cow;
 use std::time::{Duration, Instant, SystemTime};
 
-use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _};
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, TraceState, Tracer as _, TracerProvider as _,
+};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkError;
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, Tracer};
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, IdGenerator, RandomIdGenerator, SdkTracerProvider, Tracer};
 
 pub use context::Parent;
 
@@ -102,9 +104,16 @@ impl Telemetry {
     }
 
     /// Starts the span of one MCP request (kind SERVER), a child of the caller's context.
+    /// Without exporters no span is made, but the trace still has an id (the caller's, or a new
+    /// one), so that the audit lines of one call (its execution, its task) share it.
     pub fn request(&self, name: String, parent: &Parent, attributes: Vec<KeyValue>) -> Trace {
         let Some(tracer) = &self.tracer else {
-            return Trace { tracer: None, cx: parent.cx.clone() };
+            if parent.cx.span().span_context().is_valid() {
+                return Trace { tracer: None, cx: parent.cx.clone() };
+            }
+            let ids = RandomIdGenerator::default();
+            let sc = SpanContext::new(ids.new_trace_id(), ids.new_span_id(), TraceFlags::default(), false, TraceState::default());
+            return Trace { tracer: None, cx: Context::new().with_remote_span_context(sc) };
         };
         let span = tracer
             .span_builder(name)
@@ -139,7 +148,7 @@ impl Trace {
     }
 
     /// The trace this call belongs to (32 hex digits): the caller's, continued, or a new one;
-    /// `None` when the caller sent none and spans are not recorded.
+    /// `None` only for [`Trace::none`] (`warden exec`, benchmarks).
     pub fn trace_id(&self) -> Option<String> {
         let span = self.cx.span();
         let sc = span.span_context();
@@ -233,8 +242,10 @@ mod tests {
         let trace = Telemetry::off().request("tools/call execute_code".into(), &parent, Vec::new());
         assert_eq!(trace.trace_id().as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
         assert!(!trace.recording());
-        let none = Telemetry::off().request("tools/list".into(), &Parent::default(), Vec::new());
-        assert_eq!(none.trace_id(), None, "no caller context and no tracer: no trace id");
+        let fresh = Telemetry::off().request("tools/list".into(), &Parent::default(), Vec::new());
+        let id = fresh.trace_id().expect("a call without context still gets a trace id, for its audit lines");
+        assert!(id.len() == 32 && id != "0".repeat(32) && !fresh.recording());
+        assert_eq!(Trace::none().trace_id(), None);
     }
 
     #[test]

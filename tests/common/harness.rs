@@ -293,6 +293,11 @@ pub fn process_workspaces(pid: u32) -> Option<PathBuf> {
 /// (`token-NAME`), every principal with the role `tenant`, whose profile is `policy` (a file in
 /// `files.dir`). Callers are then distinct principals sharing the server, as tenants do.
 pub async fn start_tenants(files: &ServerFiles, policy: &Path, principals: &[&str]) -> HttpServer {
+    start_tenants_with(files, policy, principals, &[]).await
+}
+
+/// [`start_tenants`], with `extra` arguments for `warden serve`.
+pub async fn start_tenants_with(files: &ServerFiles, policy: &Path, principals: &[&str], extra: &[&str]) -> HttpServer {
     let sha = |t: &str| warden::digest::sha256_hex(t.as_bytes());
     let mut auth = format!("[[roles]]\nname = \"tenant\"\nprofile = {:?}\n", policy.file_name().unwrap().to_str().unwrap());
     for p in principals {
@@ -300,7 +305,9 @@ pub async fn start_tenants(files: &ServerFiles, policy: &Path, principals: &[&st
     }
     let auth_file = files.dir.path().join("tenants.toml");
     std::fs::write(&auth_file, auth).expect("write auth file");
-    start_http(files, Some(policy), &["--auth", auth_file.to_str().unwrap()]).await
+    let mut args = vec!["--auth", auth_file.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    start_http(files, Some(policy), &args).await
 }
 
 /// `pid` and every process below it (a server's spawner and executors), from `/proc`.

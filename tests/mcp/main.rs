@@ -4,6 +4,8 @@
 mod common;
 #[path = "../common/harness.rs"]
 mod harness;
+#[path = "../common/packages.rs"]
+mod packages;
 
 mod errors;
 mod execute;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::harness::*;
+use crate::packages::{OBJECT, fixture, package, tool_policy};
 
 /// `tools/call` of `execute_code` with `code`, as a task-capable client.
 async fn call_code(server: &HttpServer, who: &str, code: &str) -> Value {
@@ -115,6 +116,31 @@ time.sleep(600)
     assert_eq!((&created[0]["task_id"], &created[0]["principal"]), (&json!(id), &json!("alice")));
     let runs = audit_events(&files, "execution", 1, Duration::from_secs(2)).await;
     assert!(runs.iter().any(|e| e["principal"] == "alice" && e["outcome"] == "ok"), "{runs:?}");
+    // The task and the call it ran share a trace id (made by the server: this client sent none).
+    let trace = created[0]["trace_id"].as_str().expect("task.create has a trace id");
+    assert!(runs.iter().any(|e| e["trace_id"] == trace), "the execution line carries the task's trace id: {runs:?}");
+}
+
+/// A package tool runs as a task like `execute_code`: a tool that never returns outlasts a
+/// second, becomes a task, and ends at its deadline, the task and its execution sharing a trace.
+#[tokio::test]
+async fn a_package_tool_runs_as_a_task() {
+    let files = ServerFiles::new();
+    let root = files.dir.path().join("tools");
+    package(&root, "spin", "spin", &fixture("spin"), OBJECT, "");
+    let policy = tool_policy(&files, &["spin"], 0, &[("timeout_ms = 30_000", "timeout_ms = 2_500")]);
+    let server = start_tenants_with(&files, &policy, &["alice"], &["--tools", root.to_str().unwrap()]).await;
+    let r = tasks_rpc(&server.url, "token-alice", "tools/call", json!({"name": "spin", "arguments": {}})).await;
+    let id = task_id(&r);
+    let (done, _) = wait_done(&server, "alice", &id, Duration::from_secs(20)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["result"]["isError"], true, "{done}");
+    assert!(done["result"]["content"][0]["text"].as_str().unwrap_or_default().contains("time"), "{done}");
+    let created = audit_events(&files, "task.create", 1, Duration::from_secs(2)).await;
+    assert_eq!((&created[0]["tool"], &created[0]["principal"]), (&json!("spin"), &json!("alice")));
+    let runs = audit_events(&files, "execution", 1, Duration::from_secs(2)).await;
+    assert_eq!((&runs[0]["tool"], &runs[0]["outcome"]), (&json!("spin"), &json!("timeout")), "{runs:?}");
+    assert_eq!(runs[0]["trace_id"], created[0]["trace_id"]);
 }
 
 #[tokio::test]
