@@ -363,6 +363,21 @@ end
     );
 }
 
+/// `n` Python hello calls one after another on `client` (after 5 to warm up), each one's latency,
+/// sorted.
+async fn sequential_hello(client: &Client, n: usize) -> Vec<Duration> {
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n + 5 {
+        let t = Instant::now();
+        exec_ok(client, Language::Python, "print('hello')").await;
+        if i >= 5 {
+            samples.push(t.elapsed());
+        }
+    }
+    samples.sort();
+    samples
+}
+
 /// Sequential calls over one keep-alive HTTP connection (rmcp's streamable HTTP client, which
 /// pools connections as every real client does), against the same calls over stdio in the same
 /// run. Guards the 40 ms stall that Nagle's algorithm plus the client's delayed ACK put on every
@@ -380,17 +395,9 @@ async fn keepalive() {
                 (harness::connect_http(&server.url, None).await, Some(server))
             }
         };
-        let mut samples = Vec::with_capacity(n);
-        for i in 0..n + 5 {
-            let t = Instant::now();
-            exec_ok(&client, Language::Python, "print('hello')").await;
-            if i >= 5 {
-                samples.push(t.elapsed());
-            }
-        }
+        let samples = sequential_hello(&client, n).await;
         client.cancel().await.ok();
         drop(server);
-        samples.sort();
         let [p50, p90, p99] = [0.5, 0.9, 0.99].map(|p| percentile(&samples, p));
         println!(
             "{layer:<7} python_hello sequential  p50 {:>7.2} ms   p90 {:>7.2} ms   p99 {:>7.2} ms   (n={n})",
@@ -419,17 +426,9 @@ async fn tracing() {
         for (i, extra) in [&[][..], &["--otlp-file", traces_arg.as_str()][..]].into_iter().enumerate() {
             let server = harness::start_http(&files, None, extra).await;
             let client = harness::connect_http(&server.url, None).await;
-            let mut samples = Vec::with_capacity(n);
-            for k in 0..n + 5 {
-                let t = Instant::now();
-                exec_ok(&client, Language::Python, "print('hello')").await;
-                if k >= 5 {
-                    samples.push(t.elapsed());
-                }
-            }
+            let samples = sequential_hello(&client, n).await;
             client.cancel().await.ok();
             drop(server);
-            samples.sort();
             let layer = if i == 0 { "http" } else { "http+otlp-file" };
             println!(
                 "round {round} {layer:<15} python_hello p50 {:>7.2} ms  p90 {:>7.2} ms",

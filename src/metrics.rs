@@ -63,6 +63,8 @@ pub struct Metrics {
     pub queue_wait: Histogram,
     /// Audit lines that could not be written (each refused the call that needed it).
     pub audit_write_failures: Counter,
+    /// Batches of trace spans an exporter failed to write or send (their spans are lost).
+    pub trace_export_failures: Counter,
     /// Executor processes that ended unexpectedly and were replaced.
     pub executor_restarts: Counter,
     /// The front's confinement: one series per layer, value 1.
@@ -96,6 +98,7 @@ impl Metrics {
         let refusals = Family::<ReasonLabel, Counter>::default();
         let queue_wait = Histogram::new(exponential_buckets(0.0005, 2.0, 18));
         let audit_write_failures = Counter::default();
+        let trace_export_failures = Counter::default();
         let executor_restarts = Counter::default();
         let hardening = Family::<HardeningLabels, Gauge>::default();
         registry.register("build", "The running build: warden and Wasmtime versions", build);
@@ -113,6 +116,11 @@ impl Metrics {
         );
         registry.register("queue_wait_seconds", "Time admitted calls waited for an execution slot", queue_wait.clone());
         registry.register("audit_write_failures", "Audit lines that could not be written", audit_write_failures.clone());
+        registry.register(
+            "trace_export_failures",
+            "Batches of trace spans an exporter failed to write or send",
+            trace_export_failures.clone(),
+        );
         registry.register("executor_restarts", "Executor processes that ended unexpectedly and were replaced", executor_restarts.clone());
         registry.register("hardening", "The front's confinement, one series per layer with its state (value 1)", hardening.clone());
         Metrics {
@@ -127,6 +135,7 @@ impl Metrics {
             refusals,
             queue_wait,
             audit_write_failures,
+            trace_export_failures,
             executor_restarts,
             hardening,
         }

@@ -6,6 +6,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use opentelemetry::KeyValue;
+
 use super::admission::MAX_AUDIT_REASON;
 use super::executors::{DoorHandler, Executors, GroupKey, Ran, crashed, finish};
 use super::request::inputs_digest;
@@ -25,7 +27,6 @@ use crate::session::{Session, SessionError};
 use crate::telemetry::{Trace, bounded};
 use crate::tools::door::CodeModeDoor;
 use crate::tools::{Grant, ToolPackage, interpret};
-use opentelemetry::KeyValue;
 
 /// Most images returned inline per call; the rest are resource links.
 const MAX_INLINE_IMAGES: usize = 4;

@@ -193,6 +193,7 @@ impl Service {
 
     /// This service, recording spans with `telemetry` (the server's exporters).
     pub fn with_telemetry(mut self, telemetry: Telemetry) -> Service {
+        telemetry.count_failures_in(self.metrics.trace_export_failures.clone());
         self.telemetry = telemetry;
         self
     }

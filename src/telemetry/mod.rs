@@ -17,6 +17,7 @@ pub mod context;
 pub mod file;
 
 use std::borrow::Cow;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use opentelemetry::trace::{
@@ -24,8 +25,11 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::OTelSdkError;
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, IdGenerator, RandomIdGenerator, SdkTracerProvider, Tracer};
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, IdGenerator, RandomIdGenerator, SdkTracerProvider, SpanData, SpanExporter, Tracer,
+};
+use prometheus_client::metrics::counter::Counter;
 
 pub use context::Parent;
 
@@ -57,6 +61,7 @@ impl Settings {
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
     tracer: Option<Tracer>,
+    failures: Failures,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -86,17 +91,24 @@ impl Telemetry {
             .build();
         let batch =
             || BatchConfigBuilder::default().with_max_queue_size(MAX_QUEUED_SPANS).with_scheduled_delay(Duration::from_millis(500)).build();
+        let failures = Failures::default();
         let mut builder = SdkTracerProvider::builder().with_resource(resource);
         if let Some(f) = file {
-            builder = builder.with_span_processor(BatchSpanProcessor::builder(f.exporter()).with_batch_config(batch()).build());
+            let exporter = Counted { inner: f.exporter(), name: "file", failures: failures.clone() };
+            builder = builder.with_span_processor(BatchSpanProcessor::builder(exporter).with_batch_config(batch()).build());
         }
         if let Some(c) = &settings.collector {
-            let exporter = c.exporter(runtime.clone())?;
+            let exporter = Counted { inner: c.exporter(runtime.clone())?, name: "collector", failures: failures.clone() };
             builder = builder.with_span_processor(BatchSpanProcessor::builder(exporter).with_batch_config(batch()).build());
         }
         let provider = builder.build();
         let tracer = provider.tracer("warden");
-        Ok(Telemetry { provider: Some(provider), tracer: Some(tracer) })
+        Ok(Telemetry { provider: Some(provider), tracer: Some(tracer), failures })
+    }
+
+    /// Counts failed exports in `counter` too (the `warden_trace_export_failures_total` metric).
+    pub fn count_failures_in(&self, counter: Counter) {
+        let _ = self.failures.counter.set(counter);
     }
 
     pub fn enabled(&self) -> bool {
@@ -204,6 +216,63 @@ impl Trace {
             span.set_status(Status::error(bounded(message)));
         }
         span.end();
+    }
+}
+
+/// How often a failing exporter is logged, at most.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Failed exports: counted (once a metric is attached) and logged at most once a minute, so a
+/// collector that is down is visible without flooding the log.
+#[derive(Clone, Debug, Default)]
+struct Failures {
+    counter: Arc<OnceLock<Counter>>,
+    last_logged: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Failures {
+    fn record(&self, exporter: &str, error: &OTelSdkError) {
+        if let Some(c) = self.counter.get() {
+            c.inc();
+        }
+        let mut last = self.last_logged.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= FAILURE_LOG_EVERY) {
+            *last = Some(Instant::now());
+            tracing::warn!(exporter, %error, "exporting trace spans failed; their batch is dropped (logged at most once a minute)");
+        }
+    }
+}
+
+/// An exporter whose failures are counted and logged.
+#[derive(Debug)]
+struct Counted<E> {
+    inner: E,
+    name: &'static str,
+    failures: Failures,
+}
+
+impl<E: SpanExporter> SpanExporter for Counted<E> {
+    fn export(&self, batch: Vec<SpanData>) -> impl std::future::Future<Output = OTelSdkResult> + Send {
+        let exported = self.inner.export(batch);
+        async move {
+            let result = exported.await;
+            if let Err(e) = &result {
+                self.failures.record(self.name, e);
+            }
+            result
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
     }
 }
 

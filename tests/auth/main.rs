@@ -254,6 +254,7 @@ async fn metrics_report_executions_sessions_and_denials() {
         r#"warden_refusals_total{reason="unauthenticated"} 1"#,
         r#"warden_queue_wait_seconds_count 2"#,
         "warden_audit_write_failures_total 0",
+        "warden_trace_export_failures_total 0",
         r#"warden_build_info{version=""#,
         r#"warden_hardening{layer="mode",state="#,
     ] {

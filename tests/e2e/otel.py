@@ -17,6 +17,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -69,7 +70,7 @@ class Collector(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def serve(tmp, name, extra):
+def serve(tmp, name, extra, log=None):
     audit = os.path.join(tmp, f"{name}-audit.jsonl")
     proc = subprocess.Popen(
         [BIN, "serve", "--http", "127.0.0.1:0", "--audit-log", audit, "--executors", "1", *extra],
@@ -82,7 +83,13 @@ def serve(tmp, name, extra):
         m = re.search(r"serving MCP at (http://\S+)", line)
         if m:
             # The rest of its log goes to ours, for a failure's reader.
-            threading.Thread(target=lambda: [sys.stderr.write(f"  [{name}] {l}") for l in proc.stderr], daemon=True).start()
+            def drain():
+                for l in proc.stderr:
+                    sys.stderr.write(f"  [{name}] {l}")
+                    if log is not None:
+                        log.append(l)
+
+            threading.Thread(target=drain, daemon=True).start()
             return proc, m.group(1), audit
     raise AssertionError(f"{name}: the server did not start (exit {proc.wait()})")
 
@@ -299,6 +306,26 @@ def main():
         nested_audit = next(l for l in lines if l.get("kind") == "tool.call.start")
         check(nested_audit["trace_id"] == call.trace_id.hex() and nested_audit["call_id"] == attrs(nested[0])["warden.call.id"],
               "the nested call's audit record carries the trace id and the span's call id")
+
+        print("a collector that is down: the call is served, the failure counted and logged:")
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))
+        dead_port = closed.getsockname()[1]
+        closed.close()
+        log = []
+        proc, url, _ = serve(tmp, "d", ["--otlp-endpoint", f"http://127.0.0.1:{dead_port}"], log)
+        r = rpc(url, "tools/call", {"name": "execute_code", "arguments": {"language": "python", "code": "print(1)"}}, name="execute_code")
+        check(not r["result"].get("isError"), "the call ran")
+        deadline = time.monotonic() + 15
+        while True:
+            metrics = urllib.request.urlopen(url.replace("/mcp", "/metrics"), timeout=10).read().decode()
+            failed = re.search(r"(?m)^warden_trace_export_failures_total (\d+)", metrics)
+            if (failed and int(failed.group(1)) >= 1) or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        check(failed and int(failed.group(1)) >= 1, "warden_trace_export_failures_total counts the failed export")
+        stop(proc)
+        check(sum("exporting trace spans failed" in l for l in log) == 1, "one warning in the log (at most once a minute)")
 
         print("over stdio, with the official MCP Python SDK passing the context in _meta:")
         trace_file_c = os.path.join(tmp, "c-traces.jsonl")

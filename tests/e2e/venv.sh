@@ -1,20 +1,13 @@
-# Sourced by the end-to-end runners: resolves the warden binary ($bin) and WARDEN_HOME, and makes
-# sure the venv at ${CARGO_TARGET_DIR:-target}/e2e-venv holds exactly the pinned packages of
-# tests/e2e/requirements.txt (installed on first use, or when the pins change).
+# Sourced by the end-to-end runners: resolves the warden binary ($bin) and WARDEN_HOME
+# (tests/warden-bin.sh), and makes sure the venv at ${CARGO_TARGET_DIR:-target}/e2e-venv holds
+# exactly the pinned packages of tests/e2e/requirements.txt (installed on first use, or when the
+# pins change).
 #
 #   source tests/e2e/venv.sh NAME [WARDEN_BIN]     (from the repository root)
 
 e2e_name="$1"
-target="${CARGO_TARGET_DIR:-target}"
+source tests/warden-bin.sh "$e2e_name" "${2:-}"
 venv="$target/e2e-venv"
-bin="${2:-${WARDEN_BIN:-$target/release/warden}}"
-case "$bin" in /*) ;; *) bin="$PWD/$bin" ;; esac
-export WARDEN_HOME="${WARDEN_HOME:-$PWD/target/warden}"
-
-if [[ ! -x "$bin" ]]; then
-    echo "$e2e_name: no warden binary at $bin; build it first (scripts/setup)" >&2
-    exit 1
-fi
 
 if [[ ! -x "$venv/bin/python" ]]; then
     rm -rf "$venv"
