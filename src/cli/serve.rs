@@ -287,6 +287,16 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
         plan.groups.iter().flat_map(|g| g.read_write.iter().cloned()).collect(),
     ));
 
+    // A collector opens TCP connect to its port, which only Landlock's network rules (ABI 4)
+    // hold: with seccomp alone the front could connect anywhere.
+    if traces.collector.is_some() && mode != HardeningMode::Off && crate::harden::landlock::kernel_abi() < 4 {
+        return Err(format!(
+            "--otlp-endpoint needs Landlock TCP rules (ABI 4, Linux 6.7) to hold this server to the collector's port, and this \
+             kernel has Landlock ABI {}: write traces with --otlp-file for a Collector to read, or run with --hardening off",
+            crate::harden::landlock::kernel_abi()
+        )
+        .into());
+    }
     // Confinement: Landlock now, while single-threaded; seccomp once the runtime exists.
     let hplan = hardening_plan(&args, &workspaces, &audit_path, &traces, mode, listener.as_ref(), auth.as_ref());
     let landlock = if mode == HardeningMode::Off {

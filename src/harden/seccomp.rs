@@ -185,7 +185,9 @@ pub fn filters_json(listener_fd: Option<i32>, collector: Option<SocketAddr>) -> 
         let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
         allow.push(json!({"syscall": "socket", "args": [
             {"index": 0, "type": "dword", "op": "eq", "val": family, "comment": "the collector's address family"},
-            {"index": 1, "type": "dword", "op": {"masked_eq": 0xF}, "val": libc::SOCK_STREAM, "comment": "TCP (flags aside)"},
+            {"index": 1, "type": "dword", "op": {"masked_eq": 0xF}, "val": libc::SOCK_STREAM, "comment": "a stream (flags aside)"},
+            // Plain TCP only: Landlock's port rules hold TCP sockets, not MPTCP or SCTP ones.
+            {"index": 2, "type": "dword", "op": "eq", "val": libc::IPPROTO_TCP, "comment": "IPPROTO_TCP"},
         ]}));
     }
     if listener_fd.is_some() || collector.is_some() {
@@ -334,6 +336,7 @@ mod tests {
         assert_eq!(socket.len(), 1, "{socket:?}");
         assert_eq!(socket[0]["args"][0]["val"], libc::AF_INET);
         assert_eq!(socket[0]["args"][1]["val"], libc::SOCK_STREAM);
+        assert_eq!(socket[0]["args"][2]["val"], libc::IPPROTO_TCP, "not MPTCP or SCTP, which Landlock's port rule does not hold");
         assert_eq!(rules_of("connect").len(), 1);
         for s in ["bind", "listen", "accept4", "accept"] {
             assert!(rules_of(s).is_empty(), "{s} must not be allowed");

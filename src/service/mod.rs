@@ -283,7 +283,7 @@ impl Service {
         }
         self.artifacts.clear();
         self.executors.shutdown();
-        self.telemetry.shutdown();
+        self.telemetry.shutdown().await;
     }
 
     pub fn is_shutting_down(&self) -> bool {

@@ -79,7 +79,11 @@ impl TraceFile {
         if self.written > 0 && self.written + line.len() as u64 > self.max_bytes {
             self.rotate()?;
         }
-        self.current.write_all(line)?;
+        if let Err(e) = self.current.write_all(line) {
+            // Take back a partly written line, so the next one does not join it.
+            let _ = self.current.set_len(self.written);
+            return Err(e);
+        }
         self.written += line.len() as u64;
         Ok(())
     }

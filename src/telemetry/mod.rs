@@ -137,10 +137,14 @@ impl Telemetry {
     }
 
     /// Exports what is queued and stops the exporters (at shutdown; later calls do nothing).
-    pub fn shutdown(&self) {
-        let Some(p) = &self.provider else { return };
-        match p.shutdown_with_timeout(Duration::from_secs(5)) {
-            Ok(()) | Err(OTelSdkError::AlreadyShutdown) => {}
+    /// Waits up to 5 s on a blocking thread: the collector's last export runs on the async
+    /// runtime, which a blocked worker could starve.
+    pub async fn shutdown(&self) {
+        let Some(p) = self.provider.clone() else { return };
+        let done = tokio::task::spawn_blocking(move || p.shutdown_with_timeout(Duration::from_secs(5))).await;
+        match done {
+            Ok(Ok(()) | Err(OTelSdkError::AlreadyShutdown)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "flushing traces at shutdown"),
             Err(e) => tracing::warn!(error = %e, "flushing traces at shutdown"),
         }
     }
