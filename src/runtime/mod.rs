@@ -6,8 +6,9 @@
 //!
 //! Owns: [`Language`] and each runtime's static description ([`RuntimeSpec`]), the pinned
 //! upstream packages ([`pins`]), installing them ([`install`]), the compiled-module cache
-//! ([`cache`]), the Python snapshot's recipe ([`snapshot`]) and mapping an installed runtime's
-//! compiled [`Module`] ([`Runtime::load`]).
+//! ([`cache`]), the Python snapshot's recipe ([`snapshot`]), the JavaScript runtime's build and
+//! snapshot recipe ([`quickjs`]) and mapping an installed runtime's compiled [`Module`]
+//! ([`Runtime::load`]).
 //!
 //! Does not own: the engine's configuration ([`crate::engine`], the layer below), and anything a
 //! guest sees of the host: the store state, the linker and host calls, limits, workspaces, or
@@ -18,6 +19,7 @@
 pub mod cache;
 pub mod install;
 pub mod pins;
+pub mod quickjs;
 pub mod snapshot;
 
 use std::fmt;
@@ -75,13 +77,15 @@ impl std::str::FromStr for Language {
     }
 }
 
-/// How a runtime's served module is produced.
+/// How a runtime's served module is produced. Both are snapshots driven through the same
+/// `turn` ABI; they differ in where the module comes from and which turns are baked in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Build {
-    /// The upstream module is compiled as is.
-    Direct,
     /// warden's post-import snapshot of the upstream CPython ([`snapshot`]).
     PythonSnapshot,
+    /// QuickJS-NG compiled from source with warden's reactor, snapshotted after the prelude
+    /// ([`quickjs`]).
+    QuickJsSnapshot,
 }
 
 /// Static description of one runtime: where it comes from and how the guest sees it.
@@ -91,7 +95,8 @@ pub struct RuntimeSpec {
     /// What users see in `runtimes list` and tool descriptions.
     pub engine_name: &'static str,
     pub package: &'static Package,
-    /// The upstream module, relative to the install directory.
+    /// The module the snapshot is made from, relative to the install directory: extracted from
+    /// the package (Python) or compiled from it (JavaScript).
     pub module_file: &'static str,
     /// How the served module is made from it.
     pub build: Build,
@@ -118,13 +123,13 @@ pub const JS_PRELUDE: &str = include_str!("prelude.js");
 
 pub const JAVASCRIPT: RuntimeSpec = RuntimeSpec {
     language: Language::Javascript,
-    engine_name: "QuickJS-NG 0.11.0 (ES2023, async/await, std and os modules)",
-    package: &pins::QUICKJS,
-    module_file: "quickjs.wasm",
-    build: Build::Direct,
+    engine_name: "QuickJS-NG 0.16.2, built from source (ES2023, async/await, std and os modules)",
+    package: &pins::QUICKJS_SOURCE,
+    module_file: quickjs::MODULE_FILE,
+    build: Build::QuickJsSnapshot,
     compile_hint: "a few seconds",
-    extra_files: &[("lib/prelude.js", JS_PRELUDE)],
-    ro_mounts: &[("lib", "/usr/local/lib/warden")],
+    extra_files: &[(quickjs::REACTOR_DEST, quickjs::REACTOR_C)],
+    ro_mounts: &[],
 };
 
 impl RuntimeSpec {
@@ -132,26 +137,28 @@ impl RuntimeSpec {
         home.runtimes().join(format!("{}-{}", self.language, self.package.version))
     }
 
-    pub fn module_sha256(&self) -> &'static str {
-        self.package.files.iter().find(|f| f.dest == self.module_file).map(|f| f.sha256).expect("every runtime pins its module file")
+    /// The pinned digest of the module the snapshot is made from, when it comes from the package
+    /// as is (`None` when warden compiles it).
+    pub fn module_sha256(&self) -> Option<&'static str> {
+        self.package.files.iter().find(|f| f.dest == self.module_file).map(|f| f.sha256)
     }
 
     pub fn cache_name(&self) -> &'static str {
         match self.build {
-            Build::Direct => self.language.as_str(),
             Build::PythonSnapshot => "python-snapshot",
+            Build::QuickJsSnapshot => "javascript-snapshot",
         }
     }
 
-    /// The digest the compiled module is keyed by: the upstream module's, or for a snapshot the
-    /// digest of everything it was built from.
+    /// The digest the compiled module is keyed by: the digest of everything its snapshot was
+    /// built from.
     pub fn cache_key(&self) -> String {
         match self.build {
-            Build::Direct => self.module_sha256().to_string(),
             Build::PythonSnapshot => {
                 let stdlib = self.package.files.iter().find(|f| f.dest.ends_with(".zip")).map(|f| f.sha256).unwrap_or("");
-                snapshot::snapshot_key(self.module_sha256(), stdlib)
+                snapshot::snapshot_key(self.module_sha256().expect("the Python module is pinned"), stdlib)
             }
+            Build::QuickJsSnapshot => quickjs::snapshot_key(self.package.archive_sha256),
         }
     }
 

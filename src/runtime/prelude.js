@@ -1,6 +1,8 @@
-// warden's JavaScript prelude, evaluated before the caller's code (qjs -I).
-// QuickJS-NG's command build has only `print` and a bare `console.log`; agents expect Node-style
-// console methods that format objects, and the timer globals.
+// warden's JavaScript prelude, evaluated once when the runtime's snapshot is built, so every guest
+// starts with it loaded. QuickJS-NG has only `print` and a bare `console.log`; agents expect
+// Node-style console methods that format objects, and the timer globals. The working directory
+// (/workspace) is set when a guest is claimed, since the snapshot is taken before any directory
+// is open.
 (function () {
   "use strict";
   const std = globalThis.std, os = globalThis.os;
@@ -107,8 +109,6 @@
     table: (v) => out(v),
   };
   if (os) {
-    // Relative paths resolve against /workspace, like a process started there.
-    os.chdir("/workspace");
     globalThis.setTimeout = (fn, ms = 0, ...a) => os.setTimeout(() => fn(...a), ms);
     globalThis.clearTimeout = (t) => { if (t) os.clearTimeout(t); };
     const intervals = new Map();

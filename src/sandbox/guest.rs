@@ -1,8 +1,10 @@
 //! One live guest: a fresh `Store` and instance of a runtime, its WASI context, and the drivers
-//! that run code in it (a CPython `turn`, or a command's `_start`).
+//! that run code in it (a runtime's `turn`, or a tool command's `_start`).
 //!
-//! A guest is armed with limits before each run and disarmed after, so a Python session can keep
-//! its interpreter across turns while every turn gets its own fuel, deadline and output caps.
+//! A guest is armed with limits before each run and disarmed after, so a session can keep its
+//! interpreter across turns while every turn gets its own fuel, deadline and output caps. Both
+//! runtimes are reactors with the same entry points: `host_alloc(len)` for a buffer and
+//! `turn(ptr, len) -> status` to run code in it.
 
 use std::time::Instant;
 
@@ -42,7 +44,8 @@ pub struct GuestSpec<'a> {
     pub mounts: &'a [Mount],
 }
 
-struct PythonExports {
+/// A runtime's entry points.
+struct ReactorExports {
     memory: Memory,
     alloc: TypedFunc<i32, i32>,
     turn: TypedFunc<(i32, i32), i32>,
@@ -52,7 +55,8 @@ pub struct Guest {
     store: Store<GuestState>,
     instance: Instance,
     language: Option<Language>,
-    python: Option<PythonExports>,
+    /// `None` for a tool package (a WASI command).
+    reactor: Option<ReactorExports>,
     stdout: CappedPipe,
     stderr: CappedPipe,
     stdin: SharedInput,
@@ -114,18 +118,15 @@ impl Guest {
         });
         let instance = spec.pre.instantiate(&mut store)?;
         let language = spec.language;
-        let python = if language == Some(Language::Python) {
-            Some(PythonExports {
-                memory: instance
-                    .get_memory(&mut store, "memory")
-                    .ok_or_else(|| wasmtime::format_err!("python module exports no memory"))?,
+        let reactor = match language {
+            Some(_) => Some(ReactorExports {
+                memory: instance.get_memory(&mut store, "memory").ok_or_else(|| wasmtime::format_err!("the runtime exports no memory"))?,
                 alloc: instance.get_typed_func(&mut store, "host_alloc")?,
                 turn: instance.get_typed_func(&mut store, "turn")?,
-            })
-        } else {
-            None
+            }),
+            None => None,
         };
-        Ok(Guest { store, instance, language, python, stdout, stderr, stdin, armed: None, start_phase: None })
+        Ok(Guest { store, instance, language, reactor, stdout, stderr, stdin, armed: None, start_phase: None })
     }
 
     /// Notes how long this guest took to start (from `start` until now), for its first report.
@@ -163,12 +164,12 @@ impl Guest {
         Ok(())
     }
 
-    /// Runs host-chosen Python source as a hidden turn, with setup fuel, and discards its output.
-    /// Fails if the turn does not succeed: that is a runtime bug, not the caller's.
-    pub fn python_hidden_turn(&mut self, code: &str, cancel: &CancelHandle, timeout: std::time::Duration) -> wasmtime::Result<()> {
+    /// Runs host-chosen source as a hidden turn, with setup fuel, and discards its output. Fails
+    /// if the turn does not succeed: that is a runtime bug, not the caller's.
+    pub fn hidden_turn(&mut self, code: &str, cancel: &CancelHandle, timeout: std::time::Duration) -> wasmtime::Result<()> {
         self.store.data_mut().deadline = Deadline::new(cancel.clone(), timeout);
         self.store.set_fuel(SETUP_FUEL)?;
-        let status = self.python_turn(code)?;
+        let status = self.turn(code)?;
         let (_, _) = self.stdout.take(0);
         let (err, _) = self.stderr.take(0);
         if status != 0 {
@@ -177,15 +178,25 @@ impl Guest {
         Ok(())
     }
 
-    /// Sends `code` to CPython's `turn` export. Returns the raw status (`>= 256` means the
-    /// interpreter asked to exit).
-    fn python_turn(&mut self, code: &str) -> wasmtime::Result<i32> {
-        let py = self.python.as_ref().ok_or_else(|| wasmtime::format_err!("not a python guest"))?;
-        let (memory, alloc, turn) = (py.memory, py.alloc.clone(), py.turn.clone());
+    /// Calls a runtime's export that takes and returns nothing (JavaScript's `warden_claim`),
+    /// with setup fuel and `timeout`.
+    pub fn setup_call(&mut self, export: &str, cancel: &CancelHandle, timeout: std::time::Duration) -> wasmtime::Result<()> {
+        self.store.data_mut().deadline = Deadline::new(cancel.clone(), timeout);
+        self.store.set_fuel(SETUP_FUEL)?;
+        let f = self.instance.get_typed_func::<(), ()>(&mut self.store, export)?;
+        f.call(&mut self.store, ())
+    }
+
+    /// Sends `code` to the runtime's `turn` export. Returns the raw status (for Python, `>= 256`
+    /// means the interpreter asked to exit).
+    fn turn(&mut self, code: &str) -> wasmtime::Result<i32> {
+        let rx = self.reactor.as_ref().ok_or_else(|| wasmtime::format_err!("a tool command has no turn"))?;
+        let (memory, alloc, turn) = (rx.memory, rx.alloc.clone(), rx.turn.clone());
         let len = i32::try_from(code.len()).map_err(|_| wasmtime::format_err!("code too large"))?;
         let ptr = alloc.call(&mut self.store, len)?;
         let fits = ptr != 0 && (ptr as u32 as usize).checked_add(code.len()).is_some_and(|e| e <= memory.data_size(&self.store));
-        // A failed allocation is passed on as a null pointer: the guest raises MemoryError.
+        // A failed allocation is passed on as a null pointer: the guest reports running out of
+        // memory.
         let ptr = if fits {
             memory.write(&mut self.store, ptr as u32 as usize, code.as_bytes())?;
             ptr
@@ -198,12 +209,12 @@ impl Guest {
     /// Runs the caller's code and reports how it went. The guest must have been armed.
     pub fn run(&mut self, code: &str) -> super::outcome::RunReport {
         let exit = match self.language {
-            Some(Language::Python) => match self.python_turn(code) {
+            Some(_) => match self.turn(code) {
                 Ok(v) => Exit::Status(v),
                 Err(e) => Exit::Failed(e),
             },
-            // Commands (QuickJS, tool packages) read their input from argv and stdin.
-            Some(Language::Javascript) | None => {
+            // Tool packages are commands: they read their input from argv and stdin.
+            None => {
                 let start = self.instance.get_typed_func::<(), ()>(&mut self.store, "_start");
                 match start.and_then(|f| f.call(&mut self.store, ())) {
                     Ok(()) => Exit::Status(0),
@@ -229,8 +240,11 @@ impl Guest {
             limits: armed.limits.clone(),
         };
         let (outcome, exit_code, message) = classify(&exit, &facts);
+        // A turn that returned leaves its interpreter usable, unless Python asked to exit; a trap
+        // or `proc_exit` (JavaScript's `std.exit`) ends it.
         let ended_session = match (&exit, self.language) {
             (Exit::Status(v), Some(Language::Python)) => *v >= 256,
+            (Exit::Status(_), Some(Language::Javascript)) => false,
             _ => true,
         };
         let exit_code = match (self.language, exit_code) {

@@ -111,9 +111,10 @@ impl Sandbox {
         rt.zip(pre).ok_or(SandboxError::NotLoaded(language))
     }
 
-    /// Starts a guest ready to run code in `ws` (for Python, past its setup turn). A start that
-    /// fails because of the caller's limits (memory below the runtime's minimum, a deadline or
-    /// cancel during setup) is returned as a report, not an error.
+    /// Starts a guest from the runtime's snapshot, readied for this call (Python: a setup turn with
+    /// its environment and seeds; JavaScript: `warden_claim`). A start that fails because of the
+    /// caller's limits (memory below the runtime's minimum, a deadline or cancel during setup) is
+    /// returned as a report, not an error.
     pub fn start_guest(&self, spec: &ExecSpec, ws: &Workspace, cancel: &CancelHandle) -> Result<Result<Guest, RunReport>, SandboxError> {
         // (a start that fails because of the caller's limits is a report, not an error)
         let (rt, pre) = self.runtime(spec.language)?;
@@ -121,8 +122,7 @@ impl Sandbox {
         env.extend(spec.env.iter().filter(|(k, _)| k != "TMPDIR" && k != "HOME").cloned());
         let args = match spec.language {
             Language::Python => vec![PYTHON_ARGV0.to_string()],
-            // The code itself is passed per run (see `run_fresh`); a command reads argv once.
-            Language::Javascript => javascript_args(&spec.code),
+            Language::Javascript => vec!["qjs".to_string()],
         };
         let refresh = crate::runtime::snapshot::refresh_turn(&env);
         let gspec = GuestSpec {
@@ -136,10 +136,11 @@ impl Sandbox {
         };
         let started = Instant::now();
         let setup = Guest::start(&gspec, &spec.limits, cancel).and_then(|mut g| {
-            if spec.language == Language::Python {
-                // Fresh guests start from warden's snapshot, past the interpreter's first turn:
-                // apply this call's environment and new random seeds before the caller's code.
-                g.python_hidden_turn(&refresh, cancel, spec.limits.timeout)?;
+            // Fresh guests start from warden's snapshots, past the runtime's first turns: apply
+            // this call's environment, directories and new random seeds before the caller's code.
+            match spec.language {
+                Language::Python => g.hidden_turn(&refresh, cancel, spec.limits.timeout)?,
+                Language::Javascript => g.setup_call(crate::runtime::quickjs::CLAIM_EXPORT, cancel, spec.limits.timeout)?,
             }
             Ok(g)
         });
@@ -232,12 +233,6 @@ pub fn collect_artifacts(report: &mut RunReport, ws: &Workspace, limits: &Limits
     let start = Instant::now();
     report.artifacts = ws.collect_changes(MAX_ARTIFACTS, limits.workspace_bytes);
     report.phases.push(PhaseTime::until_now(Phase::ArtifactsCollect, start));
-}
-
-/// QuickJS-NG command line: std/os modules, warden's console prelude, then the code. `-e`
-/// evaluates as an ES module when the code needs it (top-level `await`, `import`).
-fn javascript_args(code: &str) -> Vec<String> {
-    ["qjs", "--std", "-I", "/usr/local/lib/warden/prelude.js", "-e", code].map(String::from).to_vec()
 }
 
 fn setup_failure(e: wasmtime::Error, language: Option<Language>, limits: &Limits, started: Instant) -> Result<RunReport, SandboxError> {

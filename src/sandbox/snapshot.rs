@@ -1,9 +1,10 @@
-//! Running the Python snapshot recipe in a real guest at install time.
+//! Running a runtime's snapshot recipe in a real guest at install time.
 //!
-//! The recipe itself (the turns, the cache key, the module patch) is
-//! [`crate::runtime::snapshot`]; this module drives it with the sandbox's own linker and guest
-//! layout, so the snapshot matches what serving guests are instantiated with. The installer
-//! reaches it through [`crate::runtime::install::Installer::snapshot`].
+//! The recipes themselves (the turns, the cache key, the module patch) are
+//! [`crate::runtime::snapshot`] (Python) and [`crate::runtime::quickjs`] (JavaScript); this
+//! module drives them with the sandbox's own linker and guest layout, so the snapshot matches
+//! what serving guests are instantiated with. The installer reaches it through
+//! [`crate::runtime::install::Installer::snapshot`].
 
 use std::future::Future;
 use std::path::Path;
@@ -12,21 +13,33 @@ use std::task::{Context, Poll, Waker};
 
 use super::{CancelHandle, Guest, GuestSpec, Limits, PYTHON_ARGV0, Workspace};
 use crate::engine::{GUEST_THREAD_STACK, init_engine, spawn_epoch_ticker};
-use crate::runtime::RuntimeSpec;
 use crate::runtime::install::Progress;
-use crate::runtime::snapshot::{RESET_PREOPENS_EXPORT, RESET_PREOPENS_INTERNAL, SnapshotError, export_internal_function, init_turns};
+use crate::runtime::snapshot::{RESET_PREOPENS_EXPORT, RESET_PREOPENS_INTERNAL, SnapshotError, export_internal_function};
+use crate::runtime::{Build, RuntimeSpec, quickjs};
 
-/// Builds the snapshot module from the installed upstream files in `dir`. Takes a few seconds of
-/// init turns plus one unoptimised compile of the instrumented module.
+/// Builds the snapshot module from the installed files in `dir`. Takes a few seconds of init
+/// turns plus one unoptimised compile of the instrumented module.
+///
+/// Python: the upstream snapshot, advanced past warden's import turns, with wasi-libc's cached
+/// preopens forgotten before the snapshot. JavaScript: warden's reactor with the prelude
+/// evaluated; its C constructors (which record preopens) have never run, and run when a guest
+/// is claimed.
 pub fn build(dir: &Path, spec: &'static RuntimeSpec, progress: &Progress) -> Result<Vec<u8>, SnapshotError> {
     let err = |e: wasmtime::Error| SnapshotError::Wasm(format!("{e:#}"));
     let base = std::fs::read(dir.join(spec.module_file)).map_err(|e| SnapshotError::Wasm(e.to_string()))?;
-    let patched = export_internal_function(&base, RESET_PREOPENS_INTERNAL, RESET_PREOPENS_EXPORT)?;
+    let (patched, turns, argv0) = match spec.build {
+        Build::PythonSnapshot => (
+            export_internal_function(&base, RESET_PREOPENS_INTERNAL, RESET_PREOPENS_EXPORT)?,
+            crate::runtime::snapshot::init_turns(),
+            PYTHON_ARGV0,
+        ),
+        Build::QuickJsSnapshot => (base.clone(), quickjs::init_turns(), "qjs"),
+    };
     drop(base);
     let wizer = wasmtime_wizer::Wizer::new();
     let (cx, instrumented) = wizer.instrument(&patched).map_err(err)?;
     let engine = init_engine().map_err(err)?;
-    let module = progress.step(&format!("{}: compiling the instrumented interpreter (unoptimised, once)", spec.language), || {
+    let module = progress.step(&format!("{}: compiling the instrumented runtime (unoptimised, once)", spec.language), || {
         wasmtime::Module::new(&engine, &instrumented)
     });
     let module = module.map_err(err)?;
@@ -50,21 +63,23 @@ pub fn build(dir: &Path, spec: &'static RuntimeSpec, progress: &Progress) -> Res
         language: Some(spec.language),
         ro_mounts: spec.ro_mounts.iter().map(|(rel, guest)| (dir.join(rel), *guest)).collect(),
         workspace: &ws,
-        args: vec![PYTHON_ARGV0.to_string()],
+        args: vec![argv0.to_string()],
         env: vec![("TMPDIR".into(), "/tmp".into()), ("HOME".into(), "/tmp".into())],
         mounts: &[],
     };
     let cancel = CancelHandle::new();
-    let snapshot = progress.step(&format!("{}: running the interpreter's first turns (imports)", spec.language), || {
+    let snapshot = progress.step(&format!("{}: running the runtime's first turns", spec.language), || {
         // Guests need a big native stack; run the whole build on such a thread.
         let run = || -> Result<Vec<u8>, SnapshotError> {
             let mut guest = Guest::start(&gspec, &limits, &cancel).map_err(err)?;
-            for turn in init_turns() {
-                guest.python_hidden_turn(&turn, &cancel, limits.timeout).map_err(err)?;
+            for turn in &turns {
+                guest.hidden_turn(turn, &cancel, limits.timeout).map_err(err)?;
             }
             guest.with_parts(|store, instance| {
-                let reset = instance.get_typed_func::<(), ()>(&mut *store, RESET_PREOPENS_EXPORT).map_err(err)?;
-                reset.call(&mut *store, ()).map_err(err)?;
+                if spec.build == Build::PythonSnapshot {
+                    let reset = instance.get_typed_func::<(), ()>(&mut *store, RESET_PREOPENS_EXPORT).map_err(err)?;
+                    reset.call(&mut *store, ()).map_err(err)?;
+                }
                 let mut state = wasmtime_wizer::WasmtimeWizer { store, instance };
                 block_on_ready(wizer.snapshot(&cx, &mut state)).map_err(err)
             })

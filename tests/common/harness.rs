@@ -101,7 +101,12 @@ pub fn server_command_of(server: &Server, files: &ServerFiles, policy: Option<&P
 
 /// Starts `warden serve` over stdio and connects with the legacy `initialize` handshake.
 pub async fn stdio(files: &ServerFiles, policy: Option<&Path>) -> Client {
-    let transport = TokioChildProcess::new(server_command(files, policy, &[])).expect("spawn warden");
+    stdio_of(&Server::default(), files, policy).await
+}
+
+/// [`stdio`] with another build or data directory.
+pub async fn stdio_of(server: &Server, files: &ServerFiles, policy: Option<&Path>) -> Client {
+    let transport = TokioChildProcess::new(server_command_of(server, files, policy, &[])).expect("spawn warden");
     Recorder::default().serve(transport).await.expect("initialize")
 }
 

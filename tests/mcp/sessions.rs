@@ -57,13 +57,31 @@ async fn exit_ends_the_interpreter_but_not_the_session() {
 }
 
 #[tokio::test]
-async fn javascript_sessions_keep_the_workspace() {
+async fn javascript_sessions_keep_interpreter_state_and_files() {
     let files = ServerFiles::new();
     let client = stdio(&files, None).await;
     let id = create(&client, "javascript").await;
-    exec(&client, in_session("const f = std.open('count.txt', 'w'); f.puts('1'); f.close()", "javascript", &id)).await;
-    let (_, s) = exec(&client, in_session("console.log(std.loadFile('count.txt'))", "javascript", &id)).await;
-    assert_eq!(s["stdout"], "1\n");
+    let first = "var n = 41;\nconst items = [1, 2];\nfunction add(a) { return a + 1 }\n\
+                 globalThis.loaded = await new Promise(r => setTimeout(() => r('kept'), 5));\n\
+                 const f = std.open('count.txt', 'w'); f.puts('1'); f.close()";
+    let (_, s) = exec(&client, in_session(first, "javascript", &id)).await;
+    assert_eq!(s["outcome"], "ok", "{s:#}");
+    let (_, s) = exec(&client, in_session("console.log(add(n), items.length, loaded, std.loadFile('count.txt'))", "javascript", &id)).await;
+    assert_eq!(s["stdout"], "42 2 kept 1\n", "{s:#}");
+    // A failing turn, and an unhandled rejection, do not end the interpreter.
+    let (_, s) = exec(&client, in_session("throw new TypeError('nope')", "javascript", &id)).await;
+    assert_eq!(s["outcome"], "error");
+    assert!(s["stderr"].as_str().unwrap().contains("TypeError: nope"), "{s:#}");
+    let (_, s) = exec(&client, in_session("Promise.reject(new Error('later'))", "javascript", &id)).await;
+    assert_eq!(s["outcome"], "error");
+    assert!(s["stderr"].as_str().unwrap().contains("Uncaught (in promise) Error: later"), "{s:#}");
+    let (_, s) = exec(&client, in_session("console.log(n, typeof add)", "javascript", &id)).await;
+    assert_eq!(s["stdout"], "41 function\n", "{s:#}");
+    // std.exit ends the interpreter; the next call starts a fresh one with the same files.
+    let (_, s) = exec(&client, in_session("std.exit(3)", "javascript", &id)).await;
+    assert_eq!(s["exit_code"], 3, "{s:#}");
+    let (_, s) = exec(&client, in_session("console.log(typeof n, std.loadFile('count.txt'))", "javascript", &id)).await;
+    assert_eq!(s["stdout"], "undefined 1\n", "fresh interpreter, same files: {s:#}");
     let e = tool_error(call(&client, "execute_code", in_session("print(1)", "python", &id)).await);
     assert!(e.contains("javascript"), "language must match the session: {e}");
 }

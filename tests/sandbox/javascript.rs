@@ -61,3 +61,45 @@ fn javascript_reads_inputs_and_writes_artifacts_in_its_cwd() {
     assert_eq!(r.artifacts[0].mime, "application/json");
     assert_eq!(ws.read_file("out.json", 100).unwrap(), br#"{"double":40}"#);
 }
+
+#[test]
+fn fresh_guests_from_the_snapshot_never_share_a_random_stream() {
+    // Every guest starts from one snapshot taken after the prelude; each is reseeded when it is
+    // claimed, so the same code draws different numbers.
+    let code = "console.log(Array.from({length: 4}, () => Math.random()).join(','))";
+    let (a, b) = (js(code), js(code));
+    assert_outcome(&a, "ok");
+    assert_outcome(&b, "ok");
+    assert_ne!(a.stdout, b.stdout, "two fresh guests drew the same Math.random stream");
+}
+
+#[test]
+fn a_fresh_guest_sees_its_own_environment_and_working_directory() {
+    let mut s = spec(Language::Javascript, "console.log(std.getenv('WARDEN_PROBE'), os.getcwd()[0], std.getenv('HOME'))");
+    s.env.push(("WARDEN_PROBE".into(), "this-call".into()));
+    let (r, _) = run_with(s, Vec::new(), CancelHandle::new());
+    assert_outcome(&r, "ok");
+    assert_eq!(r.stdout, "this-call /workspace /tmp\n");
+}
+
+#[test]
+fn module_code_and_unhandled_rejections() {
+    let r = js("import * as m from 'qjs:std';\nconsole.log(typeof m.loadFile, typeof console.table)");
+    assert_outcome(&r, "ok");
+    assert_eq!(r.stdout, "function function\n");
+    let r = js("Promise.reject(new RangeError('unhandled')); console.log('ran')");
+    assert_outcome(&r, "error");
+    assert_eq!(r.stdout, "ran\n");
+    assert!(r.stderr.contains("Uncaught (in promise) RangeError: unhandled"), "{}", r.stderr);
+    // A rejection handled later in the same turn is not reported.
+    let r = js("const p = Promise.reject(new Error('x')); await null; p.catch(() => console.log('caught'))");
+    assert_outcome(&r, "ok");
+    assert_eq!(r.stdout, "caught\n");
+}
+
+#[test]
+fn the_host_door_is_closed_without_code_mode() {
+    let r = js("try { __warden_host_call('{}') } catch (e) { console.log(e.message) }");
+    assert_outcome(&r, "ok");
+    assert_eq!(r.stdout, "no host: this run has no door to warden\n");
+}
