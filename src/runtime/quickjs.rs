@@ -29,8 +29,11 @@ pub const MODULE_FILE: &str = "quickjs-reactor.wasm";
 /// Readies a fresh guest made from the snapshot (constructors, seeds, working directory).
 pub const CLAIM_EXPORT: &str = "warden_claim";
 
+/// New seeds for `Math.random`, for a guest restored from another's image.
+pub const RESEED_EXPORT: &str = "warden_reseed";
+
 /// Bumped whenever the build or the snapshot recipe changes, so old snapshots are never reused.
-const RECIPE_VERSION: &str = "1";
+const RECIPE_VERSION: &str = "2";
 
 /// The translation units, relative to the install directory. `reactor.c` includes `quickjs.c`.
 const SOURCES: &[&str] = &["src/reactor.c", "src/quickjs-libc.c", "src/libregexp.c", "src/libunicode.c", "src/dtoa.c"];

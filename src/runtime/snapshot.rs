@@ -23,7 +23,7 @@ pub const RESET_PREOPENS_INTERNAL: &str = "__wasilibc_reset_preopens";
 pub const RESET_PREOPENS_EXPORT: &str = "warden_reset_preopens";
 
 /// Bumped whenever the recipe below changes, so old snapshots are never reused.
-const RECIPE_VERSION: &str = "2";
+const RECIPE_VERSION: &str = "3";
 
 /// Source of the private `_warden` module defined in the snapshot.
 const WARDEN_MODULE: &str = r#"
@@ -120,9 +120,47 @@ pub fn export_internal_function(wasm: &[u8], internal: &'static str, export: &st
         }
     }
     let index = index.ok_or(SnapshotError::NoSuchFunction(internal))?;
+    add_exports(wasm, &[(export.to_string(), wasm_encoder::ExportKind::Func, index)])
+}
 
-    // Copy every section verbatim except the export section, which is re-encoded with one more
-    // entry.
+/// Prefix of the exports [`export_mutable_globals`] adds; the rest of the name is the global's
+/// index.
+pub const GLOBAL_EXPORT_PREFIX: &str = "warden_global_";
+
+/// Exports every mutable global the module defines (as `warden_global_<index>`), so the host can
+/// read a live guest's globals (its stack pointer, say) and set them in another instance: with
+/// linear memory, they are the whole of a guest's state that lives in the instance.
+pub fn export_mutable_globals(wasm: &[u8]) -> Result<Vec<u8>, SnapshotError> {
+    use wasmparser::{Parser, Payload, TypeRef};
+    let mut imported = 0u32;
+    let mut mutable = Vec::new();
+    for payload in Parser::new(0).parse_all(wasm) {
+        match payload? {
+            Payload::ImportSection(imports) => {
+                for import in imports {
+                    if matches!(import?.ty, TypeRef::Global(_)) {
+                        imported += 1;
+                    }
+                }
+            }
+            Payload::GlobalSection(globals) => {
+                for (i, g) in globals.into_iter().enumerate() {
+                    if g?.ty.mutable {
+                        mutable.push(imported + i as u32);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let exports: Vec<_> =
+        mutable.into_iter().map(|i| (format!("{GLOBAL_EXPORT_PREFIX}{i}"), wasm_encoder::ExportKind::Global, i)).collect();
+    add_exports(wasm, &exports)
+}
+
+/// Copies `wasm` with `extra` added to its export section; every other section is copied
+/// verbatim.
+fn add_exports(wasm: &[u8], extra: &[(String, wasm_encoder::ExportKind, u32)]) -> Result<Vec<u8>, SnapshotError> {
     let mut out = wasm[..8].to_vec();
     let mut rest = &wasm[8..];
     let mut added = false;
@@ -146,7 +184,9 @@ pub fn export_internal_function(wasm: &[u8], internal: &'static str, export: &st
                 };
                 section.export(e.name, kind, e.index);
             }
-            section.export(export, wasm_encoder::ExportKind::Func, index);
+            for (name, kind, index) in extra {
+                section.export(name, *kind, *index);
+            }
             out.push(7);
             wasm_encoder::Encode::encode(&section, &mut out);
             added = true;
@@ -182,5 +222,19 @@ mod tests {
         let f = instance.get_typed_func::<(), i32>(&mut store, "visible").unwrap();
         assert_eq!(f.call(&mut store, ()).unwrap(), 7);
         assert!(matches!(export_internal_function(&wasm, "missing", "x"), Err(SnapshotError::NoSuchFunction(_))));
+    }
+
+    #[test]
+    fn mutable_globals_are_exported_by_index() {
+        let wasm = wat::parse_str(
+            r#"(module (import "m" "g" (global i32)) (global $sp (mut i32) (i32.const 5)) (global i64 (i64.const 1))
+               (global (mut f64) (f64.const 2.5)) (func (export "f")))"#,
+        )
+        .unwrap();
+        let patched = export_mutable_globals(&wasm).unwrap();
+        let engine = wasmtime::Engine::default();
+        let module = wasmtime::Module::new(&engine, &patched).unwrap();
+        let names: Vec<_> = module.exports().map(|e| e.name().to_string()).collect();
+        assert_eq!(names, ["f", "warden_global_1", "warden_global_3"]);
     }
 }

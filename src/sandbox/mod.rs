@@ -20,6 +20,7 @@ pub mod control;
 pub mod fsgate;
 pub mod guest;
 pub mod host;
+pub mod image;
 pub mod io;
 pub mod limits;
 pub mod outcome;
@@ -35,6 +36,7 @@ use wasmtime::{Engine, InstancePre};
 pub use control::{CancelHandle, Stop};
 pub use guest::{Guest, GuestSpec, Mount};
 pub use host::{Door, GuestState, linker};
+pub use image::GuestImage;
 pub use limits::{Limits, RequestedLimits};
 pub use outcome::{Outcome, Phase, PhaseTime, RunReport};
 pub use workspace::{Artifact, InputFile, Workspace};
@@ -116,7 +118,62 @@ impl Sandbox {
     /// caller's limits (memory below the runtime's minimum, a deadline or cancel during setup) is
     /// returned as a report, not an error.
     pub fn start_guest(&self, spec: &ExecSpec, ws: &Workspace, cancel: &CancelHandle) -> Result<Result<Guest, RunReport>, SandboxError> {
-        // (a start that fails because of the caller's limits is a report, not an error)
+        self.make_guest(spec, ws, cancel, Ready::Claim)
+    }
+
+    /// A new guest holding the same interpreter as `source` (variables, imports, loaded data),
+    /// for `spec` in the workspace `ws`: `source`'s image ([`image::GuestImage`]) put into a
+    /// fresh instance, which is then readied like a restored one ([`Sandbox::restore_guest`]).
+    /// `source` is only read.
+    pub fn fork_guest(
+        &self,
+        source: &mut Guest,
+        spec: &ExecSpec,
+        ws: &Workspace,
+        cancel: &CancelHandle,
+    ) -> Result<Result<Guest, RunReport>, SandboxError> {
+        let image = self.capture_image(source, spec, ws, cancel)?;
+        self.restore_guest(&image, spec, ws, cancel)
+    }
+
+    /// `source`'s state as an image: the pages of its memory that differ from a fresh instance
+    /// of its runtime (instantiated in `ws`, never run), and its globals.
+    pub fn capture_image(
+        &self,
+        source: &mut Guest,
+        spec: &ExecSpec,
+        ws: &Workspace,
+        cancel: &CancelHandle,
+    ) -> Result<GuestImage, SandboxError> {
+        let mut base = match self.make_guest(spec, ws, cancel, Ready::Bare)? {
+            Ok(g) => g,
+            Err(report) => return Err(SandboxError::Internal(report.message.unwrap_or_else(|| "the base instance did not start".into()))),
+        };
+        GuestImage::capture(source, &mut base).map_err(|e| SandboxError::Internal(e.to_string()))
+    }
+
+    /// A guest holding the interpreter `image` was captured from, for `spec` in `ws`. Nothing of
+    /// the session's code is re-run. What lives outside the instance is this call's, not the
+    /// image's: the preopened directories (the workspace, the profile's current mounts), the
+    /// environment, and new seeds for every random generator (Python's `random` and numpy,
+    /// JavaScript's `Math.random`), so two guests from one image never share a random stream.
+    pub fn restore_guest(
+        &self,
+        image: &GuestImage,
+        spec: &ExecSpec,
+        ws: &Workspace,
+        cancel: &CancelHandle,
+    ) -> Result<Result<Guest, RunReport>, SandboxError> {
+        self.make_guest(spec, ws, cancel, Ready::Restore(image))
+    }
+
+    fn make_guest(
+        &self,
+        spec: &ExecSpec,
+        ws: &Workspace,
+        cancel: &CancelHandle,
+        ready: Ready<'_>,
+    ) -> Result<Result<Guest, RunReport>, SandboxError> {
         let (rt, pre) = self.runtime(spec.language)?;
         let mut env = vec![("TMPDIR".to_string(), "/tmp".to_string()), ("HOME".to_string(), "/tmp".to_string())];
         env.extend(spec.env.iter().filter(|(k, _)| k != "TMPDIR" && k != "HOME").cloned());
@@ -135,12 +192,27 @@ impl Sandbox {
             mounts: &spec.mounts,
         };
         let started = Instant::now();
+        let timeout = spec.limits.timeout;
         let setup = Guest::start(&gspec, &spec.limits, cancel).and_then(|mut g| {
-            // Fresh guests start from warden's snapshots, past the runtime's first turns: apply
-            // this call's environment, directories and new random seeds before the caller's code.
-            match spec.language {
-                Language::Python => g.hidden_turn(&refresh, cancel, spec.limits.timeout)?,
-                Language::Javascript => g.setup_call(crate::runtime::quickjs::CLAIM_EXPORT, cancel, spec.limits.timeout)?,
+            match (ready, spec.language) {
+                (Ready::Bare, _) => {}
+                // Fresh guests start from warden's snapshots, past the runtime's first turns:
+                // apply this call's environment, directories and new random seeds before the
+                // caller's code.
+                (Ready::Claim, Language::Python) => g.hidden_turn(&refresh, cancel, timeout)?,
+                (Ready::Claim, Language::Javascript) => g.setup_call(crate::runtime::quickjs::CLAIM_EXPORT, cancel, timeout)?,
+                (Ready::Restore(image), language) => {
+                    image.apply(&mut g).map_err(wasmtime::Error::new)?;
+                    match language {
+                        // wasi-libc forgets the image's table of preopens and reads this
+                        // guest's; the refresh turn sets the environment, seeds and cwd.
+                        Language::Python => {
+                            g.setup_call(crate::runtime::snapshot::RESET_PREOPENS_EXPORT, cancel, timeout)?;
+                            g.hidden_turn(&refresh, cancel, timeout)?;
+                        }
+                        Language::Javascript => g.setup_call(crate::runtime::quickjs::RESEED_EXPORT, cancel, timeout)?,
+                    }
+                }
             }
             Ok(g)
         });
@@ -169,6 +241,17 @@ impl Sandbox {
         });
         finish_run(guest, &spec.limits, spec.stdin.clone(), &spec.code, ws, cancel, started)
     }
+}
+
+/// How [`Sandbox::make_guest`] readies a new instance.
+#[derive(Clone, Copy)]
+enum Ready<'a> {
+    /// Not at all: a base to diff an image against.
+    Bare,
+    /// As a fresh guest for one call.
+    Claim,
+    /// As the holder of an image's interpreter.
+    Restore(&'a GuestImage),
 }
 
 /// A plain WASI command to run (a tool package): arguments on stdin, result on stdout.

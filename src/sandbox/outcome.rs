@@ -267,8 +267,13 @@ fn output_message(l: &super::limits::Limits) -> String {
     format!("output was cut at {} bytes of stdout / {} bytes of stderr", l.stdout_bytes, l.stderr_bytes)
 }
 
-/// Instantiation fails this way when a module's initial memory is above the store's limit.
+/// Instantiation fails this way when a module's initial memory is above the store's limit, and a
+/// restore when the image is.
 fn is_memory_error(e: &wasmtime::Error) -> bool {
+    // An image that needs more memory than the limit allows (a fork or restore).
+    if matches!(e.downcast_ref::<super::image::ImageError>(), Some(super::image::ImageError::TooLarge { .. })) {
+        return true;
+    }
     let text = format!("{e:#}");
     text.contains("memory minimum size") || text.contains("exceeds memory limits") || text.contains("resource limit exceeded")
 }

@@ -14,7 +14,9 @@ use std::task::{Context, Poll, Waker};
 use super::{CancelHandle, Guest, GuestSpec, Limits, PYTHON_ARGV0, Workspace};
 use crate::engine::{GUEST_THREAD_STACK, init_engine, spawn_epoch_ticker};
 use crate::runtime::install::Progress;
-use crate::runtime::snapshot::{RESET_PREOPENS_EXPORT, RESET_PREOPENS_INTERNAL, SnapshotError, export_internal_function};
+use crate::runtime::snapshot::{
+    RESET_PREOPENS_EXPORT, RESET_PREOPENS_INTERNAL, SnapshotError, export_internal_function, export_mutable_globals,
+};
 use crate::runtime::{Build, RuntimeSpec, quickjs};
 
 /// Builds the snapshot module from the installed files in `dir`. Takes a few seconds of init
@@ -94,7 +96,9 @@ pub fn build(dir: &Path, spec: &'static RuntimeSpec, progress: &Progress) -> Res
         })
     })?;
     drop(ticker);
-    Ok(snapshot)
+    // A served guest's globals must be readable and settable, so its state can be captured and
+    // put into another instance (`super::image`).
+    export_mutable_globals(&snapshot)
 }
 
 /// Drives a future that never waits (wizer's snapshot is `async` only in signature).

@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod fork;
 mod isolation;
 mod javascript;
 mod limits;

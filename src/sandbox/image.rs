@@ -1,0 +1,169 @@
+//! A live guest's state as data, and a fresh guest made to hold it: the primitive under forking,
+//! snapshotting and restoring sessions.
+//!
+//! A guest's whole state inside Wasmtime is its linear memory and its mutable globals (the stack
+//! pointer, say); the served modules export every mutable global for this
+//! ([`crate::runtime::snapshot::export_mutable_globals`]), and their function tables never
+//! change after instantiation. [`GuestImage::capture`] records the memory as the 4 KiB pages that
+//! differ from a *base*: a guest instantiated from the same runtime that has run nothing, whose
+//! memory is the runtime's snapshot image. [`GuestImage::apply`] writes those pages and the
+//! globals into another such base, which then holds the same interpreter: a few megabytes for a
+//! session holding a DataFrame, not the hundred-odd of the whole heap, and nothing is re-run.
+//!
+//! Owns: the image (pages, globals, memory size) and moving it between instances. Does not own:
+//! what lives outside the instance (the workspace, the WASI descriptor table, seeds), which the
+//! caller re-establishes for the new guest ([`super::Sandbox::fork_guest`]), nor storing images.
+
+use wasmtime::{AsContextMut, Extern, Instance, Memory, Store, Val};
+
+use super::host::GuestState;
+use crate::runtime::Language;
+use crate::runtime::snapshot::GLOBAL_EXPORT_PREFIX;
+
+/// The granularity of the diff: the host's page size, so a page equal to the base stays a
+/// shared copy-on-write page of the image in the new guest.
+pub const PAGE: usize = 4096;
+
+/// One mutable global's value, by its index in the module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum GlobalValue {
+    I32(i32),
+    I64(i64),
+    /// Bit patterns, so a NaN survives the trip unchanged.
+    F32(u32),
+    F64(u64),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestImage {
+    pub language: Language,
+    /// Size of the guest's linear memory.
+    pub memory_bytes: usize,
+    /// Indexes of the pages that differ from the base, ascending.
+    pub pages: Vec<u32>,
+    /// Their contents, [`PAGE`] bytes each, in the same order.
+    pub data: Vec<u8>,
+    pub globals: Vec<(u32, GlobalValue)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("the guest exports no memory")]
+    NoMemory,
+    #[error("the image is for {image}, not {guest}")]
+    Language { image: Language, guest: String },
+    #[error("the image holds {needed} MiB of memory, above this guest's memory limit")]
+    TooLarge { needed: usize },
+    #[error("the image is malformed: {0}")]
+    Malformed(&'static str),
+    #[error("{0}")]
+    Wasm(String),
+}
+
+fn memory(store: &mut Store<GuestState>, instance: Instance) -> Result<Memory, ImageError> {
+    instance.get_memory(store.as_context_mut(), "memory").ok_or(ImageError::NoMemory)
+}
+
+/// The exported mutable globals of `instance`, by index.
+fn globals(store: &mut Store<GuestState>, instance: Instance) -> Vec<(u32, wasmtime::Global)> {
+    let mut out = Vec::new();
+    let exports: Vec<(String, Extern)> =
+        instance.exports(store.as_context_mut()).map(|e| (e.name().to_string(), e.into_extern())).collect();
+    for (name, ext) in exports {
+        if let (Some(index), Extern::Global(g)) = (name.strip_prefix(GLOBAL_EXPORT_PREFIX).and_then(|i| i.parse().ok()), ext) {
+            out.push((index, g));
+        }
+    }
+    out.sort_by_key(|(i, _)| *i);
+    out
+}
+
+impl GuestImage {
+    /// Records `live`'s memory (as the pages that differ from `base`'s) and its globals. `base`
+    /// must be a guest of the same runtime that has run nothing.
+    pub fn capture(live: &mut super::Guest, base: &mut super::Guest) -> Result<GuestImage, ImageError> {
+        let language = live.language().ok_or(ImageError::Malformed("a tool command has no image"))?;
+        live.with_parts(|store, instance| {
+            let mem = memory(store, instance)?;
+            let (pages, data) = base.with_parts(|base_store, base_instance| -> Result<_, ImageError> {
+                let base_bytes = memory(base_store, base_instance)?.data(&*base_store);
+                let live_bytes = mem.data(&*store);
+                let mut pages = Vec::new();
+                let mut data = Vec::new();
+                for (i, page) in live_bytes.chunks(PAGE).enumerate() {
+                    let at = i * PAGE;
+                    if base_bytes.get(at..at + page.len()).is_some_and(|b| b == page) {
+                        continue;
+                    }
+                    pages.push(u32::try_from(i).map_err(|_| ImageError::Malformed("memory too large"))?);
+                    data.extend_from_slice(page);
+                    data.resize(pages.len() * PAGE, 0);
+                }
+                Ok((pages, data))
+            })?;
+            let memory_bytes = mem.data_size(&*store);
+            let mut values = Vec::new();
+            for (index, g) in globals(store, instance) {
+                let v = match g.get(store.as_context_mut()) {
+                    Val::I32(v) => GlobalValue::I32(v),
+                    Val::I64(v) => GlobalValue::I64(v),
+                    Val::F32(v) => GlobalValue::F32(v),
+                    Val::F64(v) => GlobalValue::F64(v),
+                    _ => return Err(ImageError::Malformed("a global of a reference or vector type")),
+                };
+                values.push((index, v));
+            }
+            Ok(GuestImage { language, memory_bytes, pages, data, globals: values })
+        })
+    }
+
+    /// Writes the image into `target`, a guest of the same runtime that has run nothing: its
+    /// memory grows to the image's size (within its limit), the differing pages are written,
+    /// and the globals set.
+    pub fn apply(&self, target: &mut super::Guest) -> Result<(), ImageError> {
+        if target.language() != Some(self.language) {
+            return Err(ImageError::Language { image: self.language, guest: format!("{:?}", target.language()) });
+        }
+        if self.data.len() != self.pages.len() * PAGE || self.pages.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(ImageError::Malformed("pages and data disagree"));
+        }
+        target.with_parts(|store, instance| {
+            let mem = memory(store, instance)?;
+            let have = mem.data_size(&*store);
+            if self.memory_bytes > have {
+                let grow = (self.memory_bytes - have).div_ceil(65536) as u64;
+                mem.grow(store.as_context_mut(), grow).map_err(|_| ImageError::TooLarge { needed: self.memory_bytes >> 20 })?;
+            }
+            let size = mem.data_size(&*store);
+            let bytes = mem.data_mut(store.as_context_mut());
+            for (n, &page) in self.pages.iter().enumerate() {
+                let at = page as usize * PAGE;
+                let src = &self.data[n * PAGE..(n + 1) * PAGE];
+                let end = (at + PAGE).min(size);
+                if at >= end || at >= self.memory_bytes {
+                    return Err(ImageError::Malformed("a page beyond the memory"));
+                }
+                bytes[at..end].copy_from_slice(&src[..end - at]);
+            }
+            let targets = globals(store, instance);
+            for (index, value) in &self.globals {
+                let Some((_, g)) = targets.iter().find(|(i, _)| i == index) else {
+                    return Err(ImageError::Malformed("a global the runtime does not have"));
+                };
+                let v = match *value {
+                    GlobalValue::I32(v) => Val::I32(v),
+                    GlobalValue::I64(v) => Val::I64(v),
+                    GlobalValue::F32(v) => Val::F32(v),
+                    GlobalValue::F64(v) => Val::F64(v),
+                };
+                g.set(store.as_context_mut(), v).map_err(|e| ImageError::Wasm(format!("{e:#}")))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Bytes of memory the image writes beyond the base image.
+    pub fn dirty_bytes(&self) -> usize {
+        self.data.len()
+    }
+}
