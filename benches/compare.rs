@@ -2,7 +2,7 @@
 //! the engine and through MCP stdio, HTTP throughput with 16 clients, startup to ready, and RSS
 //! with idle sessions and over many calls.
 //!
-//! `cargo bench --bench compare -- [engine|stdio|keepalive|tracing|throughput|startup|memory|jshello]...`
+//! `cargo bench --bench compare -- [engine|stdio|keepalive|tracing|throughput|startup|memory|jshello|fork]...`
 //! (all by default).
 //! Every number is also printed as a `BENCH {json}` line, which `benches/peers/run` collects.
 //! Everything runs on loopback and is bounded in count and time. Counts can be scaled with
@@ -587,9 +587,53 @@ async fn jshello() {
     }
 }
 
+/// `fork_session` of a Python session holding a pandas DataFrame of about 10 MB, against
+/// rebuilding that state by running its code again in a fresh session, over MCP stdio in the same
+/// run (each fork is closed again, so the session cap never binds).
+async fn fork() {
+    let files = ServerFiles::new();
+    let client = harness::stdio(&files, None).await;
+    let build =
+        "import numpy as np, pandas as pd\ndf = pd.DataFrame(np.arange(1_250_000, dtype=np.int64).reshape(-1, 5), columns=list('abcde'))";
+    let session =
+        |r: rmcp::model::CallToolResult| r.structured_content.expect("structured")["session_id"].as_str().expect("id").to_string();
+    let id = session(harness::call(&client, "create_session", json!({"language": "python"})).await.expect("create_session"));
+    let (_, s) = harness::exec(&client, json!({"language": "python", "code": build, "session_id": id})).await;
+    assert_eq!(s["outcome"], "ok", "{s}");
+    let n = (runs() / 2).max(5);
+    let (mut forks, mut rebuilds) = (Vec::new(), Vec::new());
+    for i in 0..n + 2 {
+        let t = Instant::now();
+        let r = harness::call(&client, "fork_session", json!({"session_id": id})).await.expect("fork_session");
+        let took = t.elapsed();
+        let fork = session(r);
+        let (_, s) = harness::exec(&client, json!({"language": "python", "code": "print(df.shape)", "session_id": fork})).await;
+        assert_eq!(s["stdout"], "(250000, 5)\n", "{s}");
+        harness::call(&client, "close_session", json!({"session_id": fork})).await.expect("close_session");
+        // Rebuilding: a fresh session runs the same code.
+        let fresh = session(harness::call(&client, "create_session", json!({"language": "python"})).await.expect("create_session"));
+        let t = Instant::now();
+        let (_, s) = harness::exec(&client, json!({"language": "python", "code": build, "session_id": fresh})).await;
+        let rebuilt = t.elapsed();
+        assert_eq!(s["outcome"], "ok", "{s}");
+        harness::call(&client, "close_session", json!({"session_id": fresh})).await.expect("close_session");
+        if i >= 2 {
+            forks.push(took);
+            rebuilds.push(rebuilt);
+        }
+    }
+    forks.sort();
+    rebuilds.sort();
+    let (f, r) = (percentile(&forks, 0.5), percentile(&rebuilds, 0.5));
+    report_latency("stdio", "python_fork_10mb_dataframe", forks);
+    report_latency("stdio", "python_rebuild_10mb_dataframe", rebuilds);
+    println!("fork: median {:.2} ms against {:.2} ms to rebuild by re-running: {:.1}x faster", ms(f), ms(r), ms(r) / ms(f));
+    client.cancel().await.ok();
+}
+
 fn main() {
     let modes: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    let all = ["engine", "stdio", "keepalive", "tracing", "throughput", "startup", "memory", "jshello"];
+    let all = ["engine", "stdio", "keepalive", "tracing", "throughput", "startup", "memory", "jshello", "fork"];
     let modes: Vec<&str> = if modes.is_empty() { all.to_vec() } else { modes.iter().map(String::as_str).collect() };
     let rt = tokio::runtime::Runtime::new().expect("tokio");
     for m in modes {
@@ -602,6 +646,7 @@ fn main() {
             "startup" => rt.block_on(startup()),
             "memory" => rt.block_on(memory()),
             "jshello" => rt.block_on(jshello()),
+            "fork" => rt.block_on(fork()),
             other => panic!("unknown mode {other:?}; expected one of {all:?}"),
         }
     }

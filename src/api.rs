@@ -128,6 +128,32 @@ pub struct SessionInfo {
     pub expires_at: String,
 }
 
+/// Arguments of `fork_session`.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForkSessionArgs {
+    /// The session to fork: one of yours, under the profile you call with.
+    pub session_id: String,
+}
+
+/// Result of `fork_session`.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct ForkSessionResult {
+    /// The new session: pass it to execute_code like any session.
+    pub session_id: String,
+    /// The session it was forked from, which goes on unchanged.
+    pub forked_from: String,
+    pub language: Language,
+    /// When the new session expires if unused (RFC 3339).
+    pub expires_at: String,
+    /// Whether the source's live interpreter (variables, imports, loaded data) was carried over;
+    /// false when it had none yet (no call had run, or its interpreter had ended), and the new
+    /// session starts a fresh one with the copied files.
+    pub interpreter: bool,
+    /// What was copied.
+    pub message: String,
+}
+
 /// Arguments of `close_session`.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -102,6 +102,17 @@ pub enum Event {
         language: Language,
         profile: String,
     },
+    /// A session made by `fork_session` from `from` (which goes on).
+    SessionFork {
+        session_id: String,
+        from: String,
+        principal: String,
+        connection: Option<String>,
+        language: Language,
+        profile: String,
+        /// Whether the source's interpreter was carried over (false: files only).
+        interpreter: bool,
+    },
     SessionClose {
         session_id: String,
         principal: String,
@@ -156,6 +167,7 @@ impl Event {
             Event::HttpRefused { .. } => "http.deny",
             Event::RefusalSummary(_) => "auth.refused",
             Event::SessionOpen { .. } => "session.open",
+            Event::SessionFork { .. } => "session.fork",
             Event::SessionClose { .. } => "session.close",
             Event::TaskCreate { .. } => "task.create",
             Event::TaskCancel { .. } => "task.cancel",

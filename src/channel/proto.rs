@@ -22,7 +22,7 @@ use crate::runtime::Language;
 use crate::sandbox::{Limits, Mount, Outcome, Phase};
 
 /// Bumped whenever a message changes shape; both sides refuse any other.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 
 /// The inputs blob's name in a call's (or session's) directory, beside `workspace/` and `tmp/`
 /// (the guest sees neither the directory nor the blob).
@@ -93,6 +93,10 @@ pub enum Job {
     Turn { session: String, dir: String, spec: Spec, inputs: Inputs },
     /// A package tool (its sha256 must match the loaded package's) in the fresh directory `dir`.
     Tool { dir: String, tool: String, sha256: String, grant: GrantSpec, args: serde_json::Value },
+    /// A new session `session` in the fresh directory `dir`, holding a copy of session `from`'s
+    /// files and interpreter (`from_dir` is its directory). `spec` (its code empty) is the
+    /// session's profile as it is now: the fork's limits, environment and mounts.
+    Fork { session: String, dir: String, from: String, from_dir: String, spec: Spec },
 }
 
 impl Job {
@@ -102,6 +106,7 @@ impl Job {
     pub fn streamed_caps(&self) -> [usize; 2] {
         match self {
             Job::Fresh { spec, .. } | Job::Turn { spec, .. } => [spec.limits.stdout_bytes, spec.limits.stderr_bytes],
+            Job::Fork { .. } => [0, 0],
             Job::Tool { grant, .. } => [0, grant.limits.stderr_bytes],
         }
     }

@@ -136,6 +136,49 @@ impl Executor {
         Ok(report)
     }
 
+    /// A fork of a session: `source`'s files copied into `ws` (within the fork's quota), and, if
+    /// `source` has a live interpreter, a new one holding the same state
+    /// ([`Sandbox::fork_guest`]: nothing re-run, new seeds, this profile's grants). The report
+    /// says how it went; a fork that does not fit its limits is a report, not an error.
+    pub async fn fork_session(
+        &self,
+        source: Option<&mut LiveSession>,
+        ws: Arc<Workspace>,
+        spec: &ExecSpec,
+        cancel: &CancelHandle,
+    ) -> Result<(LiveSession, RunReport), RunError> {
+        let started = std::time::Instant::now();
+        let limits = &spec.limits;
+        let mut fork = None;
+        let mut copied = 0;
+        if let Some(src) = source {
+            copied = ws
+                .copy_files_from(&src.workspace, limits.workspace_bytes, limits.workspace_files)
+                .map_err(|e| RunError::Rejected(e.to_string()))?;
+            if let Some(guest) = src.guest.take() {
+                let (sandbox, spec2, ws2, cancel2) = (self.sandbox.clone(), spec.clone(), ws.clone(), cancel.clone());
+                let (guest, made) = on_guest_thread_async(move || {
+                    let mut guest = guest;
+                    let made = sandbox.fork_guest(&mut guest, &spec2, &ws2, &cancel2);
+                    (guest, made)
+                })
+                .await?;
+                src.guest = Some(guest);
+                match made? {
+                    Ok(g) => fork = Some(g),
+                    Err(report) => return Ok((LiveSession { workspace: ws, guest: None, turns: 0 }, report)),
+                }
+            }
+        }
+        let message = match &fork {
+            Some(_) => format!("forked: {copied} files copied, and the interpreter with its state"),
+            None => format!("forked: {copied} files copied; the source had no live interpreter, so the fork's first call starts one"),
+        };
+        let mut report = RunReport::not_run(crate::sandbox::Outcome::Ok, Some(0), Some(message), started);
+        report.ended_session = fork.is_none();
+        Ok((LiveSession { workspace: ws, guest: fork, turns: 0 }, report))
+    }
+
     /// A package tool's run in the fresh workspace `ws`, under what its grant allows: the raw
     /// report, which [`crate::tools::interpret`] reads the tool's result from.
     pub async fn run_tool(

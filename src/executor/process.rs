@@ -302,6 +302,43 @@ impl State {
                 let door = door(&spec);
                 self.executor.session_turn(live.as_mut().expect("set above"), &exec, &files, cancel, door).await
             }
+            Job::Fork { session, dir, from, from_dir, spec } => {
+                let path = self.dir(&dir)?;
+                let source = lock(&self.sessions).get(&from).cloned();
+                let source = source.filter(|s| s.dir == from_dir);
+                let ws = Arc::new(Workspace::adopt_empty(&path).map_err(internal)?);
+                let slot = Arc::new(SessionSlot { dir: dir.clone(), live: tokio::sync::Mutex::new(None) });
+                {
+                    let mut sessions = lock(&self.sessions);
+                    if sessions.contains_key(&session) {
+                        return Err(RunError::Internal(format!("session {session} exists already")));
+                    }
+                    sessions.insert(session.clone(), slot.clone());
+                }
+                // The fork's interpreter is made while the source's is held, so no turn of the
+                // source runs meanwhile (the front holds the source's turn lock as well).
+                let mut fork = slot.live.lock().await;
+                let exec = exec_spec(&spec, Vec::new());
+                let result = match source {
+                    Some(source) => {
+                        let mut live = source.live.lock().await;
+                        self.executor.fork_session(live.as_mut(), ws, &exec, cancel).await
+                    }
+                    // The source has had no turn here yet: nothing but its (empty) files to copy.
+                    None => self.executor.fork_session(None, ws, &exec, cancel).await,
+                };
+                match result {
+                    Ok((live, report)) => {
+                        *fork = Some(live);
+                        Ok(report)
+                    }
+                    Err(e) => {
+                        drop(fork);
+                        lock(&self.sessions).remove(&session);
+                        Err(e)
+                    }
+                }
+            }
             Job::Tool { dir, tool, sha256, grant, args } => {
                 let path = self.dir(&dir)?;
                 let pkg = self

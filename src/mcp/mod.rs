@@ -28,7 +28,7 @@ use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde::de::DeserializeOwned;
 
 use crate::api::OutputSink;
-use crate::api::{CloseSessionArgs, CreateSessionArgs, ExecuteCodeArgs};
+use crate::api::{CloseSessionArgs, CreateSessionArgs, ExecuteCodeArgs, ForkSessionArgs};
 use crate::audit::event::Event;
 use crate::auth::AuthContext;
 use crate::sandbox::CancelHandle;
@@ -316,6 +316,15 @@ impl ServerHandler for WardenMcp {
                         format!("session {} ({}) expires at {}", info.session_id, info.language, info.expires_at),
                     )
                     .into()),
+                    Err(e) => exec_error(e),
+                }
+            }
+            tools::FORK_SESSION if sessions_on => {
+                let args: ForkSessionArgs = args_or_answer!(req);
+                match self.exec.fork_session(&caller, &args.session_id).await {
+                    Ok(r) => {
+                        Ok(content::structured(&r, format!("session {} forked from {}: {}", r.session_id, r.forked_from, r.message)).into())
+                    }
                     Err(e) => exec_error(e),
                 }
             }

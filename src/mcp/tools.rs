@@ -6,13 +6,16 @@ use std::sync::Arc;
 use rmcp::handler::server::tool::{schema_for_input, schema_for_output};
 use rmcp::model::{JsonObject, Tool, ToolAnnotations};
 
-use crate::api::{CloseSessionArgs, CloseSessionResult, CreateSessionArgs, ExecResult, ExecuteCodeArgs, SessionInfo};
+use crate::api::{
+    CloseSessionArgs, CloseSessionResult, CreateSessionArgs, ExecResult, ExecuteCodeArgs, ForkSessionArgs, ForkSessionResult, SessionInfo,
+};
 use crate::policy::Policy;
 use crate::runtime::Language;
 
 pub const EXECUTE_CODE: &str = "execute_code";
 pub const CREATE_SESSION: &str = "create_session";
 pub const CLOSE_SESSION: &str = "close_session";
+pub const FORK_SESSION: &str = "fork_session";
 
 const PYTHON_PACKAGES: &str = "numpy, pandas, scipy, scikit-learn, statsmodels, matplotlib, seaborn, sympy, \
     networkx, pillow, lxml, beautifulsoup4, openpyxl, xlsxwriter, pypdf, reportlab, pyyaml, jinja2, regex, tabulate";
@@ -184,13 +187,26 @@ pub fn definitions(policy: &Policy) -> Vec<Tool> {
                 CREATE_SESSION,
                 format!(
                     "Start a session: a /workspace kept across execute_code calls that pass its session_id, and for \
-                     Python a live interpreter (variables and imports persist). Sessions end after {} s unused, {} s \
+                     a live interpreter (variables and imports persist; fork_session copies it). Sessions end after {} s unused, {} s \
                      in total, or with close_session.",
                     s.idle_seconds, s.lifetime_seconds
                 ),
                 input::<CreateSessionArgs>(),
             )
             .with_raw_output_schema(output::<SessionInfo>())
+            .with_annotations(ToolAnnotations::new().read_only(false).destructive(false).idempotent(false).open_world(false)),
+        );
+        tools.push(
+            Tool::new(
+                FORK_SESSION,
+                "Copy a session: a new session with the same live interpreter state (variables, imports, loaded \
+                 data) and a copy of its /workspace files, to try something without disturbing the original. Both \
+                 go on independently; the copy gets new random seeds. Nothing is re-run. Counts as one of your \
+                 sessions.",
+                input::<ForkSessionArgs>(),
+            )
+            .with_title("Fork a session")
+            .with_raw_output_schema(output::<ForkSessionResult>())
             .with_annotations(ToolAnnotations::new().read_only(false).destructive(false).idempotent(false).open_world(false)),
         );
         tools.push(

@@ -218,7 +218,11 @@ impl Sandbox {
         });
         match setup {
             Ok(mut g) => {
-                g.started_at(started);
+                // A claimed guest reports its start with its first run; a restored one may run
+                // in a later job (a fork's first turn), whose time its start is not part of.
+                if matches!(ready, Ready::Claim) {
+                    g.started_at(started);
+                }
                 Ok(Ok(g))
             }
             Err(e) => setup_failure(e, Some(spec.language), &spec.limits, started).map(Err),

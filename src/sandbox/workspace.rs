@@ -298,6 +298,34 @@ impl Workspace {
         artifacts
     }
 
+    /// Copies the regular files of `src`'s `/workspace` into this one (a forked session's files),
+    /// charged and bounded like inputs ([`Workspace::write_inputs`]): nothing is written unless
+    /// all of it fits in `max_bytes` and `max_files`. The walk stays beneath `src` and never
+    /// follows a link; links, special files and empty directories are not copied, nor `/tmp`.
+    /// Returns how many files were copied.
+    pub fn copy_files_from(&self, src: &Workspace, max_bytes: u64, max_files: u64) -> Result<usize, WorkspaceError> {
+        let too_large = |needed| WorkspaceError::TooLarge { what: "bytes of files to copy", needed, limit: max_bytes };
+        let mut found = Vec::new();
+        let cap = usize::try_from(max_files).unwrap_or(usize::MAX).saturating_add(1);
+        walk_files(&src.workspace, PathBuf::new(), 0, &mut found, cap);
+        let mut files = Vec::with_capacity(found.len());
+        let mut total = 0u64;
+        for (rel, meta) in found {
+            total = total.saturating_add(meta.len());
+            if total > max_bytes {
+                return Err(too_large(total));
+            }
+            let path = rel.to_string_lossy().into_owned();
+            let content = src.read_file(&path, max_bytes - (total - meta.len())).map_err(|e| match e.kind() {
+                io::ErrorKind::FileTooLarge => too_large(total),
+                _ => WorkspaceError::Write { path: path.clone(), source: e },
+            })?;
+            files.push(InputFile { path, content });
+        }
+        self.write_inputs(&files, max_bytes, max_files)?;
+        Ok(files.len())
+    }
+
     /// Reads one file under `/workspace` without following symlinks. A file holding more than
     /// `max_bytes` is refused with [`io::ErrorKind::FileTooLarge`], never read in part.
     pub fn read_file(&self, rel: &str, max_bytes: u64) -> io::Result<Vec<u8>> {

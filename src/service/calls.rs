@@ -305,7 +305,7 @@ pub(crate) async fn run_tool(
 
 /// What the front makes of a run's end: the checked report, a `crashed` report if the executor
 /// died or lied about the run (it is then killed), or the error it gave.
-fn settle(conn: &super::executors::Conn, ran: Ran, limits: &Limits, started: Instant) -> Result<RunReport, ExecError> {
+pub(super) fn settle(conn: &super::executors::Conn, ran: Ran, limits: &Limits, started: Instant) -> Result<RunReport, ExecError> {
     match ran {
         Ran::Done(Ok(f), sent) => match finish(*f, limits, sent) {
             Ok(r) => Ok(r),
@@ -343,7 +343,7 @@ pub async fn run_fresh(
 }
 
 /// The channel's form of a spec (stdin travels in the inputs blob).
-fn wire_spec(spec: &ExecSpec, door: bool) -> Spec {
+pub(super) fn wire_spec(spec: &ExecSpec, door: bool) -> Spec {
     Spec {
         language: spec.language,
         code: spec.code.clone(),

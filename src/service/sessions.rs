@@ -7,13 +7,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Caller, ExecError, Service, invalid, rfc3339};
-use crate::api::{CloseSessionResult, SessionInfo};
+use crate::api::{CloseSessionResult, ForkSessionResult, SessionInfo};
 use crate::audit::event::Event;
+use crate::channel::proto::Job;
 use crate::policy::Policy;
 use crate::runtime::Language;
 use crate::sandbox::Workspace;
+use crate::sandbox::{CancelHandle, ExecSpec, Outcome};
 use crate::service::executors::GroupKey;
 use crate::session::{Session, SessionError, SessionLimits};
+
+/// Sessions' limits under a profile.
+fn session_limits(p: &Policy) -> SessionLimits {
+    SessionLimits {
+        max: p.file.sessions.max as usize,
+        per_principal: p.file.sessions.max_per_principal as usize,
+        idle: Duration::from_secs(p.file.sessions.idle_seconds),
+        lifetime: Duration::from_secs(p.file.sessions.lifetime_seconds),
+    }
+}
 
 impl Service {
     pub async fn create_session(&self, caller: &Caller, language: Language) -> Result<SessionInfo, ExecError> {
@@ -28,12 +40,7 @@ impl Service {
         // Opening a session spends one of the principal's calls: creating and closing sessions in
         // a loop is work the server does, so it is rate-limited like any call.
         self.admission.rate_only(caller, p)?;
-        let limits = SessionLimits {
-            max: p.file.sessions.max as usize,
-            per_principal: p.file.sessions.max_per_principal as usize,
-            idle: Duration::from_secs(p.file.sessions.idle_seconds),
-            lifetime: Duration::from_secs(p.file.sessions.lifetime_seconds),
-        };
+        let limits = session_limits(p);
         // The session lives on one executor of its profile's group from now on.
         let conn = self.executors.place(&GroupKey::of(p)).await?;
         let dir = format!("session-{}", uuid::Uuid::new_v4().simple());
@@ -51,6 +58,85 @@ impl Service {
         }
         self.metrics.active_sessions.set(self.sessions.len() as i64);
         Ok(SessionInfo { session_id: s.id.clone(), language, expires_at: rfc3339(s.expires_at()) })
+    }
+
+    /// A new session holding a copy of session `id`'s files and live interpreter, on the same
+    /// executor (which holds the interpreter), owned by the same caller under the same profile,
+    /// and counted against the same session limits. The source goes on unchanged; it runs no
+    /// turn while the fork is made.
+    pub async fn fork_session(&self, caller: &Caller, id: &str) -> Result<ForkSessionResult, ExecError> {
+        self.admission.open()?;
+        let profile = self.profile(caller)?;
+        let p = &profile.policy;
+        let language = self.sessions.get(id, &caller.owner)?.language;
+        let source = self.session_for(caller, p, id, language)?;
+        self.admission.rate_only(caller, p)?;
+        let started = std::time::Instant::now();
+        let state = source.state.lock().await;
+        source.touch();
+        if source.conn.is_dead() {
+            self.lose(&source);
+            return Err(SessionError::Lost(source.id.clone()).into());
+        }
+        let dir = format!("session-{}", uuid::Uuid::new_v4().simple());
+        let ws = Workspace::create_named(source.conn.dir(), &dir).map_err(|e| ExecError::Internal(e.to_string()))?;
+        let fork = self.sessions.create(
+            caller.owner.clone(),
+            language,
+            ws,
+            (source.conn.clone(), dir.clone()),
+            (p.name(), &p.sha256),
+            session_limits(p),
+        )?;
+        let spec =
+            ExecSpec { language, code: String::new(), stdin: Vec::new(), limits: p.limits(), env: p.guest_env(), mounts: p.mounts.clone() };
+        let job = Job::Fork {
+            session: fork.id.clone(),
+            dir,
+            from: source.id.clone(),
+            from_dir: source.dir.clone(),
+            spec: super::calls::wire_spec(&spec, false),
+        };
+        let ran = self.executors.run(&source.conn.busy(), job, &CancelHandle::new(), spec.limits.timeout, None, None).await;
+        drop(state);
+        let report = match super::calls::settle(&source.conn, ran, &spec.limits, started) {
+            Ok(r) if r.outcome == Outcome::Ok => r,
+            failed => {
+                let _ = self.sessions.close(&fork.id, &caller.owner);
+                fork.conn.end_session(&fork.id);
+                return Err(match failed {
+                    Ok(r) => invalid(format!(
+                        "the fork was not made ({}): {}",
+                        r.outcome.as_str(),
+                        r.message.unwrap_or_else(|| "no reason given".into())
+                    )),
+                    Err(e) => e,
+                });
+            }
+        };
+        let interpreter = !report.ended_session;
+        if let Err(e) = self.audit.record(&Event::SessionFork {
+            session_id: fork.id.clone(),
+            from: source.id.clone(),
+            principal: caller.principal.clone(),
+            connection: caller.owner.connection.clone(),
+            language,
+            profile: p.name().to_string(),
+            interpreter,
+        }) {
+            let _ = self.sessions.close(&fork.id, &caller.owner);
+            fork.conn.end_session(&fork.id);
+            return Err(e.into());
+        }
+        self.metrics.active_sessions.set(self.sessions.len() as i64);
+        Ok(ForkSessionResult {
+            session_id: fork.id.clone(),
+            forked_from: source.id.clone(),
+            language,
+            expires_at: rfc3339(fork.expires_at()),
+            interpreter,
+            message: report.message.unwrap_or_default(),
+        })
     }
 
     pub fn close_session(&self, caller: &Caller, id: &str) -> Result<CloseSessionResult, ExecError> {

@@ -154,3 +154,70 @@ async fn every_session_the_profile_allows_can_hold_a_live_interpreter() {
     let (_, s) = exec(&client, py("print('one-shot')")).await;
     assert_eq!(s["stdout"], "one-shot\n");
 }
+
+#[tokio::test]
+async fn a_forked_session_has_the_same_state_and_files_and_goes_its_own_way() {
+    let files = ServerFiles::new();
+    let client = stdio(&files, None).await;
+    let id = create(&client, "python").await;
+    let setup = "import os, random\ntoken = os.urandom(16).hex()\nrows = list(range(100_000))\n\
+                 open('effects.txt', 'a').write('x')";
+    exec(&client, in_session(setup, "python", &id)).await;
+    let r = call(&client, "fork_session", json!({"session_id": id})).await.expect("fork_session");
+    let f = r.structured_content.expect("structured");
+    assert_eq!(f["forked_from"], id);
+    assert_eq!(f["language"], "python");
+    assert_eq!(f["interpreter"], true, "{f}");
+    let fork = f["session_id"].as_str().unwrap().to_string();
+    assert_ne!(fork, id);
+    // Same state, drawn once: the token from os.urandom is the same and the side effect ran once.
+    let probe = "print(token, len(rows), open('effects.txt').read())";
+    let (_, a) = exec(&client, in_session(probe, "python", &id)).await;
+    let (_, b) = exec(&client, in_session(probe, "python", &fork)).await;
+    assert_eq!(a["stdout"], b["stdout"], "{b:#}");
+    assert!(b["stdout"].as_str().unwrap().ends_with(" 100000 x\n"), "{b:#}");
+    // From here on they are independent, in variables, files and random streams.
+    exec(&client, in_session("rows.clear()\nopen('effects.txt', 'a').write('y')", "python", &fork)).await;
+    let (_, a) = exec(&client, in_session(probe, "python", &id)).await;
+    assert!(a["stdout"].as_str().unwrap().ends_with(" 100000 x\n"), "the source is untouched: {a:#}");
+    let draw = "print(random.random())";
+    let (_, a) = exec(&client, in_session(draw, "python", &id)).await;
+    let (_, b) = exec(&client, in_session(draw, "python", &fork)).await;
+    assert_ne!(a["stdout"], b["stdout"], "forks never share a random stream");
+    // A session with no interpreter yet forks to files only.
+    let fresh = create(&client, "javascript").await;
+    let r = call(&client, "fork_session", json!({"session_id": fresh})).await.unwrap();
+    assert_eq!(r.structured_content.unwrap()["interpreter"], false);
+    // Forks count as sessions: this principal's share (4) is used up.
+    let e = tool_error(call(&client, "fork_session", json!({"session_id": id})).await);
+    assert!(e.contains("your limit"), "{e}");
+    // Closing the source leaves the fork working.
+    call(&client, "close_session", json!({"session_id": id})).await.unwrap();
+    let (_, b) = exec(&client, in_session("print(len(rows))", "python", &fork)).await;
+    assert_eq!(b["stdout"], "0\n");
+    // The audit trail records the fork and where it came from.
+    let audit = std::fs::read_to_string(files.audit_log()).unwrap();
+    let line = audit.lines().find(|l| l.contains("\"session.fork\"")).expect("a session.fork line");
+    assert!(line.contains(&fork) && line.contains(&id) && line.contains("\"interpreter\":true"), "{line}");
+}
+
+#[tokio::test]
+async fn nobody_else_can_fork_a_session() {
+    let files = ServerFiles::new();
+    let policy = files.policy(&[]);
+    let server = start_tenants(&files, &policy, &["alice", "bob"]).await;
+    let alice = connect_http(&server.url, Some("token-alice")).await;
+    let bob = connect_http(&server.url, Some("token-bob")).await;
+    let id = create(&alice, "python").await;
+    exec(&alice, in_session("secret = 'alice'", "python", &id)).await;
+    let e = tool_error(call(&bob, "fork_session", json!({"session_id": id})).await);
+    assert!(e.contains("unknown session_id"), "the same answer as for an id that never existed: {e}");
+    let e = tool_error(call(&bob, "fork_session", json!({"session_id": "s-nope"})).await);
+    assert!(e.contains("unknown session_id"), "{e}");
+    let r = call(&alice, "fork_session", json!({"session_id": id})).await.unwrap();
+    let fork = r.structured_content.unwrap()["session_id"].as_str().unwrap().to_string();
+    let e = tool_error(call(&bob, "execute_code", in_session("print(secret)", "python", &fork)).await);
+    assert!(e.contains("unknown session_id"), "the fork is alice's too: {e}");
+    let (_, s) = exec(&alice, in_session("print(secret)", "python", &fork)).await;
+    assert_eq!(s["stdout"], "alice\n");
+}
