@@ -84,6 +84,8 @@ fn start_and_serve(mut stream: std::os::unix::net::UnixStream, serving: Arc<std:
         .map_err(|e| anyhow::anyhow!("building the engine: {e:#}"))?;
     let sandbox = Sandbox::load(&home, &engine, &init.languages)?;
     let tools = ToolRegistry::load(&init.tools, Some((&engine, &ModuleCache::new(&home, &engine))));
+    // Forks read the page map to find what a guest wrote; Landlock would refuse opening it later.
+    crate::sandbox::image::prepare();
     let plan = plan(&home, &init);
     let landlock = if init.hardening == HardeningMode::Off {
         LandlockReport { status: LandlockStatus::Off, ..Default::default() }

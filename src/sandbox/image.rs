@@ -10,9 +10,16 @@
 //! globals into another such base, which then holds the same interpreter: a few megabytes for a
 //! session holding a DataFrame, not the hundred-odd of the whole heap, and nothing is re-run.
 //!
+//! Only pages the kernel says were written are compared at all (`/proc/self/pagemap`: a page of
+//! the copy-on-write image that was never written is still the file's), so capturing a guest
+//! costs in proportion to what it changed, not to its whole memory.
+//!
 //! Owns: the image (pages, globals, memory size) and moving it between instances. Does not own:
 //! what lives outside the instance (the workspace, the WASI descriptor table, seeds), which the
 //! caller re-establishes for the new guest ([`super::Sandbox::fork_guest`]), nor storing images.
+
+use std::os::unix::fs::FileExt;
+use std::sync::OnceLock;
 
 use wasmtime::{AsContextMut, Extern, Instance, Memory, Store, Val};
 
@@ -60,6 +67,59 @@ pub enum ImageError {
     Wasm(String),
 }
 
+/// This process's page map, opened once. A confined executor opens it before Landlock
+/// ([`prepare`]); where it cannot be read, every page is compared.
+static PAGEMAP: OnceLock<Option<std::fs::File>> = OnceLock::new();
+
+/// Opens `/proc/self/pagemap` now, while the process may still open it.
+pub fn prepare() {
+    PAGEMAP.get_or_init(open_pagemap);
+}
+
+/// The page map, if it can be read and the host's pages are [`PAGE`] bytes.
+fn open_pagemap() -> Option<std::fs::File> {
+    // SAFETY: sysconf only reads a value the C library got from the kernel at start (no file is
+    // opened, so it also works under Landlock, unlike reading /proc/self/auxv).
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if usize::try_from(page).ok() != Some(PAGE) {
+        return None;
+    }
+    std::fs::File::open("/proc/self/pagemap").ok()
+}
+
+// /proc/self/pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
+const PM_PRESENT: u64 = 1 << 63;
+const PM_SWAPPED: u64 = 1 << 62;
+const PM_FILE: u64 = 1 << 61;
+
+/// Which pages of `bytes` (a guest's linear memory, mapped in this process) may differ from the
+/// snapshot image the guest was made from: those the kernel holds as private anonymous memory
+/// (written since, or zero-filled on first touch) or swapped out. A page of the copy-on-write
+/// image that was never written is still the file's, and a page beyond the image that was never
+/// touched is not there at all; neither can differ, and neither is read. `None` when the page
+/// map cannot be read.
+fn touched_pages(bytes: &[u8]) -> Option<Vec<bool>> {
+    let map = PAGEMAP.get_or_init(open_pagemap).as_ref()?;
+    if bytes.is_empty() {
+        return None;
+    }
+    let start = bytes.as_ptr() as usize;
+    if start % PAGE != 0 {
+        return None;
+    }
+    let pages = bytes.len().div_ceil(PAGE);
+    let mut raw = vec![0u8; pages * 8];
+    map.read_exact_at(&mut raw, (start / PAGE * 8) as u64).ok()?;
+    Some(
+        raw.chunks_exact(8)
+            .map(|e| {
+                let e = u64::from_le_bytes(e.try_into().expect("8 bytes"));
+                (e & PM_PRESENT != 0 && e & PM_FILE == 0) || e & PM_SWAPPED != 0
+            })
+            .collect(),
+    )
+}
+
 fn memory(store: &mut Store<GuestState>, instance: Instance) -> Result<Memory, ImageError> {
     instance.get_memory(store.as_context_mut(), "memory").ok_or(ImageError::NoMemory)
 }
@@ -88,9 +148,13 @@ impl GuestImage {
             let (pages, data) = base.with_parts(|base_store, base_instance| -> Result<_, ImageError> {
                 let base_bytes = memory(base_store, base_instance)?.data(&*base_store);
                 let live_bytes = mem.data(&*store);
+                let touched = touched_pages(live_bytes);
                 let mut pages = Vec::new();
                 let mut data = Vec::new();
                 for (i, page) in live_bytes.chunks(PAGE).enumerate() {
+                    if touched.as_ref().is_some_and(|t| !t[i]) {
+                        continue;
+                    }
                     let at = i * PAGE;
                     if base_bytes.get(at..at + page.len()).is_some_and(|b| b == page) {
                         continue;
