@@ -128,12 +128,98 @@ pub struct SessionInfo {
     pub expires_at: String,
 }
 
-/// Arguments of `fork_session`.
+/// Arguments of `fork_session`: exactly one of `session_id` and `snapshot_id`.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForkSessionArgs {
-    /// The session to fork: one of yours, under the profile you call with.
+    /// A live session to fork: one of yours, under the profile you call with.
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// A snapshot to fork from (from snapshot_session or list_snapshots): the new session
+    /// starts as the snapshotted session was.
+    #[serde(default)]
+    pub snapshot_id: Option<String>,
+}
+
+/// Arguments of `snapshot_session`.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotSessionArgs {
+    /// The session to snapshot: one of yours, under the profile you call with.
     pub session_id: String,
+    /// A name of your own for the snapshot, shown by list_snapshots (up to 128 characters).
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+/// One snapshot: the result of `snapshot_session`, and an entry of `list_snapshots`.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct SnapshotInfo {
+    /// Pass it to fork_session, restore_session or delete_snapshot.
+    pub snapshot_id: String,
+    /// The session it was taken of.
+    pub session_id: String,
+    pub language: Language,
+    pub label: Option<String>,
+    /// When it was taken (RFC 3339).
+    pub created_at: String,
+    /// When it is deleted (RFC 3339).
+    pub expires_at: String,
+    /// Bytes it takes in the store (counted against your quota).
+    pub bytes: u64,
+    /// How many /workspace files it holds.
+    pub files: usize,
+    /// Whether it holds the live interpreter (variables, imports, loaded data); false when the
+    /// session had none, so a session made from it starts a fresh one with the files.
+    pub interpreter: bool,
+}
+
+/// Arguments of `list_snapshots`.
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListSnapshotsArgs {}
+
+/// Result of `list_snapshots`.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct ListSnapshotsResult {
+    /// Your snapshots under this profile, oldest first.
+    pub snapshots: Vec<SnapshotInfo>,
+    /// Bytes they take, and the most they may take.
+    pub used_bytes: u64,
+    pub quota_bytes: u64,
+    /// How many you may keep.
+    pub max_snapshots: u32,
+}
+
+/// Arguments of `restore_session` and `delete_snapshot`.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotIdArgs {
+    pub snapshot_id: String,
+}
+
+/// Result of `restore_session`.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct RestoreSessionResult {
+    /// The snapshot's session, under its own id: pass it to execute_code as before.
+    pub session_id: String,
+    pub snapshot_id: String,
+    pub language: Language,
+    /// When the session expires if unused (RFC 3339).
+    pub expires_at: String,
+    /// Whether the snapshot's interpreter was restored (false: files only).
+    pub interpreter: bool,
+    /// True when the session was still open and its state since the snapshot was discarded;
+    /// false when it had ended and was reopened.
+    pub rolled_back: bool,
+    pub message: String,
+}
+
+/// Result of `delete_snapshot`.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct DeleteSnapshotResult {
+    pub snapshot_id: String,
+    pub deleted: bool,
 }
 
 /// Result of `fork_session`.
@@ -141,7 +227,7 @@ pub struct ForkSessionArgs {
 pub struct ForkSessionResult {
     /// The new session: pass it to execute_code like any session.
     pub session_id: String,
-    /// The session it was forked from, which goes on unchanged.
+    /// The session (or snapshot) it was forked from, which goes on unchanged.
     pub forked_from: String,
     pub language: Language,
     /// When the new session expires if unused (RFC 3339).

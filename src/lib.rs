@@ -48,6 +48,7 @@ pub mod sandbox;
 pub mod server;
 pub mod service;
 pub mod session;
+pub mod snapshots;
 pub mod spawner;
 pub mod telemetry;
 pub mod throttle;

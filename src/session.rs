@@ -38,6 +38,8 @@ pub enum SessionError {
     PrincipalFull(usize),
     #[error("sessions are disabled by this server's policy (sessions.max = 0)")]
     Disabled,
+    #[error("session {0:?} is open on another connection of yours; close it there, or use fork_session with the snapshot to get a copy")]
+    InUse(String),
     #[error(
         "session {0:?} was lost: the executor process that held it ended (its interpreter state is gone). Create a new session with create_session"
     )]
@@ -94,6 +96,13 @@ impl Session {
     }
 }
 
+/// The id a new session gets ([`Sessions::create_as`]).
+pub enum NewId {
+    Fresh,
+    Given(String),
+    Replace(Arc<Session>),
+}
+
 /// The session limits of a profile.
 #[derive(Clone, Copy, Debug)]
 pub struct SessionLimits {
@@ -118,9 +127,25 @@ impl Sessions {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub fn create(
         &self,
+        owner: Owner,
+        language: Language,
+        workspace: Workspace,
+        placed: (Arc<Conn>, String),
+        profile: (&str, &str),
+        limits: SessionLimits,
+    ) -> Result<Arc<Session>, SessionError> {
+        self.create_as(NewId::Fresh, owner, language, workspace, placed, profile, limits)
+    }
+
+    /// [`Sessions::create`] under the id `id` says: a new one, a given one that must not be open
+    /// (a session reopened from its snapshot), or that of a session it replaces (rolled back to a
+    /// snapshot), which takes no new slot.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_as(
+        &self,
+        id: NewId,
         owner: Owner,
         language: Language,
         workspace: Workspace,
@@ -133,14 +158,28 @@ impl Sessions {
             return Err(SessionError::Disabled);
         }
         let mut map = self.map();
-        let mine = map.values().filter(|s| s.profile == profile && s.owner.principal == owner.principal).count();
-        if mine >= limits.per_principal {
-            return Err(SessionError::PrincipalFull(limits.per_principal));
-        }
-        if map.values().filter(|s| s.profile == profile).count() >= limits.max {
-            return Err(SessionError::Full(limits.max));
-        }
-        let id = format!("s-{}", uuid::Uuid::new_v4().simple());
+        let id = match id {
+            NewId::Replace(old) => {
+                if !map.get(&old.id).is_some_and(|s| Arc::ptr_eq(s, &old)) {
+                    return Err(SessionError::Unknown(old.id.clone()));
+                }
+                old.id.clone()
+            }
+            fresh_or_given => {
+                let mine = map.values().filter(|s| s.profile == profile && s.owner.principal == owner.principal).count();
+                if mine >= limits.per_principal {
+                    return Err(SessionError::PrincipalFull(limits.per_principal));
+                }
+                if map.values().filter(|s| s.profile == profile).count() >= limits.max {
+                    return Err(SessionError::Full(limits.max));
+                }
+                match fresh_or_given {
+                    NewId::Given(id) if map.contains_key(&id) => return Err(SessionError::InUse(id)),
+                    NewId::Given(id) => id,
+                    _ => format!("s-{}", uuid::Uuid::new_v4().simple()),
+                }
+            }
+        };
         let now = Instant::now();
         let session = Arc::new(Session {
             id: id.clone(),

@@ -102,7 +102,8 @@ pub enum Event {
         language: Language,
         profile: String,
     },
-    /// A session made by `fork_session` from `from` (which goes on).
+    /// A session made by `fork_session` from `from` (which goes on): a session's id, or a
+    /// snapshot's (`snap-…`).
     SessionFork {
         session_id: String,
         from: String,
@@ -112,6 +113,45 @@ pub enum Event {
         profile: String,
         /// Whether the source's interpreter was carried over (false: files only).
         interpreter: bool,
+    },
+    /// A session back from a snapshot under the snapshot's session id (`session.restore`):
+    /// reopened, or rolled back when it was still open.
+    SessionRestore {
+        session_id: String,
+        snapshot_id: String,
+        principal: String,
+        connection: Option<String>,
+        language: Language,
+        profile: String,
+        interpreter: bool,
+        rolled_back: bool,
+    },
+    /// A snapshot written to the store (`snapshot.create`).
+    SnapshotCreate {
+        snapshot_id: String,
+        session_id: String,
+        principal: String,
+        connection: Option<String>,
+        language: Language,
+        profile: String,
+        bytes: u64,
+        interpreter: bool,
+        sha256: String,
+    },
+    /// A snapshot removed (`snapshot.delete`): by its owner (`deleted`) or its retention
+    /// (`expired`).
+    SnapshotDelete {
+        snapshot_id: String,
+        principal: String,
+        profile: String,
+        reason: &'static str,
+    },
+    /// A snapshot that failed its integrity check and was not used (`snapshot.refused`).
+    SnapshotRefused {
+        snapshot_id: String,
+        principal: String,
+        profile: String,
+        reason: String,
     },
     SessionClose {
         session_id: String,
@@ -169,6 +209,10 @@ impl Event {
             Event::SessionOpen { .. } => "session.open",
             Event::SessionFork { .. } => "session.fork",
             Event::SessionClose { .. } => "session.close",
+            Event::SessionRestore { .. } => "session.restore",
+            Event::SnapshotCreate { .. } => "snapshot.create",
+            Event::SnapshotDelete { .. } => "snapshot.delete",
+            Event::SnapshotRefused { .. } => "snapshot.refused",
             Event::TaskCreate { .. } => "task.create",
             Event::TaskCancel { .. } => "task.cancel",
             Event::ServerStart(_) => "server.start",

@@ -9,7 +9,9 @@
 //! What a run needs besides its spec travels as files: the front creates the call's directory
 //! under the executor's workspaces root and writes its inputs there as one blob
 //! ([`INPUTS_FILE`], laid out as [`Inputs`] says); the executor reads and removes it before the
-//! guest starts, and reports artifacts by path. The front removes the directory when it is done
+//! guest starts, and reports artifacts by path. A session's interpreter image travels the same
+//! way, as [`IMAGE_FILE`] in the session's directory: written by the executor for a snapshot,
+//! by the front for a restore. The front removes the directory when it is done
 //! with it, so a crashed executor leaves nothing behind.
 
 use std::path::PathBuf;
@@ -22,11 +24,15 @@ use crate::runtime::Language;
 use crate::sandbox::{Limits, Mount, Outcome, Phase};
 
 /// Bumped whenever a message changes shape; both sides refuse any other.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 
 /// The inputs blob's name in a call's (or session's) directory, beside `workspace/` and `tmp/`
 /// (the guest sees neither the directory nor the blob).
 pub const INPUTS_FILE: &str = "inputs.bin";
+
+/// A session interpreter's image ([`crate::sandbox::image::GuestImage::encode`]) in its
+/// directory, beside `workspace/` and `tmp/`, out of the guest's reach.
+pub const IMAGE_FILE: &str = "image.bin";
 
 /// Most bytes of each stream in one [`Reply::Output`].
 pub const OUTPUT_CHUNK_BYTES: usize = 16 << 10;
@@ -97,6 +103,14 @@ pub enum Job {
     /// files and interpreter (`from_dir` is its directory). `spec` (its code empty) is the
     /// session's profile as it is now: the fork's limits, environment and mounts.
     Fork { session: String, dir: String, from: String, from_dir: String, spec: Spec },
+    /// Session `session`'s interpreter image, written to [`IMAGE_FILE`] in its directory `dir`
+    /// (nothing written when it has no live interpreter). `spec` (its code empty) is the
+    /// session's profile as it is now: the limits the capture runs under.
+    Snapshot { session: String, dir: String, spec: Spec },
+    /// A session `session` in the directory `dir`, its files in the inputs blob and, when
+    /// `image` is set, its interpreter in [`IMAGE_FILE`] there (a restored snapshot). A session
+    /// of that id on this executor is replaced.
+    Restore { session: String, dir: String, spec: Spec, inputs: Inputs, image: bool },
 }
 
 impl Job {
@@ -106,7 +120,7 @@ impl Job {
     pub fn streamed_caps(&self) -> [usize; 2] {
         match self {
             Job::Fresh { spec, .. } | Job::Turn { spec, .. } => [spec.limits.stdout_bytes, spec.limits.stderr_bytes],
-            Job::Fork { .. } => [0, 0],
+            Job::Fork { .. } | Job::Snapshot { .. } | Job::Restore { .. } => [0, 0],
             Job::Tool { grant, .. } => [0, grant.limits.stderr_bytes],
         }
     }

@@ -74,7 +74,7 @@ pub fn run(home: &Home, args: DoctorArgs) -> Result<(), Failure> {
                 other => other.as_str(),
             },
             "read_only": [home.runtimes(), home.cache()],
-            "read_write": ["<this process's workspaces>", std::env::var_os("WARDEN_AUDIT_LOG").filter(|v| !v.is_empty()).map(std::path::PathBuf::from).unwrap_or_else(|| home.audit_log())],
+            "read_write": ["<this process's workspaces>", "<the snapshot store: WARDEN_HOME/snapshots or --snapshot-dir>", std::env::var_os("WARDEN_AUDIT_LOG").filter(|v| !v.is_empty()).map(std::path::PathBuf::from).unwrap_or_else(|| home.audit_log())],
             "seccomp_tripwire_syscalls": tripwire,
             "seccomp_allowed_syscalls": allowed,
         },

@@ -91,6 +91,10 @@ pub struct ServeArgs {
     /// confined server may connect to that port and nowhere else.
     #[arg(long, value_name = "URL", env = "WARDEN_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// Where session snapshots are kept (default: WARDEN_HOME/snapshots). Replicas that share
+    /// this directory restore one another's snapshots.
+    #[arg(long, value_name = "DIR", env = "WARDEN_SNAPSHOT_DIR")]
+    pub snapshot_dir: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -248,8 +252,10 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
     }
     let audit_path = args.audit_log.clone().filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| home.audit_log());
     let traces = args.trace_settings()?;
+    let snapshot_dir = args.snapshot_dir.clone().filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| home.root().join("snapshots"));
     let mut own = OwnFiles::of_home(home);
     own.add("the audit log", &audit_path);
+    own.add("the snapshot store", &snapshot_dir);
     if let Some(f) = &traces.file {
         own.add("the trace file", &f.path);
         own.add("the rotated trace file", &crate::telemetry::file::rotated_path(&f.path));
@@ -268,6 +274,8 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
     // other in their directory.
     let trace_file = traces.file.as_ref().map(crate::telemetry::file::TraceFile::open).transpose()?;
     let workspaces = process_workspaces(home)?;
+    let snapshots =
+        crate::snapshots::SnapshotStore::open(&snapshot_dir).map_err(|e| format!("the snapshot store {}: {e}", snapshot_dir.display()))?;
     let listener = match args.http {
         Some(addr) => {
             let l = std::net::TcpListener::bind(addr).map_err(|e| format!("binding {addr}: {e}"))?;
@@ -298,7 +306,7 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
         .into());
     }
     // Confinement: Landlock now, while single-threaded; seccomp once the runtime exists.
-    let hplan = hardening_plan(&args, &workspaces, &audit_path, &traces, mode, listener.as_ref(), auth.as_ref());
+    let hplan = hardening_plan(&args, &[&workspaces, snapshots.root()], &audit_path, &traces, mode, listener.as_ref(), auth.as_ref());
     let landlock = if mode == HardeningMode::Off {
         LandlockReport { status: LandlockStatus::Off, ..Default::default() }
     } else {
@@ -345,7 +353,7 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
             tools_refused: tools.refusals.iter().map(|r| ToolRefused { path: r.path.clone(), reason: r.reason.clone() }).collect(),
             hardening: Report::off(),
         };
-        let exec = Arc::new(Service::new(executors, profiles, audit, Arc::new(tools)).with_telemetry(telemetry));
+        let exec = Arc::new(Service::new(executors, profiles, audit, Arc::new(tools)).with_telemetry(telemetry).with_snapshots(snapshots));
         // With authentication, callers are principals that must not starve one another.
         exec.set_multi_tenant(multi_tenant);
         // Everything that registers with the kernel (signal handlers, the listener's epoll
@@ -410,10 +418,10 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
 }
 
 /// Everything the confined front must still reach: the profile and auth files (re-read on
-/// SIGHUP), the workspaces and the audit log.
+/// SIGHUP), the workspaces, the snapshot store and the audit log.
 fn hardening_plan(
     args: &ServeArgs,
-    workspaces: &std::path::Path,
+    [workspaces, snapshots]: &[&std::path::Path; 2],
     audit_log: &std::path::Path,
     traces: &crate::telemetry::Settings,
     mode: HardeningMode,
@@ -429,8 +437,8 @@ fn hardening_plan(
     read_only.extend(reread.iter().filter_map(|f| f.canonicalize().ok()));
     // The audit log itself (already open), not its directory: nothing else there is writable.
     // The workspaces: the front makes each call's directory, writes its inputs, reads its
-    // artifacts and removes it.
-    let mut read_write = vec![workspaces.to_path_buf(), audit_log.to_path_buf()];
+    // artifacts and removes it. The snapshot store: the front alone writes and reads it.
+    let mut read_write = vec![workspaces.to_path_buf(), snapshots.to_path_buf(), audit_log.to_path_buf()];
     // Likewise the trace file and its rotated copy (already open), not their directory.
     if let Some(f) = &traces.file {
         read_write.extend([f.path.clone(), crate::telemetry::file::rotated_path(&f.path)]);

@@ -179,6 +179,63 @@ impl Executor {
         Ok((LiveSession { workspace: ws, guest: fork, turns: 0 }, report))
     }
 
+    /// Session `live`'s interpreter as an encoded image ([`crate::sandbox::image::GuestImage`],
+    /// for its runtime's build), or `None` when it has no live interpreter. The capture runs on
+    /// a guest thread; the guest goes back to the session unchanged.
+    pub async fn capture_session(
+        &self,
+        live: &mut LiveSession,
+        spec: &ExecSpec,
+        cancel: &CancelHandle,
+    ) -> Result<Option<Vec<u8>>, RunError> {
+        let Some(guest) = live.guest.take() else { return Ok(None) };
+        let (sandbox, spec2, ws, cancel2) = (self.sandbox.clone(), spec.clone(), live.workspace.clone(), cancel.clone());
+        let (guest, encoded) = on_guest_thread_async(move || {
+            let mut guest = guest;
+            let encoded =
+                sandbox.capture_image(&mut guest, &spec2, &ws, &cancel2).map(|image| image.encode(&spec2.language.spec().cache_key()));
+            (guest, encoded)
+        })
+        .await?;
+        live.guest = Some(guest);
+        Ok(Some(encoded?))
+    }
+
+    /// A session in `ws` holding `files` and, when `image` is given, the interpreter it encodes
+    /// ([`Sandbox::restore_guest`]: nothing re-run, new seeds, this profile's grants). An image
+    /// of another runtime build, or larger than the memory limit, is refused; a restore that
+    /// does not fit its limits is a report, not an error.
+    pub async fn restore_session(
+        &self,
+        ws: Arc<Workspace>,
+        spec: &ExecSpec,
+        files: &[InputFile],
+        image: Option<Vec<u8>>,
+        cancel: &CancelHandle,
+    ) -> Result<(LiveSession, RunReport), RunError> {
+        let started = std::time::Instant::now();
+        write_inputs(&ws, spec, files)?;
+        let mut guest = None;
+        if let Some(bytes) = image {
+            let max = usize::try_from(spec.limits.memory_bytes).unwrap_or(usize::MAX);
+            let image = crate::sandbox::image::GuestImage::decode(&bytes, &spec.language.spec().cache_key(), max)
+                .map_err(|e| RunError::Rejected(format!("the snapshot's interpreter cannot be restored: {e}")))?;
+            drop(bytes);
+            let (sandbox, spec2, ws2, cancel2) = (self.sandbox.clone(), spec.clone(), ws.clone(), cancel.clone());
+            match on_guest_thread_async(move || sandbox.restore_guest(&image, &spec2, &ws2, &cancel2)).await?? {
+                Ok(g) => guest = Some(g),
+                Err(report) => return Ok((LiveSession { workspace: ws, guest: None, turns: 0 }, report)),
+            }
+        }
+        let message = match &guest {
+            Some(_) => format!("restored: {} files, and the interpreter with its state", files.len()),
+            None => format!("restored: {} files; the snapshot held no live interpreter, so the first call starts one", files.len()),
+        };
+        let mut report = RunReport::not_run(crate::sandbox::Outcome::Ok, Some(0), Some(message), started);
+        report.ended_session = guest.is_none();
+        Ok((LiveSession { workspace: ws, guest, turns: 0 }, report))
+    }
+
     /// A package tool's run in the fresh workspace `ws`, under what its grant allows: the raw
     /// report, which [`crate::tools::interpret`] reads the tool's result from.
     pub async fn run_tool(

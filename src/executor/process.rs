@@ -21,7 +21,9 @@
 //! own admission, audit, or what a door request means: the front decides those.
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,7 +35,9 @@ use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
 use super::stream::{self, Streamer};
 use super::{Executor, LiveSession, RunError};
-use crate::channel::proto::{Failure, Finished, GrantSpec, Init, Job, PhaseTiming, Probe, Ready, Reply, Request, Spec, VERSION};
+use crate::channel::proto::{
+    Failure, Finished, GrantSpec, IMAGE_FILE, Init, Job, PhaseTiming, Probe, Ready, Reply, Request, Spec, VERSION,
+};
 use crate::channel::{self, Receiver, Sender, inputs};
 use crate::engine::{EngineSettings, build_engine, spawn_epoch_ticker};
 use crate::harden::landlock::{LandlockReport, LandlockStatus};
@@ -341,6 +345,57 @@ impl State {
                     }
                 }
             }
+            Job::Snapshot { session, dir, spec } => {
+                let path = self.dir(&dir)?;
+                let started = std::time::Instant::now();
+                let slot = lock(&self.sessions).get(&session).cloned();
+                if slot.as_ref().is_some_and(|s| s.dir != dir) {
+                    return Err(RunError::Internal(format!("session {session} lives in another directory")));
+                }
+                let exec = exec_spec(&spec, Vec::new());
+                let encoded = match slot {
+                    Some(slot) => match slot.live.lock().await.as_mut() {
+                        Some(live) => self.executor.capture_session(live, &exec, cancel).await?,
+                        None => None,
+                    },
+                    // No turn has run here yet: there is no interpreter to capture.
+                    None => None,
+                };
+                let message = match &encoded {
+                    Some(bytes) => {
+                        let mut file = std::fs::OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .custom_flags(libc::O_NOFOLLOW)
+                            .open(path.join(IMAGE_FILE))
+                            .map_err(internal)?;
+                        file.write_all(bytes).map_err(internal)?;
+                        format!("the interpreter's image: {} bytes", bytes.len())
+                    }
+                    None => "no live interpreter: files only".to_string(),
+                };
+                let mut report = RunReport::not_run(crate::sandbox::Outcome::Ok, Some(0), Some(message), started);
+                report.ended_session = encoded.is_none();
+                Ok(report)
+            }
+            Job::Restore { session, dir, spec, inputs, image } => {
+                let path = self.dir(&dir)?;
+                let (_, files) = inputs::take(&path, &inputs).map_err(internal)?;
+                let exec = exec_spec(&spec, Vec::new());
+                let image = match image {
+                    true => Some(read_image(&path.join(IMAGE_FILE), exec.limits.memory_bytes).map_err(internal)?),
+                    false => None,
+                };
+                let ws = Arc::new(Workspace::adopt_empty(&path).map_err(internal)?);
+                let (restored, report) = self.executor.restore_session(ws, &exec, &files, image, cancel).await?;
+                // Only a restore that worked takes the id: a session of that id here is the one
+                // being rolled back, and stays as it was if the restore fails.
+                if report.outcome == crate::sandbox::Outcome::Ok {
+                    let slot = Arc::new(SessionSlot { dir, live: tokio::sync::Mutex::new(Some(restored)) });
+                    lock(&self.sessions).insert(session, slot);
+                }
+                Ok(report)
+            }
             Job::Tool { dir, tool, sha256, grant, args } => {
                 let path = self.dir(&dir)?;
                 let pkg = self
@@ -367,6 +422,24 @@ impl State {
         }
         Ok(self.root.join(name))
     }
+}
+
+/// Reads and removes the image the front staged at `path`: never more than an image of a
+/// memory of `memory_bytes` can take (its pages and their indexes, and a header).
+fn read_image(path: &std::path::Path, memory_bytes: u64) -> std::io::Result<Vec<u8>> {
+    let bound = crate::sandbox::image::max_encoded_bytes(memory_bytes);
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
+    let _ = std::fs::remove_file(path);
+    let len = file.metadata()?.len();
+    if len > bound {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!("the image holds {len} bytes, more than this memory limit allows"),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(bound).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 fn internal(e: impl std::fmt::Display) -> RunError {

@@ -28,7 +28,9 @@ use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde::de::DeserializeOwned;
 
 use crate::api::OutputSink;
-use crate::api::{CloseSessionArgs, CreateSessionArgs, ExecuteCodeArgs, ForkSessionArgs};
+use crate::api::{
+    CloseSessionArgs, CreateSessionArgs, ExecuteCodeArgs, ForkSessionArgs, ListSnapshotsArgs, SnapshotIdArgs, SnapshotSessionArgs,
+};
 use crate::audit::event::Event;
 use crate::auth::AuthContext;
 use crate::sandbox::CancelHandle;
@@ -223,6 +225,7 @@ fn error_result(e: ExecError) -> Result<CallToolResult, McpError> {
         }
         e @ (ExecError::InvalidRequest(_)
         | ExecError::Session(_)
+        | ExecError::Snapshot(_)
         | ExecError::Busy { .. }
         | ExecError::Limited(_)
         | ExecError::ShuttingDown
@@ -294,6 +297,7 @@ impl ServerHandler for WardenMcp {
         let profile = self.policy_of(&caller)?;
         let policy = &profile.policy;
         let sessions_on = policy.file.sessions.max > 0 && !policy.file.runtimes.allowed.is_empty();
+        let snapshots_on = sessions_on && policy.file.snapshots.max_per_principal > 0;
         match req.name.as_ref() {
             tools::EXECUTE_CODE if !policy.file.runtimes.allowed.is_empty() => {
                 let args: ExecuteCodeArgs = args_or_answer!(req);
@@ -321,10 +325,62 @@ impl ServerHandler for WardenMcp {
             }
             tools::FORK_SESSION if sessions_on => {
                 let args: ForkSessionArgs = args_or_answer!(req);
-                match self.exec.fork_session(&caller, &args.session_id).await {
+                let forked = match (&args.session_id, &args.snapshot_id) {
+                    (Some(id), None) => self.exec.fork_session(&caller, id).await,
+                    (None, Some(id)) => self.exec.fork_from_snapshot(&caller, id).await,
+                    _ => Err(ExecError::InvalidRequest(
+                        "pass exactly one of session_id (a live session) and snapshot_id (a snapshot)".into(),
+                    )),
+                };
+                match forked {
                     Ok(r) => {
                         Ok(content::structured(&r, format!("session {} forked from {}: {}", r.session_id, r.forked_from, r.message)).into())
                     }
+                    Err(e) => exec_error(e),
+                }
+            }
+            tools::SNAPSHOT_SESSION if snapshots_on => {
+                let args: SnapshotSessionArgs = args_or_answer!(req);
+                match self.exec.snapshot_session(&caller, &args.session_id, args.label).await {
+                    Ok(r) => Ok(content::structured(
+                        &r,
+                        format!("snapshot {} of session {}: {} bytes, kept until {}", r.snapshot_id, r.session_id, r.bytes, r.expires_at),
+                    )
+                    .into()),
+                    Err(e) => exec_error(e),
+                }
+            }
+            tools::RESTORE_SESSION if snapshots_on => {
+                let args: SnapshotIdArgs = args_or_answer!(req);
+                match self.exec.restore_session(&caller, &args.snapshot_id).await {
+                    Ok(r) => Ok(content::structured(
+                        &r,
+                        format!(
+                            "session {} {} from snapshot {}: {}",
+                            r.session_id,
+                            if r.rolled_back { "rolled back" } else { "reopened" },
+                            r.snapshot_id,
+                            r.message
+                        ),
+                    )
+                    .into()),
+                    Err(e) => exec_error(e),
+                }
+            }
+            tools::LIST_SNAPSHOTS if snapshots_on => {
+                let _: ListSnapshotsArgs = args_or_answer!(req);
+                match self.exec.list_snapshots(&caller) {
+                    Ok(r) => {
+                        let text = format!("{} snapshots, {} of {} bytes used", r.snapshots.len(), r.used_bytes, r.quota_bytes);
+                        Ok(content::structured(&r, text).into())
+                    }
+                    Err(e) => exec_error(e),
+                }
+            }
+            tools::DELETE_SNAPSHOT if snapshots_on => {
+                let args: SnapshotIdArgs = args_or_answer!(req);
+                match self.exec.delete_snapshot(&caller, &args.snapshot_id) {
+                    Ok(r) => Ok(content::structured(&r, format!("snapshot {} deleted", r.snapshot_id)).into()),
                     Err(e) => exec_error(e),
                 }
             }

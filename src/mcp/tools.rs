@@ -7,7 +7,9 @@ use rmcp::handler::server::tool::{schema_for_input, schema_for_output};
 use rmcp::model::{JsonObject, Tool, ToolAnnotations};
 
 use crate::api::{
-    CloseSessionArgs, CloseSessionResult, CreateSessionArgs, ExecResult, ExecuteCodeArgs, ForkSessionArgs, ForkSessionResult, SessionInfo,
+    CloseSessionArgs, CloseSessionResult, CreateSessionArgs, DeleteSnapshotResult, ExecResult, ExecuteCodeArgs, ForkSessionArgs,
+    ForkSessionResult, ListSnapshotsArgs, ListSnapshotsResult, RestoreSessionResult, SessionInfo, SnapshotIdArgs, SnapshotInfo,
+    SnapshotSessionArgs,
 };
 use crate::policy::Policy;
 use crate::runtime::Language;
@@ -16,6 +18,10 @@ pub const EXECUTE_CODE: &str = "execute_code";
 pub const CREATE_SESSION: &str = "create_session";
 pub const CLOSE_SESSION: &str = "close_session";
 pub const FORK_SESSION: &str = "fork_session";
+pub const SNAPSHOT_SESSION: &str = "snapshot_session";
+pub const RESTORE_SESSION: &str = "restore_session";
+pub const LIST_SNAPSHOTS: &str = "list_snapshots";
+pub const DELETE_SNAPSHOT: &str = "delete_snapshot";
 
 const PYTHON_PACKAGES: &str = "numpy, pandas, scipy, scikit-learn, statsmodels, matplotlib, seaborn, sympy, \
     networkx, pillow, lxml, beautifulsoup4, openpyxl, xlsxwriter, pypdf, reportlab, pyyaml, jinja2, regex, tabulate";
@@ -202,13 +208,64 @@ pub fn definitions(policy: &Policy) -> Vec<Tool> {
                 "Copy a session: a new session with the same live interpreter state (variables, imports, loaded \
                  data) and a copy of its /workspace files, to try something without disturbing the original. Both \
                  go on independently; the copy gets new random seeds. Nothing is re-run. Counts as one of your \
-                 sessions.",
+                 sessions. Pass exactly one of session_id (a live session) and snapshot_id (a snapshot from \
+                 snapshot_session, which can outlive its session).",
                 input::<ForkSessionArgs>(),
             )
             .with_title("Fork a session")
             .with_raw_output_schema(output::<ForkSessionResult>())
             .with_annotations(ToolAnnotations::new().read_only(false).destructive(false).idempotent(false).open_world(false)),
         );
+        if policy.file.snapshots.max_per_principal > 0 {
+            let n = &policy.file.snapshots;
+            tools.push(
+                Tool::new(
+                    SNAPSHOT_SESSION,
+                    format!(
+                        "Save a session's state to disk: its /workspace files and live interpreter (variables, imports, \
+                         loaded data), as it is now. The session goes on unchanged. Later, fork_session with the \
+                         snapshot_id makes a new session from it, and restore_session puts the session itself back to it \
+                         (even after it ended). Only you can see or use your snapshots. You may keep {} snapshots taking \
+                         {} bytes in all; each is deleted {} s after it is taken.",
+                        n.max_per_principal, n.max_bytes_per_principal, n.retention_seconds
+                    ),
+                    input::<SnapshotSessionArgs>(),
+                )
+                .with_title("Snapshot a session")
+                .with_raw_output_schema(output::<SnapshotInfo>())
+                .with_annotations(ToolAnnotations::new().read_only(false).destructive(false).idempotent(false).open_world(false)),
+            );
+            tools.push(
+                Tool::new(
+                    RESTORE_SESSION,
+                    "Put the session a snapshot was taken of back into the snapshot's state, under its own session_id: \
+                     if it is still open, everything since the snapshot (variables and files) is discarded; if it ended \
+                     (closed, expired, lost), it is reopened. Nothing is re-run; random seeds are new. To keep the \
+                     current state as well, use fork_session with the snapshot_id instead.",
+                    input::<SnapshotIdArgs>(),
+                )
+                .with_title("Restore a session from a snapshot")
+                .with_raw_output_schema(output::<RestoreSessionResult>())
+                .with_annotations(ToolAnnotations::new().read_only(false).destructive(true).idempotent(false).open_world(false)),
+            );
+            tools.push(
+                Tool::new(
+                    LIST_SNAPSHOTS,
+                    "List your session snapshots under this profile (oldest first), with their sizes, expiry times and \
+                     the quota they count against.",
+                    input::<ListSnapshotsArgs>(),
+                )
+                .with_title("List snapshots")
+                .with_raw_output_schema(output::<ListSnapshotsResult>())
+                .with_annotations(ToolAnnotations::new().read_only(true).destructive(false).idempotent(true).open_world(false)),
+            );
+            tools.push(
+                Tool::new(DELETE_SNAPSHOT, "Delete one of your snapshots now, freeing its share of your quota.", input::<SnapshotIdArgs>())
+                    .with_title("Delete a snapshot")
+                    .with_raw_output_schema(output::<DeleteSnapshotResult>())
+                    .with_annotations(ToolAnnotations::new().read_only(false).destructive(true).idempotent(true).open_world(false)),
+            );
+        }
         tools.push(
             Tool::new(CLOSE_SESSION, "End a session now and delete its workspace.", input::<CloseSessionArgs>())
                 .with_raw_output_schema(output::<CloseSessionResult>())

@@ -75,6 +75,18 @@ pub fn explain(p: &Policy) -> String {
             seconds(f.sessions.lifetime_seconds)
         );
     }
+    if f.sessions.max > 0 && f.snapshots.max_per_principal == 0 {
+        let _ = writeln!(o, "  - not keep session snapshots on disk");
+    } else if f.sessions.max > 0 {
+        let _ = writeln!(
+            o,
+            "  - keep session snapshots on disk (files and interpreter, restorable and forkable by their principal only): up to {} snapshots and {} per principal, {} in all, each deleted after {}",
+            f.snapshots.max_per_principal,
+            bytes(f.snapshots.max_bytes_per_principal),
+            bytes(f.snapshots.max_bytes),
+            seconds(f.snapshots.retention_seconds)
+        );
+    }
     if f.tasks.max == 0 {
         let _ = writeln!(o, "  - not run calls as tasks: a call ends with its request");
     } else {

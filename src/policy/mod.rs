@@ -59,6 +59,8 @@ pub struct PolicyFile {
     #[serde(default)]
     pub sessions: SessionsSection,
     #[serde(default)]
+    pub snapshots: SnapshotsSection,
+    #[serde(default)]
     pub artifacts: ArtifactsSection,
     #[serde(default)]
     pub tasks: TasksSection,
@@ -134,6 +136,25 @@ pub struct SessionsSection {
     pub idle_seconds: u64,
     #[serde(default)]
     pub lifetime_seconds: u64,
+}
+
+/// Session snapshots kept on disk (see [`crate::snapshots`]); off unless `max_per_principal` is
+/// set, and only with sessions.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotsSection {
+    /// Snapshots each principal may keep under this profile (0: no snapshots).
+    #[serde(default)]
+    pub max_per_principal: u32,
+    /// Bytes each principal's snapshots may take on disk in all.
+    #[serde(default)]
+    pub max_bytes_per_principal: u64,
+    /// Bytes all snapshots under this profile may take on disk.
+    #[serde(default)]
+    pub max_bytes: u64,
+    /// How long a snapshot is kept after it is taken.
+    #[serde(default)]
+    pub retention_seconds: u64,
 }
 
 /// Calls that outlive their request as MCP tasks (see [`crate::mcp::tasks`]).
@@ -408,6 +429,27 @@ fn validate(f: &PolicyFile, invalid: &dyn Fn(&str, String) -> PolicyError) -> Re
                 s.max
             ),
         ));
+    }
+    let n = &f.snapshots;
+    if n.max_per_principal > 0 {
+        if s.max == 0 {
+            return Err(invalid(
+                "snapshots.max_per_principal",
+                "snapshots are of sessions: enable [sessions] too, or set this to 0".into(),
+            ));
+        }
+        if n.retention_seconds == 0 || n.max_bytes_per_principal == 0 {
+            return Err(invalid(
+                "snapshots",
+                "snapshots are enabled (max_per_principal > 0) but retention_seconds or max_bytes_per_principal is 0".into(),
+            ));
+        }
+        if n.max_bytes_per_principal > n.max_bytes {
+            return Err(invalid(
+                "snapshots.max_bytes_per_principal",
+                format!("is more than snapshots.max_bytes ({}): it is each principal's share of the store", n.max_bytes),
+            ));
+        }
     }
     let t = &f.tasks;
     if t.max > 0 && (t.max_per_principal == 0 || t.max_per_principal > t.max) {

@@ -16,7 +16,8 @@
 //!
 //! Owns: the image (pages, globals, memory size) and moving it between instances. Does not own:
 //! what lives outside the instance (the workspace, the WASI descriptor table, seeds), which the
-//! caller re-establishes for the new guest ([`super::Sandbox::fork_guest`]), nor storing images.
+//! caller re-establishes for the new guest ([`super::Sandbox::fork_guest`]), nor where images are
+//! stored ([`crate::snapshots`]); [`GuestImage::encode`] and [`GuestImage::decode`] give their bytes.
 
 use std::os::unix::fs::FileExt;
 use std::sync::OnceLock;
@@ -61,6 +62,8 @@ pub enum ImageError {
     Language { image: Language, guest: String },
     #[error("the image holds {needed} MiB of memory, above this guest's memory limit")]
     TooLarge { needed: usize },
+    #[error("the image was made by another build of the runtime (warden or its runtimes were upgraded since)")]
+    Runtime,
     #[error("the image is malformed: {0}")]
     Malformed(&'static str),
     #[error("{0}")]
@@ -229,5 +232,168 @@ impl GuestImage {
     /// Bytes of memory the image writes beyond the base image.
     pub fn dirty_bytes(&self) -> usize {
         self.data.len()
+    }
+}
+
+/// The first bytes of an encoded image, with the format's version.
+const MAGIC: &[u8; 8] = b"WDNIMG\x01\0";
+
+impl GuestImage {
+    /// The image as bytes, for a file: a header naming the runtime build it belongs to
+    /// (`runtime`, [`crate::runtime::RuntimeSpec::cache_key`]), then the globals, the page
+    /// indexes and the pages. Little-endian throughout.
+    pub fn encode(&self, runtime: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + runtime.len() + self.globals.len() * 13 + self.pages.len() * 4 + self.data.len());
+        out.extend_from_slice(MAGIC);
+        out.push(match self.language {
+            Language::Python => 0,
+            Language::Javascript => 1,
+        });
+        out.extend_from_slice(&(runtime.len() as u32).to_le_bytes());
+        out.extend_from_slice(runtime.as_bytes());
+        out.extend_from_slice(&(self.memory_bytes as u64).to_le_bytes());
+        out.extend_from_slice(&(self.globals.len() as u32).to_le_bytes());
+        for (index, value) in &self.globals {
+            out.extend_from_slice(&index.to_le_bytes());
+            let (kind, bits) = match *value {
+                GlobalValue::I32(v) => (0u8, v as u32 as u64),
+                GlobalValue::I64(v) => (1, v as u64),
+                GlobalValue::F32(v) => (2, v as u64),
+                GlobalValue::F64(v) => (3, v),
+            };
+            out.push(kind);
+            out.extend_from_slice(&bits.to_le_bytes());
+        }
+        out.extend_from_slice(&(self.pages.len() as u32).to_le_bytes());
+        for p in &self.pages {
+            out.extend_from_slice(&p.to_le_bytes());
+        }
+        out.extend_from_slice(&self.data);
+        out
+    }
+
+    /// Reads an image [`encode`](Self::encode) wrote for the runtime build `runtime`. Every
+    /// count is checked against the bytes actually there before anything is allocated, and an
+    /// image of another runtime build, or one claiming more than `max_memory` bytes of memory,
+    /// is refused.
+    pub fn decode(bytes: &[u8], runtime: &str, max_memory: usize) -> Result<GuestImage, ImageError> {
+        let mut r = Reader(bytes);
+        if r.take(MAGIC.len())? != MAGIC {
+            return Err(ImageError::Malformed("not a guest image of this format"));
+        }
+        let language = match r.take(1)?[0] {
+            0 => Language::Python,
+            1 => Language::Javascript,
+            _ => return Err(ImageError::Malformed("an unknown language")),
+        };
+        let name_len = r.u32()? as usize;
+        if r.take(name_len)? != runtime.as_bytes() {
+            return Err(ImageError::Runtime);
+        }
+        let memory_bytes = usize::try_from(r.u64()?).map_err(|_| ImageError::Malformed("memory size"))?;
+        if memory_bytes > max_memory {
+            return Err(ImageError::TooLarge { needed: memory_bytes >> 20 });
+        }
+        let nglobals = r.u32()? as usize;
+        if nglobals > r.0.len() / 13 {
+            return Err(ImageError::Malformed("more globals than bytes"));
+        }
+        let mut globals = Vec::with_capacity(nglobals);
+        for _ in 0..nglobals {
+            let index = r.u32()?;
+            let kind = r.take(1)?[0];
+            let bits = r.u64()?;
+            globals.push((
+                index,
+                match kind {
+                    0 => GlobalValue::I32(bits as u32 as i32),
+                    1 => GlobalValue::I64(bits as i64),
+                    2 => GlobalValue::F32(u32::try_from(bits).map_err(|_| ImageError::Malformed("an f32 of 64 bits"))?),
+                    3 => GlobalValue::F64(bits),
+                    _ => return Err(ImageError::Malformed("an unknown global type")),
+                },
+            ));
+        }
+        let npages = r.u32()? as usize;
+        if npages.checked_mul(4 + PAGE) != Some(r.0.len()) {
+            return Err(ImageError::Malformed("the page count does not match the bytes"));
+        }
+        let mut pages = Vec::with_capacity(npages);
+        for _ in 0..npages {
+            pages.push(r.u32()?);
+        }
+        if pages.windows(2).any(|w| w[0] >= w[1]) || pages.last().is_some_and(|&p| p as usize * PAGE >= memory_bytes) {
+            return Err(ImageError::Malformed("pages out of order or beyond the memory"));
+        }
+        Ok(GuestImage { language, memory_bytes, pages, data: r.0.to_vec(), globals })
+    }
+}
+
+/// Most bytes an encoded image of a memory of `memory_bytes` can take: every page with its
+/// index, and a header. Anything longer is not an image this limit could restore.
+pub fn max_encoded_bytes(memory_bytes: u64) -> u64 {
+    memory_bytes.saturating_add(memory_bytes / 1024).saturating_add(1 << 20)
+}
+
+/// A cursor over an encoded image that never reads past its end.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ImageError> {
+        if n > self.0.len() {
+            return Err(ImageError::Malformed("truncated"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u32(&mut self) -> Result<u32, ImageError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+
+    fn u64(&mut self) -> Result<u64, ImageError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> GuestImage {
+        let mut data = vec![7u8; 2 * PAGE];
+        data[PAGE] = 9;
+        GuestImage {
+            language: Language::Javascript,
+            memory_bytes: 16 * PAGE,
+            pages: vec![3, 11],
+            data,
+            globals: vec![
+                (0, GlobalValue::I32(-5)),
+                (2, GlobalValue::I64(1 << 40)),
+                (3, GlobalValue::F32(0x7fc0_0001)),
+                (5, GlobalValue::F64(u64::MAX)),
+            ],
+        }
+    }
+
+    #[test]
+    fn an_image_round_trips_and_a_damaged_one_is_refused() {
+        let image = sample();
+        let bytes = image.encode("rt-1");
+        assert_eq!(GuestImage::decode(&bytes, "rt-1", 1 << 30).unwrap(), image);
+        assert!(matches!(GuestImage::decode(&bytes, "rt-2", 1 << 30), Err(ImageError::Runtime)));
+        assert!(matches!(GuestImage::decode(&bytes, "rt-1", PAGE), Err(ImageError::TooLarge { .. })));
+        for cut in [0, 7, 20, bytes.len() - 1] {
+            assert!(GuestImage::decode(&bytes[..cut], "rt-1", 1 << 30).is_err(), "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(GuestImage::decode(&longer, "rt-1", 1 << 30).is_err());
+        // A page index beyond the memory it claims.
+        let mut beyond = sample();
+        beyond.pages[1] = 16;
+        assert!(GuestImage::decode(&beyond.encode("rt-1"), "rt-1", 1 << 30).is_err());
     }
 }

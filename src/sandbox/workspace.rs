@@ -304,10 +304,22 @@ impl Workspace {
     /// follows a link; links, special files and empty directories are not copied, nor `/tmp`.
     /// Returns how many files were copied.
     pub fn copy_files_from(&self, src: &Workspace, max_bytes: u64, max_files: u64) -> Result<usize, WorkspaceError> {
+        let files = src.read_files(max_bytes, max_files)?;
+        self.write_inputs(&files, max_bytes, max_files)?;
+        Ok(files.len())
+    }
+
+    /// Every regular file under `/workspace` with its contents (what a fork copies and a
+    /// snapshot keeps), never following a link, refused beyond `max_bytes` in all or
+    /// `max_files` files.
+    pub fn read_files(&self, max_bytes: u64, max_files: u64) -> Result<Vec<InputFile>, WorkspaceError> {
         let too_large = |needed| WorkspaceError::TooLarge { what: "bytes of files to copy", needed, limit: max_bytes };
         let mut found = Vec::new();
         let cap = usize::try_from(max_files).unwrap_or(usize::MAX).saturating_add(1);
-        walk_files(&src.workspace, PathBuf::new(), 0, &mut found, cap);
+        walk_files(&self.workspace, PathBuf::new(), 0, &mut found, cap);
+        if found.len() as u64 > max_files {
+            return Err(WorkspaceError::TooLarge { what: "files", needed: found.len() as u64, limit: max_files });
+        }
         let mut files = Vec::with_capacity(found.len());
         let mut total = 0u64;
         for (rel, meta) in found {
@@ -316,14 +328,13 @@ impl Workspace {
                 return Err(too_large(total));
             }
             let path = rel.to_string_lossy().into_owned();
-            let content = src.read_file(&path, max_bytes - (total - meta.len())).map_err(|e| match e.kind() {
+            let content = self.read_file(&path, max_bytes - (total - meta.len())).map_err(|e| match e.kind() {
                 io::ErrorKind::FileTooLarge => too_large(total),
                 _ => WorkspaceError::Write { path: path.clone(), source: e },
             })?;
             files.push(InputFile { path, content });
         }
-        self.write_inputs(&files, max_bytes, max_files)?;
-        Ok(files.len())
+        Ok(files)
     }
 
     /// Reads one file under `/workspace` without following symlinks. A file holding more than

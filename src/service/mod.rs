@@ -9,6 +9,7 @@
 //! * [`admission`]: rate, per-principal shares and execution slots; refusals; draining.
 //! * [`calls`]: `execute_code` and package tools, from admission to the audited result.
 //! * [`sessions`]: opening, closing and expiring sessions, and binding a call to one.
+//! * [`snapshots`]: session snapshots: taking, listing, deleting, forking and restoring them.
 //! * [`reads`]: `resources/read` of retained artifacts, bounded in size and concurrency.
 //! * [`executors`]: the executor processes, placement, and replacing the ones that die.
 
@@ -18,6 +19,7 @@ pub mod executors;
 mod reads;
 pub(crate) mod request;
 mod sessions;
+mod snapshots;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -27,6 +29,7 @@ use tokio::sync::Semaphore;
 
 use self::admission::Admission;
 use crate::artifacts::ArtifactStore;
+use crate::audit::event::Event;
 use crate::audit::{AuditError, AuditLog};
 use crate::channel::proto::Failure;
 use crate::executor::RunError;
@@ -35,6 +38,7 @@ use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::service::executors::{Executors, GroupKey};
 use crate::session::{Owner, SessionError, Sessions};
+use crate::snapshots::SnapshotStore;
 use crate::telemetry::Telemetry;
 use crate::tools::{Grant, ToolPackage, ToolRegistry, grant};
 
@@ -94,6 +98,9 @@ pub enum ExecError {
     UnknownTool(String),
     #[error(transparent)]
     Session(#[from] SessionError),
+    /// A snapshot that is not the caller's, over a quota, or failed its integrity check.
+    #[error(transparent)]
+    Snapshot(crate::snapshots::SnapshotError),
     #[error("server busy: all {slots} execution slots stayed taken for {waited_ms} ms; retry in a few seconds")]
     Busy { slots: usize, waited_ms: u64 },
     #[error(transparent)]
@@ -113,6 +120,7 @@ impl ExecError {
             ExecError::InvalidRequest(_) => "invalid_request",
             ExecError::UnknownTool(_) => "unknown_tool",
             ExecError::Session(_) => "session",
+            ExecError::Snapshot(_) => "snapshot",
             ExecError::Busy { .. } => "busy",
             ExecError::Limited(_) => "limited",
             ExecError::ShuttingDown => "shutting_down",
@@ -169,6 +177,9 @@ pub struct Service {
     pub tools: Arc<ToolRegistry>,
     audit: Arc<AuditLog>,
     telemetry: Telemetry,
+    /// Where session snapshots are kept; none in `warden exec`, which has no sessions.
+    snapshots: Option<Arc<SnapshotStore>>,
+    snapshot_swept: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Service {
@@ -188,7 +199,15 @@ impl Service {
             tools,
             audit,
             telemetry: Telemetry::off(),
+            snapshots: None,
+            snapshot_swept: std::sync::Mutex::new(None),
         }
+    }
+
+    /// This service, keeping session snapshots in `store`.
+    pub fn with_snapshots(mut self, store: SnapshotStore) -> Service {
+        self.snapshots = Some(Arc::new(store));
+        self
     }
 
     /// This service, recording spans with `telemetry` (the server's exporters).
@@ -272,6 +291,30 @@ impl Service {
         self.admission.sweep();
         self.metrics.active_sessions.set(self.sessions.len() as i64);
         self.artifacts.expire();
+        if let Some(store) = self.snapshots.as_ref().filter(|_| self.snapshot_sweep_due()) {
+            for m in store.expire() {
+                if let Err(e) = self.audit.record(&Event::SnapshotDelete {
+                    snapshot_id: m.id.clone(),
+                    principal: m.principal.clone(),
+                    profile: m.profile.clone(),
+                    reason: "expired",
+                }) {
+                    tracing::error!(error = %e, "could not audit a snapshot's expiry");
+                }
+            }
+        }
+    }
+
+    /// Whether the snapshot store is due a sweep: every few seconds, not every tick, since it
+    /// reads every snapshot's record. (Until it is swept, an expired snapshot is already
+    /// unknown to every caller.)
+    fn snapshot_sweep_due(&self) -> bool {
+        let mut last = self.snapshot_swept.lock().unwrap_or_else(|e| e.into_inner());
+        let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(5));
+        if due {
+            *last = Some(std::time::Instant::now());
+        }
+        due
     }
 
     /// Stops taking calls, lets running ones finish for up to `grace`, cancels the rest, then

@@ -18,13 +18,19 @@ use crate::service::executors::GroupKey;
 use crate::session::{Session, SessionError, SessionLimits};
 
 /// Sessions' limits under a profile.
-fn session_limits(p: &Policy) -> SessionLimits {
+pub(super) fn session_limits(p: &Policy) -> SessionLimits {
     SessionLimits {
         max: p.file.sessions.max as usize,
         per_principal: p.file.sessions.max_per_principal as usize,
         idle: Duration::from_secs(p.file.sessions.idle_seconds),
         lifetime: Duration::from_secs(p.file.sessions.lifetime_seconds),
     }
+}
+
+/// What a session's interpreter is made or kept under, with no code: the profile's limits,
+/// environment and mounts as they are now.
+pub(super) fn bare_spec(p: &Policy, language: Language) -> ExecSpec {
+    ExecSpec { language, code: String::new(), stdin: Vec::new(), limits: p.limits(), env: p.guest_env(), mounts: p.mounts.clone() }
 }
 
 impl Service {
@@ -88,8 +94,7 @@ impl Service {
             (p.name(), &p.sha256),
             session_limits(p),
         )?;
-        let spec =
-            ExecSpec { language, code: String::new(), stdin: Vec::new(), limits: p.limits(), env: p.guest_env(), mounts: p.mounts.clone() };
+        let spec = bare_spec(p, language);
         let job = Job::Fork {
             session: fork.id.clone(),
             dir,

@@ -36,7 +36,7 @@ for (const [line, sdk] of Object.entries(lines)) {
       await client.connect(sdk[via]());
       if (client.protocolVersion) console.log(`INFO ${tag} protocol ${client.protocolVersion}`);
       const tools = (await client.listTools()).tools.map((t) => t.name);
-      check(`${tag} tools/list`, ["execute_code", "create_session", "fork_session", "close_session"].every((t) => tools.includes(t)), JSON.stringify(tools));
+      check(`${tag} tools/list`, ["execute_code", "create_session", "fork_session", "snapshot_session", "restore_session", "list_snapshots", "delete_snapshot", "close_session"].every((t) => tools.includes(t)), JSON.stringify(tools));
       const r = await client.callTool({ name: "execute_code", arguments: { language: "python", code: "print(6*7)" } });
       check(`${tag} execute_code python print(6*7), output schema validated`, r.structuredContent?.stdout === "42\n" && !r.isError, JSON.stringify(r).slice(0, 400));
       const seen = [];

@@ -54,6 +54,9 @@ impl ServerFiles {
     pub fn audit_log(&self) -> PathBuf {
         self.dir.path().join("audit.jsonl")
     }
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.dir.path().join("snapshots")
+    }
     /// Writes a policy derived from the default one, with `edits` applied as text replacements.
     pub fn policy(&self, edits: &[(&str, &str)]) -> PathBuf {
         let mut text = include_str!("../../policies/default.toml").to_string();
@@ -92,7 +95,13 @@ pub fn server_command_of(server: &Server, files: &ServerFiles, policy: Option<&P
     if let Some(p) = policy {
         cmd.arg("--policy").arg(p);
     }
-    cmd.env("WARDEN_HOME", &server.home).env("WARDEN_AUDIT_LOG", files.audit_log()).env_remove("WARDEN_POLICY").kill_on_drop(true);
+    // Each server's files have their own snapshot store, so tests' snapshots (all the operator's,
+    // over stdio) never meet; servers started on the same files share it, like replicas.
+    cmd.env("WARDEN_HOME", &server.home)
+        .env("WARDEN_AUDIT_LOG", files.audit_log())
+        .env("WARDEN_SNAPSHOT_DIR", files.snapshot_dir())
+        .env_remove("WARDEN_POLICY")
+        .kill_on_drop(true);
     if let Some(filter) = &server.log {
         cmd.env("WARDEN_LOG", filter);
     }

@@ -167,9 +167,9 @@ async def suite(report: Report, conn: Conn, tag: str) -> None:
         name = f"[{tag}] tools/list"
         listed = await conn.list_tools()
         by_name = {t.name: t for t in listed.tools}
-        missing = [t for t in ("execute_code", "create_session", "fork_session", "close_session") if t not in by_name]
+        missing = [t for t in ("execute_code", "create_session", "fork_session", "snapshot_session", "restore_session", "list_snapshots", "delete_snapshot", "close_session") if t not in by_name]
         if not report.check(
-            f"{name} offers execute_code, create_session, fork_session, close_session",
+            f"{name} offers execute_code, the session tools and the snapshot tools",
             not missing,
             f"missing {missing}; listed {sorted(by_name)}",
         ):

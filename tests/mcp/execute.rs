@@ -19,7 +19,19 @@ async fn tools_are_listed_with_schemas_and_annotations() {
     assert_eq!(info.server_info.as_ref().expect("server info").name, "warden");
     let tools = client.list_all_tools().await.unwrap();
     let names: Vec<_> = tools.iter().map(|t| t.name.to_string()).collect();
-    assert_eq!(names, ["execute_code", "create_session", "fork_session", "close_session"]);
+    assert_eq!(
+        names,
+        [
+            "execute_code",
+            "create_session",
+            "fork_session",
+            "snapshot_session",
+            "restore_session",
+            "list_snapshots",
+            "delete_snapshot",
+            "close_session"
+        ]
+    );
     let exec = &tools[0];
     let schema = serde_json::to_value(&*exec.input_schema).unwrap();
     assert_eq!(schema["properties"]["language"]["enum"], json!(["python", "javascript"]), "{schema:#}");
@@ -298,7 +310,7 @@ async fn a_2026_07_28_client_without_initialize_works() {
         .await
         .expect("discover");
     let tools = client.list_all_tools().await.unwrap();
-    assert_eq!(tools.len(), 4);
+    assert_eq!(tools.len(), 8);
     let (_, s) = exec(&client, js("console.log(await Promise.resolve('modern'))")).await;
     assert_eq!(s["stdout"], "modern\n");
 }

@@ -22,7 +22,7 @@ async fn http_serves_health_tools_and_executions() {
     assert_eq!(ready.status(), 200);
 
     let client = connect(&server.url).await;
-    assert_eq!(client.list_all_tools().await.unwrap().len(), 4);
+    assert_eq!(client.list_all_tools().await.unwrap().len(), 8);
     let (_, s) = exec(&client, py("print('over http')")).await;
     assert_eq!(s["stdout"], "over http\n");
     let (_, s) = exec(&client, js("console.log(1 + 1)")).await;

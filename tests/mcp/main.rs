@@ -11,4 +11,5 @@ mod errors;
 mod execute;
 mod http;
 mod sessions;
+mod snapshots;
 mod tasks;

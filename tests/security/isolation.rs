@@ -112,7 +112,20 @@ async fn no_tool_lets_a_caller_widen_its_own_permissions() {
     let files = ServerFiles::new();
     let client = stdio(&files, None).await;
     let tools: Vec<String> = client.list_all_tools().await.unwrap().into_iter().map(|t| t.name.to_string()).collect();
-    assert_eq!(tools, ["execute_code", "create_session", "fork_session", "close_session"], "only the operator widens access");
+    assert_eq!(
+        tools,
+        [
+            "execute_code",
+            "create_session",
+            "fork_session",
+            "snapshot_session",
+            "restore_session",
+            "list_snapshots",
+            "delete_snapshot",
+            "close_session"
+        ],
+        "only the operator widens access"
+    );
     // Nor can arguments: limits above the profile are refused, and there is no field for
     // mounts, environment, network or runtimes.
     for extra in [json!({"mounts": ["/"]}), json!({"env": {"A": "b"}}), json!({"network": true}), json!({"policy": "data-science"})] {

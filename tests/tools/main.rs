@@ -67,7 +67,7 @@ async fn bad_packages_are_refused_with_reasons_and_the_rest_load() {
     let tools = client.list_all_tools().await.unwrap();
     let names: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
     assert!(names.contains(&"echo".to_string()) && names.contains(&"execute_code".to_string()), "{names:?}");
-    assert_eq!(names.len(), 5, "{names:?}");
+    assert_eq!(names.len(), 9, "{names:?}");
 }
 
 #[tokio::test]
