@@ -89,6 +89,16 @@ impl Session {
         (last + self.idle).min(self.started + self.lifetime)
     }
 
+    /// How long it has gone unused.
+    pub fn idle_for(&self) -> Duration {
+        self.last_used.lock().unwrap_or_else(|e| e.into_inner()).elapsed()
+    }
+
+    /// When its lifetime ends, as wall-clock time.
+    pub fn lifetime_ends(&self) -> SystemTime {
+        SystemTime::now() + (self.started + self.lifetime).saturating_duration_since(Instant::now())
+    }
+
     /// When the session will expire if left alone, as wall-clock time.
     pub fn expires_at(&self) -> SystemTime {
         let left = self.expiry().saturating_duration_since(Instant::now());
@@ -111,6 +121,9 @@ pub struct SessionLimits {
     pub per_principal: usize,
     pub idle: Duration,
     pub lifetime: Duration,
+    /// Slots held by suspended sessions (kept on disk, not in this table): the principal's, and
+    /// all of the profile's.
+    pub suspended: (usize, usize),
 }
 
 #[derive(Default)]
@@ -167,10 +180,10 @@ impl Sessions {
             }
             fresh_or_given => {
                 let mine = map.values().filter(|s| s.profile == profile && s.owner.principal == owner.principal).count();
-                if mine >= limits.per_principal {
+                if mine + limits.suspended.0 >= limits.per_principal {
                     return Err(SessionError::PrincipalFull(limits.per_principal));
                 }
-                if map.values().filter(|s| s.profile == profile).count() >= limits.max {
+                if map.values().filter(|s| s.profile == profile).count() + limits.suspended.1 >= limits.max {
                     return Err(SessionError::Full(limits.max));
                 }
                 match fresh_or_given {
@@ -200,11 +213,15 @@ impl Sessions {
         Ok(session)
     }
 
-    /// The session `id` if `owner` owns it and it has not expired.
+    /// The session `id` if `owner` owns it and it has not expired. It counts as used now: a
+    /// session found for a call is never taken as idle (see [`Sessions::remove_exact`]).
     pub fn get(&self, id: &str, owner: &Owner) -> Result<Arc<Session>, SessionError> {
         let map = self.map();
         match map.get(id) {
-            Some(s) if &s.owner == owner && s.expiry() > Instant::now() => Ok(s.clone()),
+            Some(s) if &s.owner == owner && s.expiry() > Instant::now() => {
+                s.touch();
+                Ok(s.clone())
+            }
             _ => Err(SessionError::Unknown(id.chars().take(80).collect())),
         }
     }
@@ -231,6 +248,24 @@ impl Sessions {
         let mut map = self.map();
         let dead: Vec<String> = map.iter().filter(|(_, s)| gone(s)).map(|(k, _)| k.clone()).collect();
         dead.iter().filter_map(|k| map.remove(k)).collect()
+    }
+
+    /// Every session, for a look at each (idle ones to suspend).
+    pub fn all(&self) -> Vec<Arc<Session>> {
+        self.map().values().cloned().collect()
+    }
+
+    /// Removes exactly `s` (not a session that replaced it under its id), and with `idle`, only
+    /// if it has gone unused that long: checked under the table's lock, which [`Sessions::get`]
+    /// touches sessions under, so a session a call has just found is never removed as idle.
+    /// Whether it was removed.
+    pub fn remove_exact(&self, s: &Arc<Session>, idle: Option<Duration>) -> bool {
+        let mut map = self.map();
+        if map.get(&s.id).is_some_and(|x| Arc::ptr_eq(x, s)) && idle.is_none_or(|d| s.idle_for() >= d) {
+            map.remove(&s.id);
+            return true;
+        }
+        false
     }
 
     /// Removes and returns every session (shutdown).
@@ -265,7 +300,7 @@ mod tests {
     }
 
     fn limits(max: usize, idle: Duration) -> SessionLimits {
-        SessionLimits { max, per_principal: max, idle, lifetime: Duration::from_secs(60) }
+        SessionLimits { max, per_principal: max, idle, lifetime: Duration::from_secs(60), suspended: (0, 0) }
     }
 
     #[test]
@@ -285,7 +320,8 @@ mod tests {
     #[test]
     fn one_principal_cannot_take_every_session_slot() {
         let s = Sessions::new();
-        let l = SessionLimits { max: 4, per_principal: 2, idle: Duration::from_secs(60), lifetime: Duration::from_secs(60) };
+        let l =
+            SessionLimits { max: 4, per_principal: 2, idle: Duration::from_secs(60), lifetime: Duration::from_secs(60), suspended: (0, 0) };
         for _ in 0..2 {
             s.create(owner("attacker"), Language::Python, ws(), placed(), ("p", "h"), l).unwrap();
         }

@@ -3,6 +3,11 @@
 //! profile they were made under, verified by sha256 before they are used, counted against that
 //! principal's quota and removed when their retention ends.
 //!
+//! A suspended session is kept the same way, under `suspended/<profile>/<principal>/<session id>/`:
+//! written when it idles or the server stops, and *claimed* when it is resumed — renamed to a
+//! name of the claimant's own first, so of two servers sharing the store and resuming it at once,
+//! exactly one gets it (rename is atomic; the other finds nothing to rename).
+//!
 //! Layout, under the store's root (`$WARDEN_HOME/snapshots`, or `--snapshot-dir` to share it
 //! between replicas): `<profile>/<principal>/<id>/` holding `data` (every file's bytes back to
 //! back, then the image) and `meta.json` ([`SnapshotMeta`]: who, what, where each part lies in
@@ -54,6 +59,9 @@ pub struct SnapshotMeta {
     pub image_bytes: u64,
     /// sha256 of `data`, hex.
     pub sha256: String,
+    /// For a suspended session: when its lifetime ends (seconds since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime_ends: Option<u64>,
 }
 
 impl SnapshotMeta {
@@ -111,6 +119,10 @@ pub enum SnapshotError {
         "snapshot {id} failed its integrity check ({why}) and was not used; it was damaged or altered in storage. Delete it and take a new one"
     )]
     Tampered { id: String, why: String },
+    #[error(
+        "session {0:?} was suspended and has just been resumed by another server of this service; retry, and your call will reach the one holding it"
+    )]
+    Claimed(String),
     #[error("the snapshot store: {0}")]
     Io(#[from] io::Error),
 }
@@ -128,6 +140,11 @@ pub struct SnapshotStore {
 /// A snapshot id: `snap-` and 32 hex digits. Anything else never becomes a path.
 fn valid_id(id: &str) -> bool {
     id.strip_prefix("snap-").is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+}
+
+/// A session id: `s-` and 32 hex digits.
+pub fn valid_session_id(id: &str) -> bool {
+    id.strip_prefix("s-").is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
 }
 
 fn name_dir(name: &str) -> String {
@@ -217,8 +234,7 @@ impl SnapshotStore {
                 io::Error::other(format!("the executor's image holds {image_bytes} bytes, more than the memory limit allows")).into()
             );
         }
-        let files: Vec<(String, u64)> = new.files.iter().map(|f| (f.path.clone(), f.content.len() as u64)).collect();
-        let bytes = files.iter().map(|(_, n)| n).sum::<u64>() + image_bytes;
+        let bytes = new.files.iter().map(|f| f.content.len() as u64).sum::<u64>() + image_bytes;
         let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         let mine = self.list(new.profile, new.principal);
         if mine.len() >= limits.per_principal {
@@ -232,9 +248,23 @@ impl SnapshotStore {
             return Err(SnapshotError::ProfileBytes { limit: limits.bytes });
         }
         let id = format!("snap-{}", uuid::Uuid::new_v4().simple());
-        let parent = self.principal_dir(new.profile, new.principal);
-        crate::home::Home::private_dir(&parent)?;
-        let tmp = parent.join(format!(".tmp-{id}"));
+        let expires = unix_now().saturating_add(limits.retention.as_secs());
+        self.put(&self.principal_dir(new.profile, new.principal), &id, &new, image_bytes, (expires, None))
+    }
+
+    /// Writes `new` as `parent/id`, atomically: into a temporary directory beside it, renamed
+    /// into place (replacing an older record of the same id).
+    fn put(
+        &self,
+        parent: &Path,
+        id: &str,
+        new: &NewSnapshot<'_>,
+        image_bytes: u64,
+        (expires, lifetime_ends): (u64, Option<u64>),
+    ) -> Result<SnapshotMeta, SnapshotError> {
+        let files: Vec<(String, u64)> = new.files.iter().map(|f| (f.path.clone(), f.content.len() as u64)).collect();
+        crate::home::Home::private_dir(parent)?;
+        let tmp = parent.join(format!(".tmp-{id}-{}", uuid::Uuid::new_v4().simple()));
         let written = (|| -> Result<SnapshotMeta, SnapshotError> {
             fs::create_dir(&tmp)?;
             let mut data = create_new(&tmp.join("data"))?;
@@ -251,25 +281,29 @@ impl SnapshotStore {
                 }
             }
             data.sync_all()?;
-            let now = unix_now();
             let meta = SnapshotMeta {
-                id: id.clone(),
+                id: id.to_string(),
                 principal: new.principal.to_string(),
                 profile: new.profile.to_string(),
                 session_id: new.session_id.to_string(),
                 language: new.language,
                 label: new.label.clone(),
-                created: now,
-                expires: now.saturating_add(limits.retention.as_secs()),
+                created: unix_now(),
+                expires,
                 runtime: new.language.spec().cache_key(),
                 files,
                 image_bytes,
                 sha256: hex::encode(hash.finalize()),
+                lifetime_ends,
             };
             let mut record = create_new(&tmp.join("meta.json"))?;
             record.write_all(&serde_json::to_vec_pretty(&meta).map_err(io::Error::other)?)?;
             record.sync_all()?;
-            fs::rename(&tmp, parent.join(&id))?;
+            let target = parent.join(id);
+            if target.exists() {
+                fs::remove_dir_all(&target)?;
+            }
+            fs::rename(&tmp, &target)?;
             Ok(meta)
         })();
         if written.is_err() {
@@ -278,12 +312,87 @@ impl SnapshotStore {
         written
     }
 
-    /// Reads snapshot `meta`'s files into memory (refusing more than `max_files_bytes`) and
+    /// Where snapshot `meta` lies.
+    pub fn snapshot_dir(&self, meta: &SnapshotMeta) -> PathBuf {
+        self.principal_dir(&meta.profile, &meta.principal).join(&meta.id)
+    }
+
+    fn suspended_dir(&self, profile: &str, principal: &str) -> PathBuf {
+        self.root.join("suspended").join(name_dir(profile)).join(name_dir(principal))
+    }
+
+    /// Keeps session `new.session_id` as suspended until `expires` (its idle limit) and at most
+    /// `lifetime_ends`. No quota: a suspended session still holds its session slot, which bounds
+    /// it.
+    pub fn suspend(&self, new: NewSnapshot<'_>, expires: SystemTime, lifetime_ends: SystemTime) -> Result<SnapshotMeta, SnapshotError> {
+        if !valid_session_id(new.session_id) {
+            return Err(io::Error::other("not a session id").into());
+        }
+        let image_bytes = match new.image {
+            Some(p) => fs::symlink_metadata(p)?.len(),
+            None => 0,
+        };
+        if image_bytes > new.max_image {
+            return Err(
+                io::Error::other(format!("the executor's image holds {image_bytes} bytes, more than the memory limit allows")).into()
+            );
+        }
+        let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let parent = self.suspended_dir(new.profile, new.principal);
+        self.put(&parent, new.session_id, &new, image_bytes, (secs(expires), Some(secs(lifetime_ends))))
+    }
+
+    /// Sessions `principal` has suspended under `profile` (unexpired), and all of the
+    /// profile's: what they hold of its session slots.
+    pub fn suspended_counts(&self, profile: &str, principal: &str) -> (usize, usize) {
+        let now = unix_now();
+        let live = |dir: &Path| {
+            subdirs(dir)
+                .iter()
+                .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(valid_session_id))
+                .filter(|p| read_meta(p).is_some_and(|m| m.expires > now))
+                .count()
+        };
+        let mine = live(&self.suspended_dir(profile, principal));
+        let all = subdirs(&self.root.join("suspended").join(name_dir(profile))).iter().map(|d| live(d)).sum();
+        (mine, all)
+    }
+
+    /// Takes suspended session `id` of `principal` under `profile` for this server: `None` if
+    /// there is none (or it expired), [`SnapshotError::Claimed`] if another server took it
+    /// first.
+    pub fn claim(&self, profile: &str, principal: &str, id: &str) -> Result<Option<Claimed>, SnapshotError> {
+        if !valid_session_id(id) {
+            return Ok(None);
+        }
+        let parent = self.suspended_dir(profile, principal);
+        let dir = parent.join(id);
+        if !dir.join("meta.json").exists() {
+            return Ok(None);
+        }
+        let claimed = parent.join(format!(".claimed-{id}-{}", uuid::Uuid::new_v4().simple()));
+        match fs::rename(&dir, &claimed) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(SnapshotError::Claimed(id.to_string())),
+            Err(e) => return Err(e.into()),
+        }
+        let mut claim = Claimed { dir: claimed, meta: None, done: false };
+        let meta = read_meta(&claim.dir).filter(|m| m.id == id && m.profile == profile && m.principal == principal).ok_or_else(|| {
+            SnapshotError::Tampered { id: id.to_string(), why: "its record does not parse or names another owner".into() }
+        })?;
+        if meta.expires <= unix_now() {
+            return Ok(None);
+        }
+        claim.meta = Some(meta);
+        Ok(Some(claim))
+    }
+
+    /// Reads snapshot `meta` (kept in `dir`): its files into memory (refusing more than `max_files_bytes`) and
     /// copies its image to `image_to`, checking the sha256 of everything read against the
     /// record. On a mismatch nothing is returned and the copy is removed.
-    pub fn load(&self, meta: &SnapshotMeta, max_files_bytes: u64, image_to: &Path) -> Result<Vec<InputFile>, SnapshotError> {
+    pub fn load(&self, dir: &Path, meta: &SnapshotMeta, max_files_bytes: u64, image_to: &Path) -> Result<Vec<InputFile>, SnapshotError> {
         let tampered = |why: &str| SnapshotError::Tampered { id: meta.id.clone(), why: why.to_string() };
-        let path = self.principal_dir(&meta.profile, &meta.principal).join(&meta.id).join("data");
+        let path = dir.join("data");
         let mut data = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => tampered("its data is missing"),
             _ => e.into(),
@@ -343,7 +452,8 @@ impl SnapshotStore {
     pub fn expire(&self) -> Vec<SnapshotMeta> {
         let now = unix_now();
         let mut gone = Vec::new();
-        for principal in subdirs(&self.root).into_iter().flat_map(|p| subdirs(&p)) {
+        let suspended = subdirs(&self.root.join("suspended")).into_iter().flat_map(|p| subdirs(&p));
+        for principal in subdirs(&self.root).into_iter().filter(|p| !p.ends_with("suspended")).flat_map(|p| subdirs(&p)).chain(suspended) {
             for (dir, meta) in records(&principal) {
                 if let Ok(m) = meta {
                     if m.expires <= now && fs::remove_dir_all(&dir).is_ok() {
@@ -372,16 +482,56 @@ impl SnapshotStore {
     }
 }
 
-/// The snapshot directories in a principal's directory and their parsed records.
+/// The snapshot (or suspended session) directories in a principal's directory and their parsed
+/// records.
 fn records(dir: &Path) -> Vec<(PathBuf, Result<SnapshotMeta, ()>)> {
     subdirs(dir)
         .into_iter()
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(valid_id))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| valid_id(n) || valid_session_id(n)))
         .map(|p| {
-            let meta = fs::read(p.join("meta.json")).ok().and_then(|t| serde_json::from_slice(&t).ok()).ok_or(());
+            let meta = read_meta(&p).ok_or(());
             (p, meta)
         })
         .collect()
+}
+
+fn read_meta(dir: &Path) -> Option<SnapshotMeta> {
+    fs::read(dir.join("meta.json")).ok().and_then(|t| serde_json::from_slice(&t).ok())
+}
+
+/// A suspended session this server took ([`SnapshotStore::claim`]): removed from the store
+/// when dropped, unless [`Claimed::release`]d back.
+pub struct Claimed {
+    dir: PathBuf,
+    meta: Option<SnapshotMeta>,
+    done: bool,
+}
+
+impl Claimed {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn meta(&self) -> &SnapshotMeta {
+        self.meta.as_ref().expect("a claim holds its record")
+    }
+
+    /// Puts the session back as suspended (its restore failed for a reason that may pass).
+    pub fn release(mut self) {
+        if let (Some(parent), Some(m)) = (self.dir.parent(), &self.meta) {
+            if fs::rename(&self.dir, parent.join(&m.id)).is_ok() {
+                self.done = true;
+            }
+        }
+    }
+}
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
 }
 
 fn subdirs(dir: &Path) -> Vec<PathBuf> {
@@ -444,7 +594,7 @@ mod tests {
         assert!(matches!(store.get("p", "alice", "../../etc"), Err(SnapshotError::Unknown(_))));
         let got = store.get("p", "alice", &meta.id).unwrap();
         let to = dir.path().join("restored.bin");
-        let loaded = store.load(&got, 100, &to).unwrap();
+        let loaded = store.load(&store.snapshot_dir(&got), &got, 100, &to).unwrap();
         assert_eq!(loaded[0].content, b"alpha");
         assert_eq!(loaded[1].path, "d/b");
         assert_eq!(fs::read(&to).unwrap(), b"IMAGE");
@@ -462,9 +612,9 @@ mod tests {
         let data = store.principal_dir("p", "alice").join(&meta.id).join("data");
         fs::write(&data, b"alphA").unwrap();
         let to = dir.path().join("x");
-        assert!(matches!(store.load(&meta, 100, &to), Err(SnapshotError::Tampered { .. })));
+        assert!(matches!(store.load(&store.snapshot_dir(&meta), &meta, 100, &to), Err(SnapshotError::Tampered { .. })));
         fs::write(&data, b"alph").unwrap();
-        assert!(matches!(store.load(&meta, 100, &to), Err(SnapshotError::Tampered { .. })));
+        assert!(matches!(store.load(&store.snapshot_dir(&meta), &meta, 100, &to), Err(SnapshotError::Tampered { .. })));
         fs::write(store.principal_dir("p", "alice").join(&meta.id).join("meta.json"), b"{").unwrap();
         assert!(matches!(store.get("p", "alice", &meta.id), Err(SnapshotError::Tampered { .. })));
     }

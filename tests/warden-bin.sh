@@ -15,3 +15,11 @@ if [[ ! -x "$bin" ]]; then
     echo "$1: no warden binary at $bin; build it first (scripts/setup)" >&2
     exit 1
 fi
+
+# Sessions still open when a suite's server stops are suspended to the snapshot store and count
+# against the next server's session slots until they expire: each suite keeps its own store.
+if [[ -z "${WARDEN_SNAPSHOT_DIR:-}" ]]; then
+    WARDEN_SNAPSHOT_DIR="$(mktemp -d "${TMPDIR:-/tmp}/warden-snapshots.XXXXXX")"
+    export WARDEN_SNAPSHOT_DIR
+    trap 'rm -rf "$WARDEN_SNAPSHOT_DIR"' EXIT
+fi

@@ -126,6 +126,26 @@ pub enum Event {
         interpreter: bool,
         rolled_back: bool,
     },
+    /// A session written to the snapshot store and released from memory (`session.suspend`),
+    /// because it was idle or the server stopped.
+    SessionSuspend {
+        session_id: String,
+        principal: String,
+        connection: Option<String>,
+        profile: String,
+        bytes: u64,
+        interpreter: bool,
+        reason: &'static str,
+    },
+    /// A suspended session back in memory for a call (`session.resume`).
+    SessionResume {
+        session_id: String,
+        principal: String,
+        connection: Option<String>,
+        language: Language,
+        profile: String,
+        interpreter: bool,
+    },
     /// A snapshot written to the store (`snapshot.create`).
     SnapshotCreate {
         snapshot_id: String,
@@ -210,6 +230,8 @@ impl Event {
             Event::SessionFork { .. } => "session.fork",
             Event::SessionClose { .. } => "session.close",
             Event::SessionRestore { .. } => "session.restore",
+            Event::SessionSuspend { .. } => "session.suspend",
+            Event::SessionResume { .. } => "session.resume",
             Event::SnapshotCreate { .. } => "snapshot.create",
             Event::SnapshotDelete { .. } => "snapshot.delete",
             Event::SnapshotRefused { .. } => "snapshot.refused",

@@ -385,6 +385,7 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
                 loop {
                     tick.tick().await;
                     exec.sweep();
+                    exec.suspend_idle().await;
                 }
             })
         };

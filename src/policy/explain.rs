@@ -74,6 +74,15 @@ pub fn explain(p: &Policy) -> String {
             seconds(f.sessions.idle_seconds),
             seconds(f.sessions.lifetime_seconds)
         );
+        if f.sessions.suspend_after_seconds > 0 {
+            let _ = writeln!(
+                o,
+                "  - move a session unused for {} from memory to disk, and back on its next call; at a graceful stop, every session",
+                seconds(f.sessions.suspend_after_seconds)
+            );
+        } else {
+            let _ = writeln!(o, "  - keep sessions in memory while they live; at a graceful stop, move them to disk for the next start");
+        }
     }
     if f.sessions.max > 0 && f.snapshots.max_per_principal == 0 {
         let _ = writeln!(o, "  - not keep session snapshots on disk");

@@ -202,6 +202,13 @@ pub const FIELDS: &[Field] = &[
         value: |f| Value::Num(f.sessions.lifetime_seconds),
     },
     Field {
+        name: "sessions.suspend_after_seconds",
+        about: "an unused session is moved from memory to disk after (0: never)",
+        order: Order::Neutral,
+        bounds: None,
+        value: |f| Value::Num(f.sessions.suspend_after_seconds),
+    },
+    Field {
         name: "snapshots.max_per_principal",
         about: "session snapshots one principal may keep on disk",
         order: Order::MoreIsWider,

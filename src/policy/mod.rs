@@ -136,6 +136,10 @@ pub struct SessionsSection {
     pub idle_seconds: u64,
     #[serde(default)]
     pub lifetime_seconds: u64,
+    /// A session unused this long is written to the snapshot store and released from memory;
+    /// its next call resumes it. 0: never (it stays in memory until it expires).
+    #[serde(default)]
+    pub suspend_after_seconds: u64,
 }
 
 /// Session snapshots kept on disk (see [`crate::snapshots`]); off unless `max_per_principal` is
@@ -417,6 +421,12 @@ fn validate(f: &PolicyFile, invalid: &dyn Fn(&str, String) -> PolicyError) -> Re
     let s = &f.sessions;
     if s.max > 0 && (s.idle_seconds == 0 || s.lifetime_seconds == 0) {
         return Err(invalid("sessions", "sessions are enabled (max > 0) but idle_seconds or lifetime_seconds is 0".into()));
+    }
+    if s.max > 0 && s.suspend_after_seconds >= s.idle_seconds && s.suspend_after_seconds > 0 {
+        return Err(invalid(
+            "sessions.suspend_after_seconds",
+            "must be shorter than idle_seconds (an idle session expires then), or 0 to keep sessions in memory".into(),
+        ));
     }
     if s.max > 0 && s.idle_seconds > s.lifetime_seconds {
         return Err(invalid("sessions.idle_seconds", "is longer than lifetime_seconds".into()));

@@ -47,7 +47,7 @@ impl Service {
         let policy = &profile.policy;
         let (spec, files) = self.prepare(caller, policy, &args)?;
         let session = match &args.session_id {
-            Some(id) => Some(self.session_for(caller, policy, id, spec.language)?),
+            Some(id) => Some(self.open_session(caller, policy, id, Some(spec.language)).await?),
             None => None,
         };
         trace.set(KeyValue::new("warden.language", spec.language.as_str()));

@@ -10,6 +10,7 @@
 //! * [`calls`]: `execute_code` and package tools, from admission to the audited result.
 //! * [`sessions`]: opening, closing and expiring sessions, and binding a call to one.
 //! * [`snapshots`]: session snapshots: taking, listing, deleting, forking and restoring them.
+//! * [`suspend`]: idle sessions (and all, at a graceful stop) to disk, and back on their next call.
 //! * [`reads`]: `resources/read` of retained artifacts, bounded in size and concurrency.
 //! * [`executors`]: the executor processes, placement, and replacing the ones that die.
 
@@ -20,6 +21,7 @@ mod reads;
 pub(crate) mod request;
 mod sessions;
 mod snapshots;
+mod suspend;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -318,9 +320,11 @@ impl Service {
     }
 
     /// Stops taking calls, lets running ones finish for up to `grace`, cancels the rest, then
-    /// closes every session, stops the executors and removes all workspaces.
+    /// suspends every session to the snapshot store (closing any that cannot be), stops the
+    /// executors and removes all workspaces.
     pub async fn shutdown(&self, grace: Duration) {
         self.admission.drain(grace).await;
+        self.suspend_all().await;
         for s in self.sessions.drain() {
             self.audit_close(&s, "shutdown");
         }

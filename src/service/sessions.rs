@@ -24,6 +24,7 @@ pub(super) fn session_limits(p: &Policy) -> SessionLimits {
         per_principal: p.file.sessions.max_per_principal as usize,
         idle: Duration::from_secs(p.file.sessions.idle_seconds),
         lifetime: Duration::from_secs(p.file.sessions.lifetime_seconds),
+        suspended: (0, 0),
     }
 }
 
@@ -46,7 +47,7 @@ impl Service {
         // Opening a session spends one of the principal's calls: creating and closing sessions in
         // a loop is work the server does, so it is rate-limited like any call.
         self.admission.rate_only(caller, p)?;
-        let limits = session_limits(p);
+        let limits = self.session_limits_of(p, &caller.principal);
         // The session lives on one executor of its profile's group from now on.
         let conn = self.executors.place(&GroupKey::of(p)).await?;
         let dir = format!("session-{}", uuid::Uuid::new_v4().simple());
@@ -74,8 +75,8 @@ impl Service {
         self.admission.open()?;
         let profile = self.profile(caller)?;
         let p = &profile.policy;
-        let language = self.sessions.get(id, &caller.owner)?.language;
-        let source = self.session_for(caller, p, id, language)?;
+        let source = self.open_session(caller, p, id, None).await?;
+        let language = source.language;
         self.admission.rate_only(caller, p)?;
         let started = std::time::Instant::now();
         let state = source.state.lock().await;
@@ -92,7 +93,7 @@ impl Service {
             ws,
             (source.conn.clone(), dir.clone()),
             (p.name(), &p.sha256),
-            session_limits(p),
+            self.session_limits_of(p, &caller.principal),
         )?;
         let spec = bare_spec(p, language);
         let job = Job::Fork {
@@ -145,7 +146,14 @@ impl Service {
     }
 
     pub fn close_session(&self, caller: &Caller, id: &str) -> Result<CloseSessionResult, ExecError> {
-        let s = self.sessions.close(id, &caller.owner)?;
+        let s = match self.sessions.close(id, &caller.owner) {
+            Ok(s) => s,
+            // A suspended session of the caller's: its record goes.
+            Err(SessionError::Unknown(_)) if self.close_suspended(caller, id)? => {
+                return Ok(CloseSessionResult { session_id: id.to_string(), closed: true });
+            }
+            Err(e) => return Err(e.into()),
+        };
         self.audit_close(&s, "closed");
         self.metrics.active_sessions.set(self.sessions.len() as i64);
         Ok(CloseSessionResult { session_id: s.id.clone(), closed: true })

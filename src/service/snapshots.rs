@@ -9,8 +9,9 @@
 //! loaded. What the new session gets beyond the image (its directories, environment, limits
 //! and random seeds) comes from the caller's profile as it is now.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::{Caller, ExecError, Profile, Service, invalid, rfc3339};
 use crate::api::{DeleteSnapshotResult, ForkSessionResult, ListSnapshotsResult, RestoreSessionResult, SnapshotInfo};
@@ -19,7 +20,7 @@ use crate::channel::inputs;
 use crate::channel::proto::{IMAGE_FILE, Job};
 use crate::policy::Policy;
 use crate::sandbox::image::max_encoded_bytes;
-use crate::sandbox::{CancelHandle, Outcome, RunReport, Workspace};
+use crate::sandbox::{CancelHandle, InputFile, Outcome, RunReport, Workspace};
 use crate::service::executors::GroupKey;
 use crate::session::{NewId, Session, SessionError};
 use crate::snapshots::{MAX_LABEL, NewSnapshot, SnapshotError, SnapshotLimits, SnapshotMeta, SnapshotStore};
@@ -64,7 +65,17 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 impl Service {
-    fn store(&self) -> Result<Arc<SnapshotStore>, ExecError> {
+    /// The session limits of `p` for `principal`, counting the slots its suspended sessions
+    /// (and all of the profile's) hold.
+    pub(super) fn session_limits_of(&self, p: &Policy, principal: &str) -> crate::session::SessionLimits {
+        let mut l = super::sessions::session_limits(p);
+        if let Some(store) = &self.snapshots {
+            l.suspended = store.suspended_counts(p.name(), principal);
+        }
+        l
+    }
+
+    pub(super) fn store(&self) -> Result<Arc<SnapshotStore>, ExecError> {
         self.snapshots.clone().ok_or_else(|| invalid("snapshots are not available from this server (it has no snapshot store)"))
     }
 
@@ -88,54 +99,32 @@ impl Service {
                 return Err(invalid(format!("label must be at most {MAX_LABEL} characters, without control characters")));
             }
         }
-        let language = self.sessions.get(id, &caller.owner)?.language;
-        let s = self.session_for(caller, p, id, language)?;
+        let s = self.open_session(caller, p, id, None).await?;
+        let language = s.language;
         self.admission.rate_only(caller, p)?;
-        let started = Instant::now();
         let state = s.state.lock().await;
         s.touch();
         if s.conn.is_dead() {
             self.lose(&s);
             return Err(SessionError::Lost(s.id.clone()).into());
         }
-        let spec = super::sessions::bare_spec(p, language);
-        let job = Job::Snapshot { session: s.id.clone(), dir: s.dir.clone(), spec: super::calls::wire_spec(&spec, false) };
-        let ran = self.executors.run(&s.conn.busy(), job, &CancelHandle::new(), spec.limits.timeout, None, None).await;
-        let image = s.conn.dir().join(&s.dir).join(IMAGE_FILE);
-        let written = match super::calls::settle(&s.conn, ran, &spec.limits, started) {
-            Ok(r) if r.outcome == Outcome::Ok => {
-                let interpreter = !r.ended_session;
-                let (ws, limits) = (state.workspace.clone(), snapshot_limits(p));
-                let (principal, profile_name, session_id, image) =
-                    (caller.principal.clone(), p.name().to_string(), s.id.clone(), image.clone());
-                let l = spec.limits.clone();
-                blocking(move || -> Result<SnapshotMeta, ExecError> {
-                    let files = ws
-                        .read_files(l.workspace_bytes, l.workspace_files)
-                        .map_err(|e| invalid(format!("the session's files cannot be kept: {e}")))?;
-                    let new = NewSnapshot {
-                        principal: &principal,
-                        profile: &profile_name,
-                        session_id: &session_id,
-                        language,
-                        label,
-                        files: &files,
-                        image: interpreter.then_some(image.as_path()),
-                        max_image: max_encoded_bytes(l.memory_bytes),
-                    };
-                    Ok(store.write(new, &limits)?)
-                })
-                .await
-                .and_then(|r| r)
-            }
-            Ok(r) => Err(invalid(format!(
-                "the snapshot was not taken ({}): {}",
-                r.outcome.as_str(),
-                r.message.unwrap_or_else(|| "no reason given".into())
-            ))),
-            Err(e) => Err(e),
-        };
-        let _ = std::fs::remove_file(&image);
+        let limits = snapshot_limits(p);
+        let (principal, profile_name, session_id) = (caller.principal.clone(), p.name().to_string(), s.id.clone());
+        let written = self
+            .capture(&s, state.workspace.clone(), p, move |files, image, max_image| {
+                let new = NewSnapshot {
+                    principal: &principal,
+                    profile: &profile_name,
+                    session_id: &session_id,
+                    language,
+                    label,
+                    files: &files,
+                    image: image.as_deref(),
+                    max_image,
+                };
+                Ok(store.write(new, &limits)?)
+            })
+            .await;
         drop(state);
         let meta = written?;
         if let Err(e) = self.audit.record(&Event::SnapshotCreate {
@@ -153,6 +142,47 @@ impl Service {
             return Err(e.into());
         }
         Ok(info(&meta))
+    }
+
+    /// Has session `s`'s executor write its interpreter's image beside its directory, then
+    /// hands `keep` the session's files (from `ws`, within the profile's workspace limits), the
+    /// image's path if it has a live interpreter, and the most bytes that image may hold. Runs
+    /// `keep` off the async runtime; the image file is removed after. The caller holds the
+    /// session's turn lock.
+    pub(super) async fn capture<T: Send + 'static>(
+        &self,
+        s: &Session,
+        ws: Arc<Workspace>,
+        p: &Policy,
+        keep: impl FnOnce(Vec<InputFile>, Option<PathBuf>, u64) -> Result<T, ExecError> + Send + 'static,
+    ) -> Result<T, ExecError> {
+        let started = Instant::now();
+        let spec = super::sessions::bare_spec(p, s.language);
+        let job = Job::Snapshot { session: s.id.clone(), dir: s.dir.clone(), spec: super::calls::wire_spec(&spec, false) };
+        let ran = self.executors.run(&s.conn.busy(), job, &CancelHandle::new(), spec.limits.timeout, None, None).await;
+        let image = s.conn.dir().join(&s.dir).join(IMAGE_FILE);
+        let kept = match super::calls::settle(&s.conn, ran, &spec.limits, started) {
+            Ok(r) if r.outcome == Outcome::Ok => {
+                let interpreter = !r.ended_session;
+                let (l, image) = (spec.limits.clone(), image.clone());
+                blocking(move || {
+                    let files = ws
+                        .read_files(l.workspace_bytes, l.workspace_files)
+                        .map_err(|e| invalid(format!("the session's files cannot be kept: {e}")))?;
+                    keep(files, interpreter.then_some(image), max_encoded_bytes(l.memory_bytes))
+                })
+                .await
+                .and_then(|r| r)
+            }
+            Ok(r) => Err(invalid(format!(
+                "the session's state was not captured ({}): {}",
+                r.outcome.as_str(),
+                r.message.unwrap_or_else(|| "no reason given".into())
+            ))),
+            Err(e) => Err(e),
+        };
+        let _ = std::fs::remove_file(&image);
+        kept
     }
 
     pub fn list_snapshots(&self, caller: &Caller) -> Result<ListSnapshotsResult, ExecError> {
@@ -208,7 +238,7 @@ impl Service {
         let p = &profile.policy;
         let meta = self.snapshot_of(caller, p, &store, id)?;
         self.admission.rate_only(caller, p)?;
-        let (fork, report) = self.restore_into(caller, p, &store, &meta, NewId::Fresh).await?;
+        let (fork, report) = self.restore_into(caller, p, &store, (&store.snapshot_dir(&meta), &meta), NewId::Fresh).await?;
         let interpreter = !report.ended_session;
         if let Err(e) = self.audit.record(&Event::SessionFork {
             session_id: fork.id.clone(),
@@ -251,9 +281,11 @@ impl Service {
                 // No turn of the old session runs while it is replaced.
                 let held = old.clone();
                 let _turn = held.state.lock().await;
-                self.restore_into(caller, p, &store, &meta, NewId::Replace(old)).await?
+                self.restore_into(caller, p, &store, (&store.snapshot_dir(&meta), &meta), NewId::Replace(old)).await?
             }
-            None => self.restore_into(caller, p, &store, &meta, NewId::Given(meta.session_id.clone())).await?,
+            None => {
+                self.restore_into(caller, p, &store, (&store.snapshot_dir(&meta), &meta), NewId::Given(meta.session_id.clone())).await?
+            }
         };
         let interpreter = !report.ended_session;
         self.audit.record(&Event::SessionRestore {
@@ -283,12 +315,12 @@ impl Service {
     /// executor of the caller's profile group (the replaced session's own, for a rollback)
     /// builds the interpreter from the image. A session replaced is swapped out only once its
     /// replacement is in.
-    async fn restore_into(
+    pub(super) async fn restore_into(
         &self,
         caller: &Caller,
         p: &Policy,
         store: &Arc<SnapshotStore>,
-        meta: &SnapshotMeta,
+        (data, meta): (&Path, &SnapshotMeta),
         id: NewId,
     ) -> Result<(Arc<Session>, RunReport), ExecError> {
         let language = meta.language;
@@ -311,7 +343,13 @@ impl Service {
         let ws = Workspace::create_named(conn.dir(), &dir).map_err(|e| ExecError::Internal(e.to_string()))?;
         let root = conn.dir().join(&dir);
         let spec = super::sessions::bare_spec(p, language);
-        let limits = super::sessions::session_limits(p);
+        let mut limits = self.session_limits_of(p, &caller.principal);
+        // A suspended session resumed keeps the lifetime it had left.
+        if let Some(ends) = meta.lifetime_ends {
+            let left = Duration::from_secs(ends.saturating_sub(meta.created))
+                .saturating_sub(SystemTime::now().duration_since(meta.created_at()).unwrap_or_default());
+            limits.lifetime = limits.lifetime.min(left);
+        }
         let place = (conn.clone(), dir.clone());
         // A new session takes its slot now (and is held until its interpreter is in); a
         // replacement, only once it is in.
@@ -334,8 +372,9 @@ impl Service {
         };
         let session_id = replace.as_ref().or(made.as_ref()).map(|s| s.id.clone()).expect("one of them");
         let loaded = {
-            let (store, meta, image, max) = (store.clone(), meta.clone(), root.join(IMAGE_FILE), spec.limits.workspace_bytes);
-            blocking(move || store.load(&meta, max, &image)).await
+            let (store, meta, image, max, data) =
+                (store.clone(), meta.clone(), root.join(IMAGE_FILE), spec.limits.workspace_bytes, data.to_path_buf());
+            blocking(move || store.load(&data, &meta, max, &image)).await
         };
         let files = match loaded {
             Ok(Ok(files)) => files,

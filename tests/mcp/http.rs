@@ -129,8 +129,27 @@ async fn sigterm_shuts_down_gracefully_and_removes_workspaces() {
         .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("pid-{pid}-")))
         .collect();
     assert!(leftovers.is_empty(), "workspaces left behind under {dir:?}: {leftovers:?}");
-    let closes = audit_events(&files, "session.close", 1, Duration::from_secs(1)).await;
-    assert_eq!(closes[0]["reason"], "shutdown");
+    // The session was suspended to the snapshot store, not lost: two replicas sharing that store
+    // get a call for it at once, and exactly one resumes it.
+    let suspended = audit_events(&files, "session.suspend", 1, Duration::from_secs(1)).await;
+    assert_eq!(suspended[0]["reason"], "shutdown");
+    assert_eq!(suspended[0]["session_id"], id.as_str());
+    // Each replica has its own audit log; they share the store.
+    let store = files.snapshot_dir();
+    let shared = ["--snapshot-dir", store.to_str().unwrap()];
+    let (files_b, files_c) = (ServerFiles::new(), ServerFiles::new());
+    let (b, c) = (start_http(&files_b, None, &shared).await, start_http(&files_c, None, &shared).await);
+    let (b, c) = (connect(&b.url).await, connect(&c.url).await);
+    let probe = json!({"language": "python", "code": "print(open('x').read())", "session_id": id});
+    let (rb, rc) = tokio::join!(call(&b, "execute_code", probe.clone()), call(&c, "execute_code", probe.clone()));
+    let (rb, rc) = (rb.unwrap(), rc.unwrap());
+    let won: Vec<_> = [&rb, &rc].into_iter().filter(|r| r.is_error != Some(true)).collect();
+    assert_eq!(won.len(), 1, "exactly one replica resumes it: {rb:?} {rc:?}");
+    assert_eq!(won[0].structured_content.as_ref().unwrap()["stdout"], "1\n");
+    let lost = [&rb, &rc].into_iter().find(|r| r.is_error == Some(true)).unwrap();
+    assert!(text_of(lost).contains("unknown session_id") || text_of(lost).contains("another server"), "{}", text_of(lost));
+    let resumes = |f: &ServerFiles| std::fs::read_to_string(f.audit_log()).unwrap().matches("\"session.resume\"").count();
+    assert_eq!(resumes(&files_b) + resumes(&files_c), 1);
 }
 
 #[tokio::test]

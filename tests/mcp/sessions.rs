@@ -118,6 +118,7 @@ async fn session_count_is_capped_and_idle_sessions_expire() {
         ("max = 16", "max = 2"),
         ("max_per_principal = 4", "max_per_principal = 2"),
         ("idle_seconds = 900", "idle_seconds = 2"),
+        ("suspend_after_seconds = 120", "suspend_after_seconds = 0"),
     ]);
     let client = stdio(&files, Some(&policy)).await;
     let a = create(&client, "python").await;

@@ -118,41 +118,70 @@ async fn a_snapshot_forks_and_rolls_back_with_the_same_state_and_new_seeds() {
 }
 
 #[tokio::test]
-async fn a_session_comes_back_from_its_snapshot_after_the_server_restarts() {
+async fn sessions_survive_a_restart_and_come_back_from_their_snapshots() {
     let files = ServerFiles::new();
-    let (py_id, js_id, py_snap, js_snap, py_state, js_state) = {
+    let (py_id, js_id, py_snap, js_snap, at_snapshot) = {
         let client = stdio(&files, None).await;
         let py_id = create(&client, "python").await;
-        let py_state = run(&client, &format!("{SETUP}\n{PROBE}"), "python", &py_id).await;
+        let at_snapshot = run(&client, &format!("{SETUP}\n{PROBE}"), "python", &py_id).await;
         let js_id = create(&client, "javascript").await;
-        let js_state = run(
-            &client,
-            "globalThis.counter = 41; function bump() { return ++counter; }\nconst fs = 'kept';\nconsole.log(bump(), fs)",
-            "javascript",
-            &js_id,
-        )
-        .await;
-        assert_eq!(js_state, "42 kept\n");
+        let js = "globalThis.counter = 41; function bump() { return ++counter; }\nconst kept = 'kept';\nconsole.log(bump(), kept)";
+        assert_eq!(run(&client, js, "javascript", &js_id).await, "42 kept\n");
         let py_snap = snapshot(&client, &py_id, None).await["snapshot_id"].as_str().unwrap().to_string();
         let js_snap = snapshot(&client, &js_id, None).await["snapshot_id"].as_str().unwrap().to_string();
+        run(&client, "effect()", "python", &py_id).await;
+        assert_eq!(run(&client, "console.log(bump())", "javascript", &js_id).await, "43\n");
+        // The end of standard input stops the server gracefully: its sessions are suspended.
         client.cancel().await.unwrap();
-        (py_id, js_id, py_snap, js_snap, py_state, js_state)
+        (py_id, js_id, py_snap, js_snap, at_snapshot.lines().last().unwrap().to_string() + "\n")
     };
-    // A new server process on the same store: the operator's snapshots are there, and each
-    // session comes back under its own id.
+    let suspended = audit_events(&files, "session.suspend", 2, Duration::from_secs(5)).await;
+    assert!(suspended.iter().all(|s| s["reason"] == "shutdown" && s["interpreter"] == true), "{suspended:?}");
+    // A new server process on the same store gives the operator its sessions back, as they were
+    // when it stopped, under their ids, on their next call.
     let client = stdio(&files, None).await;
-    let e = tool_error(call(&client, "execute_code", in_session("1", "python", &py_id)).await);
-    assert!(e.contains("unknown session_id"), "{e}");
+    let now = run(&client, PROBE, "python", &py_id).await;
+    assert!(now.ends_with(" 50000 2 xx\n"), "{now}");
+    assert_eq!(now.split(' ').next(), at_snapshot.split(' ').next(), "the same os.urandom token, drawn once");
+    assert_eq!(run(&client, "console.log(bump(), kept)", "javascript", &js_id).await, "44 kept\n");
+    let resumed = audit_events(&files, "session.resume", 2, Duration::from_secs(3)).await;
+    assert!(resumed.iter().all(|r| r["interpreter"] == true), "{resumed:?}");
+    // The snapshots taken before the restart roll them back...
     let r = call(&client, "restore_session", json!({"snapshot_id": py_snap})).await.unwrap();
-    let back = r.structured_content.clone().unwrap_or_else(|| panic!("{}", text_of(&r)));
-    assert_eq!(back["session_id"], py_id);
-    assert_eq!(back["rolled_back"], false, "{back}");
-    assert_eq!(run(&client, PROBE, "python", &py_id).await, py_state.lines().last().unwrap().to_string() + "\n");
+    assert_eq!(r.structured_content.unwrap()["rolled_back"], true);
+    assert_eq!(run(&client, PROBE, "python", &py_id).await, at_snapshot);
+    // ...or reopen one that was closed.
+    call(&client, "close_session", json!({"session_id": js_id})).await.unwrap();
     let r = call(&client, "restore_session", json!({"snapshot_id": js_snap})).await.unwrap();
-    assert_eq!(r.structured_content.unwrap()["session_id"], js_id);
-    assert_eq!(run(&client, "console.log(bump(), fs)", "javascript", &js_id).await, "43 kept\n", "{js_state}");
-    let restores = audit_events(&files, "session.restore", 2, Duration::from_secs(3)).await;
-    assert!(restores.iter().all(|r| r["rolled_back"] == false && r["interpreter"] == true), "{restores:?}");
+    let back = r.structured_content.clone().unwrap_or_else(|| panic!("{}", text_of(&r)));
+    assert_eq!(back["session_id"], js_id);
+    assert_eq!(back["rolled_back"], false, "{back}");
+    assert_eq!(run(&client, "console.log(bump(), kept)", "javascript", &js_id).await, "43 kept\n");
+}
+
+#[tokio::test]
+async fn an_idle_session_moves_to_disk_keeps_its_slot_and_comes_back_on_its_next_call() {
+    let files = ServerFiles::new();
+    let policy =
+        files.policy(&[("max_per_principal = 4", "max_per_principal = 1"), ("suspend_after_seconds = 120", "suspend_after_seconds = 1")]);
+    let client = stdio(&files, Some(&policy)).await;
+    let id = create(&client, "python").await;
+    let before = run(&client, &format!("{SETUP}\n{PROBE}"), "python", &id).await;
+    let suspended = audit_events(&files, "session.suspend", 1, Duration::from_secs(8)).await;
+    assert_eq!(suspended[0]["reason"], "idle", "{suspended:?}");
+    assert!(suspended[0]["bytes"].as_u64().unwrap() > 0);
+    // Still the principal's one session: it holds its slot on disk.
+    let e = tool_error(call(&client, "create_session", json!({"language": "python"})).await);
+    assert!(e.contains("your limit"), "{e}");
+    assert_eq!(run(&client, PROBE, "python", &id).await, before.lines().last().unwrap().to_string() + "\n");
+    assert_eq!(audit_events(&files, "session.resume", 1, Duration::from_secs(2)).await.len(), 1);
+    // Idle again, then closed while on disk: gone, and its slot free.
+    audit_events(&files, "session.suspend", 2, Duration::from_secs(8)).await;
+    let r = call(&client, "close_session", json!({"session_id": id})).await.unwrap();
+    assert_eq!(r.structured_content.unwrap()["closed"], true);
+    let e = tool_error(call(&client, "execute_code", in_session("1", "python", &id)).await);
+    assert!(e.contains("unknown session_id"), "{e}");
+    create(&client, "python").await;
 }
 
 #[tokio::test]
