@@ -95,13 +95,20 @@ async fn stdio() {
 /// A policy for load: the default one with the per-principal rate limit out of the way (the
 /// bench is one anonymous principal) and room for `sessions` sessions.
 fn load_policy(files: &ServerFiles, sessions: usize) -> std::path::PathBuf {
-    files.policy(&[
+    load_policy_with(files, sessions, &[])
+}
+
+fn load_policy_with(files: &ServerFiles, sessions: usize, more: &[(&str, &str)]) -> std::path::PathBuf {
+    let (max, per) = (format!("max = {sessions}"), format!("max_per_principal = {sessions}"));
+    let mut edits = vec![
         ("calls_per_minute = 600", "calls_per_minute = 1_000_000"),
         ("concurrent_per_principal = 4", "concurrent_per_principal = 64"),
         ("queue_timeout_ms = 10_000", "queue_timeout_ms = 60_000"),
-        ("max = 16", &format!("max = {sessions}")),
-        ("max_per_principal = 4", &format!("max_per_principal = {sessions}")),
-    ])
+        ("max = 16", max.as_str()),
+        ("max_per_principal = 4", per.as_str()),
+    ];
+    edits.extend_from_slice(more);
+    files.policy(&edits)
 }
 
 /// `clients` connections calling `code` until `total` calls are done or `limit` passes.
@@ -492,7 +499,8 @@ fn tree_rss_kib(pid: u32) -> u64 {
 
 async fn memory() {
     let files = ServerFiles::new();
-    let policy = load_policy(&files, 128);
+    // Idle sessions move to disk after 30 s: long enough to open all 100 first.
+    let policy = load_policy_with(&files, 128, &[("suspend_after_seconds = 120", "suspend_after_seconds = 30")]);
     let server = harness::start_http(&files, Some(&policy), &[]).await;
     let pid = server.child.id().expect("pid");
     let client = harness::connect_http(&server.url, None).await;
@@ -507,6 +515,23 @@ async fn memory() {
         ids.push(id);
     }
     let with_sessions = tree_rss_kib(pid);
+    let t = Instant::now();
+    let suspended = harness::audit_events(&files, "session.suspend", 100, Duration::from_secs(120)).await.len();
+    assert_eq!(suspended, 100, "every idle session is suspended");
+    // Give the executors a moment to drop the guests they were told to.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let on_disk = tree_rss_kib(pid);
+    println!(
+        "memory  RSS with the 100 sessions suspended to disk {} MiB ({:.2} MiB each still in memory; waited {:.0} s)",
+        on_disk / 1024,
+        on_disk.saturating_sub(base) as f64 / 1024.0 / 100.0,
+        t.elapsed().as_secs_f64()
+    );
+    emit(json!({"system": "warden", "layer": "memory", "workload": "suspended_sessions", "rss_100_suspended_kib": on_disk}));
+    let t = Instant::now();
+    let (_, s) = harness::exec(&client, json!({"language": "python", "code": "print(x)", "session_id": ids[0]})).await;
+    assert_eq!(s["stdout"], "1\n", "a suspended session resumes on its next call: {s}");
+    println!("memory  the first call to a suspended session (resume included) took {:.2} ms", ms(t.elapsed()));
     for id in &ids {
         harness::call(&client, "close_session", json!({"session_id": id})).await.expect("close_session");
     }
@@ -588,46 +613,91 @@ async fn jshello() {
 }
 
 /// `fork_session` of a Python session holding a pandas DataFrame of about 10 MB, against
-/// rebuilding that state by running its code again in a fresh session, over MCP stdio in the same
-/// run (each fork is closed again, so the session cap never binds).
+/// rebuilding that state by running its code again (reading the CSV it came from, and building it
+/// in memory from numpy), over MCP stdio in the same run; and the same session's snapshot to disk,
+/// its rollback from that snapshot (`restore_session`), and a fork from it. Each fork is closed
+/// and each snapshot deleted again, so no cap binds.
 async fn fork() {
     let files = ServerFiles::new();
     let client = harness::stdio(&files, None).await;
-    let build =
+    let write_csv = "import numpy as np, pandas as pd\n\
+                     pd.DataFrame(np.arange(1_250_000, dtype=np.int64).reshape(-1, 5), columns=list('abcde')).to_csv('data.csv', index=False)";
+    let from_csv = "import pandas as pd\ndf = pd.read_csv('data.csv')";
+    let in_memory =
         "import numpy as np, pandas as pd\ndf = pd.DataFrame(np.arange(1_250_000, dtype=np.int64).reshape(-1, 5), columns=list('abcde'))";
     let session =
         |r: rmcp::model::CallToolResult| r.structured_content.expect("structured")["session_id"].as_str().expect("id").to_string();
     let id = session(harness::call(&client, "create_session", json!({"language": "python"})).await.expect("create_session"));
-    let (_, s) = harness::exec(&client, json!({"language": "python", "code": build, "session_id": id})).await;
-    assert_eq!(s["outcome"], "ok", "{s}");
+    let run = |code: &'static str| {
+        let (client, id) = (&client, id.clone());
+        async move {
+            let t = Instant::now();
+            let (_, s) = harness::exec(client, json!({"language": "python", "code": code, "session_id": id})).await;
+            assert_eq!(s["outcome"], "ok", "{s}");
+            t.elapsed()
+        }
+    };
+    run(write_csv).await;
+    run(from_csv).await;
+    let timed = |tool: &'static str, args: Value| {
+        let client = &client;
+        async move {
+            let t = Instant::now();
+            let r = harness::call(client, tool, args).await.expect(tool);
+            assert_ne!(r.is_error, Some(true), "{tool}: {r:?}");
+            (t.elapsed(), r.structured_content.expect("structured"))
+        }
+    };
+    let check = |sid: String| {
+        let client = &client;
+        async move {
+            let (_, s) = harness::exec(client, json!({"language": "python", "code": "print(df.shape)", "session_id": sid})).await;
+            assert_eq!(s["stdout"], "(250000, 5)\n", "{s}");
+        }
+    };
     let n = (runs() / 2).max(5);
-    let (mut forks, mut rebuilds) = (Vec::new(), Vec::new());
+    let names = ["fork", "rebuild_from_csv", "rebuild_in_memory", "snapshot", "restore_from_disk", "fork_from_snapshot"];
+    let mut series: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
     for i in 0..n + 2 {
-        let t = Instant::now();
-        let r = harness::call(&client, "fork_session", json!({"session_id": id})).await.expect("fork_session");
-        let took = t.elapsed();
-        let fork = session(r);
-        let (_, s) = harness::exec(&client, json!({"language": "python", "code": "print(df.shape)", "session_id": fork})).await;
-        assert_eq!(s["stdout"], "(250000, 5)\n", "{s}");
+        let (fork_took, f) = timed("fork_session", json!({"session_id": id})).await;
+        let fork = f["session_id"].as_str().unwrap().to_string();
+        check(fork.clone()).await;
         harness::call(&client, "close_session", json!({"session_id": fork})).await.expect("close_session");
-        // Rebuilding: a fresh session runs the same code.
-        let fresh = session(harness::call(&client, "create_session", json!({"language": "python"})).await.expect("create_session"));
-        let t = Instant::now();
-        let (_, s) = harness::exec(&client, json!({"language": "python", "code": build, "session_id": fresh})).await;
-        let rebuilt = t.elapsed();
-        assert_eq!(s["outcome"], "ok", "{s}");
-        harness::call(&client, "close_session", json!({"session_id": fresh})).await.expect("close_session");
+        let csv_took = run(from_csv).await;
+        let memory_took = run(in_memory).await;
+        let (snap_took, snap) = timed("snapshot_session", json!({"session_id": id})).await;
+        let snap_id = snap["snapshot_id"].as_str().unwrap().to_string();
+        let (restore_took, _) = timed("restore_session", json!({"snapshot_id": snap_id})).await;
+        check(id.clone()).await;
+        let (from_snap_took, f) = timed("fork_session", json!({"snapshot_id": snap_id})).await;
+        let fork = f["session_id"].as_str().unwrap().to_string();
+        check(fork.clone()).await;
+        harness::call(&client, "close_session", json!({"session_id": fork})).await.expect("close_session");
+        harness::call(&client, "delete_snapshot", json!({"snapshot_id": snap_id})).await.expect("delete_snapshot");
         if i >= 2 {
-            forks.push(took);
-            rebuilds.push(rebuilt);
+            for (s, took) in series.iter_mut().zip([fork_took, csv_took, memory_took, snap_took, restore_took, from_snap_took]) {
+                s.push(took);
+            }
         }
     }
-    forks.sort();
-    rebuilds.sort();
-    let (f, r) = (percentile(&forks, 0.5), percentile(&rebuilds, 0.5));
-    report_latency("stdio", "python_fork_10mb_dataframe", forks);
-    report_latency("stdio", "python_rebuild_10mb_dataframe", rebuilds);
-    println!("fork: median {:.2} ms against {:.2} ms to rebuild by re-running: {:.1}x faster", ms(f), ms(r), ms(r) / ms(f));
+    let mut medians = Vec::new();
+    for (name, mut s) in names.iter().zip(series) {
+        s.sort();
+        medians.push(ms(percentile(&s, 0.5)));
+        report_latency("stdio", &format!("python_10mb_dataframe_{name}"), s);
+    }
+    println!(
+        "fork: median {:.2} ms against {:.2} ms to re-read its CSV ({:.1}x faster) and {:.2} ms to rebuild it in memory ({:.1}x); \
+         snapshot to disk {:.2} ms, rollback from disk {:.2} ms, fork from disk {:.2} ms",
+        medians[0],
+        medians[1],
+        medians[1] / medians[0],
+        medians[2],
+        medians[2] / medians[0],
+        medians[3],
+        medians[4],
+        medians[5]
+    );
     client.cancel().await.ok();
 }
 
