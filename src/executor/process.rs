@@ -311,7 +311,9 @@ impl State {
             Job::Fork { session, dir, from, from_dir, spec } => {
                 let path = self.dir(&dir)?;
                 let source = lock(&self.sessions).get(&from).cloned();
-                let source = source.filter(|s| s.dir == from_dir);
+                if source.as_ref().is_some_and(|s| s.dir != from_dir) {
+                    return Err(RunError::Internal(format!("session {from} lives in another directory")));
+                }
                 let ws = Arc::new(Workspace::adopt_empty(&path).map_err(internal)?);
                 let slot = Arc::new(SessionSlot { dir: dir.clone(), live: tokio::sync::Mutex::new(None) });
                 {

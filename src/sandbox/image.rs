@@ -141,6 +141,71 @@ fn globals(store: &mut Store<GuestState>, instance: Instance) -> Vec<(u32, wasmt
     out
 }
 
+/// The values of `instance`'s exported mutable globals.
+fn read_globals(store: &mut Store<GuestState>, instance: Instance) -> Result<Vec<(u32, GlobalValue)>, ImageError> {
+    let mut values = Vec::new();
+    for (index, g) in globals(store, instance) {
+        let v = match g.get(store.as_context_mut()) {
+            Val::I32(v) => GlobalValue::I32(v),
+            Val::I64(v) => GlobalValue::I64(v),
+            Val::F32(v) => GlobalValue::F32(v),
+            Val::F64(v) => GlobalValue::F64(v),
+            _ => return Err(ImageError::Malformed("a global of a reference or vector type")),
+        };
+        values.push((index, v));
+    }
+    Ok(values)
+}
+
+/// Sets `instance`'s exported mutable globals to `values`.
+fn write_globals(store: &mut Store<GuestState>, instance: Instance, values: &[(u32, GlobalValue)]) -> Result<(), ImageError> {
+    let targets = globals(store, instance);
+    for (index, value) in values {
+        let Some((_, g)) = targets.iter().find(|(i, _)| i == index) else {
+            return Err(ImageError::Malformed("a global the runtime does not have"));
+        };
+        let v = match *value {
+            GlobalValue::I32(v) => Val::I32(v),
+            GlobalValue::I64(v) => Val::I64(v),
+            GlobalValue::F32(v) => Val::F32(v),
+            GlobalValue::F64(v) => Val::F64(v),
+        };
+        g.set(store.as_context_mut(), v).map_err(|e| ImageError::Wasm(format!("{e:#}")))?;
+    }
+    Ok(())
+}
+
+/// `instance`'s memory, grown to at least `bytes` (within the guest's memory limit).
+fn grow_to(store: &mut Store<GuestState>, instance: Instance, bytes: usize) -> Result<Memory, ImageError> {
+    let mem = memory(store, instance)?;
+    let have = mem.data_size(&*store);
+    if bytes > have {
+        let grow = (bytes - have).div_ceil(65536) as u64;
+        mem.grow(store.as_context_mut(), grow).map_err(|_| ImageError::TooLarge { needed: bytes >> 20 })?;
+    }
+    Ok(mem)
+}
+
+/// What a restored guest's memory and globals come from: an image, or a live guest (a fork).
+pub trait Fill {
+    fn fill(&self, target: &mut super::Guest) -> Result<(), ImageError>;
+}
+
+impl Fill for GuestImage {
+    fn fill(&self, target: &mut super::Guest) -> Result<(), ImageError> {
+        self.apply(target)
+    }
+}
+
+/// A live guest as a [`Fill`] (its state copied straight across, [`GuestImage::copy_live`]).
+pub struct Live<'a>(pub std::cell::RefCell<&'a mut super::Guest>);
+
+impl Fill for Live<'_> {
+    fn fill(&self, target: &mut super::Guest) -> Result<(), ImageError> {
+        GuestImage::copy_live(&mut self.0.borrow_mut(), target)
+    }
+}
+
 impl GuestImage {
     /// Records `live`'s memory (as the pages that differ from `base`'s) and its globals. `base`
     /// must be a guest of the same runtime that has run nothing.
@@ -152,8 +217,10 @@ impl GuestImage {
                 let base_bytes = memory(base_store, base_instance)?.data(&*base_store);
                 let live_bytes = mem.data(&*store);
                 let touched = touched_pages(live_bytes);
-                let mut pages = Vec::new();
-                let mut data = Vec::new();
+                // At most every touched page differs: reserve that once.
+                let most = touched.as_ref().map_or(live_bytes.len().div_ceil(PAGE), |t| t.iter().filter(|&&t| t).count());
+                let mut pages = Vec::with_capacity(most);
+                let mut data = Vec::with_capacity(most * PAGE);
                 for (i, page) in live_bytes.chunks(PAGE).enumerate() {
                     if touched.as_ref().is_some_and(|t| !t[i]) {
                         continue;
@@ -169,18 +236,8 @@ impl GuestImage {
                 Ok((pages, data))
             })?;
             let memory_bytes = mem.data_size(&*store);
-            let mut values = Vec::new();
-            for (index, g) in globals(store, instance) {
-                let v = match g.get(store.as_context_mut()) {
-                    Val::I32(v) => GlobalValue::I32(v),
-                    Val::I64(v) => GlobalValue::I64(v),
-                    Val::F32(v) => GlobalValue::F32(v),
-                    Val::F64(v) => GlobalValue::F64(v),
-                    _ => return Err(ImageError::Malformed("a global of a reference or vector type")),
-                };
-                values.push((index, v));
-            }
-            Ok(GuestImage { language, memory_bytes, pages, data, globals: values })
+            let globals = read_globals(store, instance)?;
+            Ok(GuestImage { language, memory_bytes, pages, data, globals })
         })
     }
 
@@ -195,12 +252,7 @@ impl GuestImage {
             return Err(ImageError::Malformed("pages and data disagree"));
         }
         target.with_parts(|store, instance| {
-            let mem = memory(store, instance)?;
-            let have = mem.data_size(&*store);
-            if self.memory_bytes > have {
-                let grow = (self.memory_bytes - have).div_ceil(65536) as u64;
-                mem.grow(store.as_context_mut(), grow).map_err(|_| ImageError::TooLarge { needed: self.memory_bytes >> 20 })?;
-            }
+            let mem = grow_to(store, instance, self.memory_bytes)?;
             let size = mem.data_size(&*store);
             let bytes = mem.data_mut(store.as_context_mut());
             for (n, &page) in self.pages.iter().enumerate() {
@@ -212,20 +264,46 @@ impl GuestImage {
                 }
                 bytes[at..end].copy_from_slice(&src[..end - at]);
             }
-            let targets = globals(store, instance);
-            for (index, value) in &self.globals {
-                let Some((_, g)) = targets.iter().find(|(i, _)| i == index) else {
-                    return Err(ImageError::Malformed("a global the runtime does not have"));
-                };
-                let v = match *value {
-                    GlobalValue::I32(v) => Val::I32(v),
-                    GlobalValue::I64(v) => Val::I64(v),
-                    GlobalValue::F32(v) => Val::F32(v),
-                    GlobalValue::F64(v) => Val::F64(v),
-                };
-                g.set(store.as_context_mut(), v).map_err(|e| ImageError::Wasm(format!("{e:#}")))?;
-            }
-            Ok(())
+            write_globals(store, instance, &self.globals)
+        })
+    }
+
+    /// Writes `source`'s state straight into `target`, a guest of the same runtime that has run
+    /// nothing: every page the kernel says `source` wrote is copied (no comparison with a base,
+    /// and no image in between, so a fork copies each changed page once), and the globals set.
+    pub fn copy_live(source: &mut super::Guest, target: &mut super::Guest) -> Result<(), ImageError> {
+        let language = source.language().ok_or(ImageError::Malformed("a tool command has no image"))?;
+        if target.language() != Some(language) {
+            return Err(ImageError::Language { image: language, guest: format!("{:?}", target.language()) });
+        }
+        source.with_parts(|store, instance| {
+            let mem = memory(store, instance)?;
+            let globals = read_globals(store, instance)?;
+            let live = mem.data(&*store);
+            target.with_parts(|tstore, tinstance| -> Result<(), ImageError> {
+                let tmem = grow_to(tstore, tinstance, live.len())?;
+                let bytes = &mut tmem.data_mut(tstore.as_context_mut())[..live.len()];
+                match touched_pages(live) {
+                    // Runs of touched pages are copied as one.
+                    Some(touched) => {
+                        let mut i = 0;
+                        while i < touched.len() {
+                            if !touched[i] {
+                                i += 1;
+                                continue;
+                            }
+                            let start = i;
+                            while i < touched.len() && touched[i] {
+                                i += 1;
+                            }
+                            let (a, b) = (start * PAGE, (i * PAGE).min(live.len()));
+                            bytes[a..b].copy_from_slice(&live[a..b]);
+                        }
+                    }
+                    None => bytes.copy_from_slice(live),
+                }
+                write_globals(tstore, tinstance, &globals)
+            })
         })
     }
 

@@ -122,9 +122,9 @@ impl Sandbox {
     }
 
     /// A new guest holding the same interpreter as `source` (variables, imports, loaded data),
-    /// for `spec` in the workspace `ws`: `source`'s image ([`image::GuestImage`]) put into a
-    /// fresh instance, which is then readied like a restored one ([`Sandbox::restore_guest`]).
-    /// `source` is only read.
+    /// for `spec` in the workspace `ws`: the pages `source` wrote copied straight into a fresh
+    /// instance ([`image::GuestImage::copy_live`]), which is then readied like a restored one
+    /// ([`Sandbox::restore_guest`]). `source` is only read.
     pub fn fork_guest(
         &self,
         source: &mut Guest,
@@ -132,8 +132,8 @@ impl Sandbox {
         ws: &Workspace,
         cancel: &CancelHandle,
     ) -> Result<Result<Guest, RunReport>, SandboxError> {
-        let image = self.capture_image(source, spec, ws, cancel)?;
-        self.restore_guest(&image, spec, ws, cancel)
+        let live = image::Live(std::cell::RefCell::new(source));
+        self.make_guest(spec, ws, cancel, Ready::Restore(&live))
     }
 
     /// `source`'s state as an image: the pages of its memory that differ from a fresh instance
@@ -202,7 +202,7 @@ impl Sandbox {
                 (Ready::Claim, Language::Python) => g.hidden_turn(&refresh, cancel, timeout)?,
                 (Ready::Claim, Language::Javascript) => g.setup_call(crate::runtime::quickjs::CLAIM_EXPORT, cancel, timeout)?,
                 (Ready::Restore(image), language) => {
-                    image.apply(&mut g).map_err(wasmtime::Error::new)?;
+                    image.fill(&mut g).map_err(wasmtime::Error::new)?;
                     match language {
                         // wasi-libc forgets the image's table of preopens and reads this
                         // guest's; the refresh turn sets the environment, seeds and cwd.
@@ -254,8 +254,8 @@ enum Ready<'a> {
     Bare,
     /// As a fresh guest for one call.
     Claim,
-    /// As the holder of an image's interpreter.
-    Restore(&'a GuestImage),
+    /// As the holder of an image's (or a live guest's) interpreter.
+    Restore(&'a dyn image::Fill),
 }
 
 /// A plain WASI command to run (a tool package): arguments on stdin, result on stdout.
