@@ -169,6 +169,20 @@ pub struct NewSnapshot<'a> {
     pub max_image: u64,
 }
 
+impl NewSnapshot<'_> {
+    /// The size of the executor's image file, refused beyond what its memory limit allows.
+    fn image_bytes(&self) -> Result<u64, SnapshotError> {
+        let bytes = match self.image {
+            Some(p) => fs::symlink_metadata(p)?.len(),
+            None => 0,
+        };
+        if bytes > self.max_image {
+            return Err(io::Error::other(format!("the executor's image holds {bytes} bytes, more than the memory limit allows")).into());
+        }
+        Ok(bytes)
+    }
+}
+
 impl SnapshotStore {
     pub fn open(root: &Path) -> io::Result<SnapshotStore> {
         crate::home::Home::private_dir(root)?;
@@ -225,15 +239,7 @@ impl SnapshotStore {
         if limits.per_principal == 0 {
             return Err(SnapshotError::Disabled);
         }
-        let image_bytes = match new.image {
-            Some(p) => fs::symlink_metadata(p)?.len(),
-            None => 0,
-        };
-        if image_bytes > new.max_image {
-            return Err(
-                io::Error::other(format!("the executor's image holds {image_bytes} bytes, more than the memory limit allows")).into()
-            );
-        }
+        let image_bytes = new.image_bytes()?;
         let bytes = new.files.iter().map(|f| f.content.len() as u64).sum::<u64>() + image_bytes;
         let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         let mine = self.list(new.profile, new.principal);
@@ -329,15 +335,7 @@ impl SnapshotStore {
         if !valid_session_id(new.session_id) {
             return Err(io::Error::other("not a session id").into());
         }
-        let image_bytes = match new.image {
-            Some(p) => fs::symlink_metadata(p)?.len(),
-            None => 0,
-        };
-        if image_bytes > new.max_image {
-            return Err(
-                io::Error::other(format!("the executor's image holds {image_bytes} bytes, more than the memory limit allows")).into()
-            );
-        }
+        let image_bytes = new.image_bytes()?;
         let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let parent = self.suspended_dir(new.profile, new.principal);
         self.put(&parent, new.session_id, &new, image_bytes, (secs(expires), Some(secs(lifetime_ends))))

@@ -13,7 +13,7 @@ use crate::channel::proto::Job;
 use crate::policy::Policy;
 use crate::runtime::Language;
 use crate::sandbox::Workspace;
-use crate::sandbox::{CancelHandle, ExecSpec, Outcome};
+use crate::sandbox::{CancelHandle, ExecSpec, Outcome, RunReport};
 use crate::service::executors::GroupKey;
 use crate::session::{Session, SessionError, SessionLimits};
 
@@ -120,13 +120,26 @@ impl Service {
                 });
             }
         };
+        self.forked(caller, p, &fork, &source.id, report)
+    }
+
+    /// Audits fork `fork` of `from` (a session's id, or a snapshot's) and answers for it; if
+    /// the audit cannot be written, the fork is closed again.
+    pub(super) fn forked(
+        &self,
+        caller: &Caller,
+        p: &Policy,
+        fork: &Session,
+        from: &str,
+        report: RunReport,
+    ) -> Result<ForkSessionResult, ExecError> {
         let interpreter = !report.ended_session;
         if let Err(e) = self.audit.record(&Event::SessionFork {
             session_id: fork.id.clone(),
-            from: source.id.clone(),
+            from: from.to_string(),
             principal: caller.principal.clone(),
             connection: caller.owner.connection.clone(),
-            language,
+            language: fork.language,
             profile: p.name().to_string(),
             interpreter,
         }) {
@@ -137,8 +150,8 @@ impl Service {
         self.metrics.active_sessions.set(self.sessions.len() as i64);
         Ok(ForkSessionResult {
             session_id: fork.id.clone(),
-            forked_from: source.id.clone(),
-            language,
+            forked_from: from.to_string(),
+            language: fork.language,
             expires_at: rfc3339(fork.expires_at()),
             interpreter,
             message: report.message.unwrap_or_default(),

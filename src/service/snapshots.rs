@@ -239,29 +239,7 @@ impl Service {
         let meta = self.snapshot_of(caller, p, &store, id)?;
         self.admission.rate_only(caller, p)?;
         let (fork, report) = self.restore_into(caller, p, &store, (&store.snapshot_dir(&meta), &meta), NewId::Fresh).await?;
-        let interpreter = !report.ended_session;
-        if let Err(e) = self.audit.record(&Event::SessionFork {
-            session_id: fork.id.clone(),
-            from: meta.id.clone(),
-            principal: caller.principal.clone(),
-            connection: caller.owner.connection.clone(),
-            language: meta.language,
-            profile: p.name().to_string(),
-            interpreter,
-        }) {
-            let _ = self.sessions.close(&fork.id, &caller.owner);
-            fork.conn.end_session(&fork.id);
-            return Err(e.into());
-        }
-        self.metrics.active_sessions.set(self.sessions.len() as i64);
-        Ok(ForkSessionResult {
-            session_id: fork.id.clone(),
-            forked_from: meta.id.clone(),
-            language: meta.language,
-            expires_at: rfc3339(fork.expires_at()),
-            interpreter,
-            message: report.message.unwrap_or_default(),
-        })
+        self.forked(caller, p, &fork, &meta.id, report)
     }
 
     /// Snapshot `id`'s session back as it was, under its own id: rolled back in place if the
