@@ -305,6 +305,26 @@ pub(crate) async fn run_tool(
 
 /// What the front makes of a run's end: the checked report, a `crashed` report if the executor
 /// died or lied about the run (it is then killed), or the error it gave.
+/// [`settle`] for a run that does no caller code (a fork, a capture, a restore): any outcome
+/// but `ok` is an error saying `failed` and why.
+pub(super) fn settle_ok(
+    conn: &super::executors::Conn,
+    ran: Ran,
+    limits: &Limits,
+    started: Instant,
+    failed: &str,
+) -> Result<RunReport, ExecError> {
+    let r = settle(conn, ran, limits, started)?;
+    if r.outcome != crate::sandbox::Outcome::Ok {
+        return Err(super::invalid(format!(
+            "{failed} ({}): {}",
+            r.outcome.as_str(),
+            r.message.unwrap_or_else(|| "no reason given".into())
+        )));
+    }
+    Ok(r)
+}
+
 pub(super) fn settle(conn: &super::executors::Conn, ran: Ran, limits: &Limits, started: Instant) -> Result<RunReport, ExecError> {
     match ran {
         Ran::Done(Ok(f), sent) => match finish(*f, limits, sent) {

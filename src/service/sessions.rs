@@ -13,7 +13,7 @@ use crate::channel::proto::Job;
 use crate::policy::Policy;
 use crate::runtime::Language;
 use crate::sandbox::Workspace;
-use crate::sandbox::{CancelHandle, ExecSpec, Outcome, RunReport};
+use crate::sandbox::{CancelHandle, ExecSpec, RunReport};
 use crate::service::executors::GroupKey;
 use crate::session::{Session, SessionError, SessionLimits};
 
@@ -105,19 +105,12 @@ impl Service {
         };
         let ran = self.executors.run(&source.conn.busy(), job, &CancelHandle::new(), spec.limits.timeout, None, None).await;
         drop(state);
-        let report = match super::calls::settle(&source.conn, ran, &spec.limits, started) {
-            Ok(r) if r.outcome == Outcome::Ok => r,
-            failed => {
+        let report = match super::calls::settle_ok(&source.conn, ran, &spec.limits, started, "the fork was not made") {
+            Ok(r) => r,
+            Err(e) => {
                 let _ = self.sessions.close(&fork.id, &caller.owner);
                 fork.conn.end_session(&fork.id);
-                return Err(match failed {
-                    Ok(r) => invalid(format!(
-                        "the fork was not made ({}): {}",
-                        r.outcome.as_str(),
-                        r.message.unwrap_or_else(|| "no reason given".into())
-                    )),
-                    Err(e) => e,
-                });
+                return Err(e);
             }
         };
         self.forked(caller, p, &fork, &source.id, report)

@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::{Caller, ExecError, Profile, Service, invalid, rfc3339};
 use crate::api::{DeleteSnapshotResult, ForkSessionResult, ListSnapshotsResult, RestoreSessionResult, SnapshotInfo};
@@ -20,7 +20,7 @@ use crate::channel::inputs;
 use crate::channel::proto::{IMAGE_FILE, Job};
 use crate::policy::Policy;
 use crate::sandbox::image::max_encoded_bytes;
-use crate::sandbox::{CancelHandle, InputFile, Outcome, RunReport, Workspace};
+use crate::sandbox::{CancelHandle, InputFile, RunReport, Workspace};
 use crate::service::executors::GroupKey;
 use crate::session::{NewId, Session, SessionError};
 use crate::snapshots::{MAX_LABEL, NewSnapshot, SnapshotError, SnapshotLimits, SnapshotMeta, SnapshotStore};
@@ -161,8 +161,8 @@ impl Service {
         let job = Job::Snapshot { session: s.id.clone(), dir: s.dir.clone(), spec: super::calls::wire_spec(&spec, false) };
         let ran = self.executors.run(&s.conn.busy(), job, &CancelHandle::new(), spec.limits.timeout, None, None).await;
         let image = s.conn.dir().join(&s.dir).join(IMAGE_FILE);
-        let kept = match super::calls::settle(&s.conn, ran, &spec.limits, started) {
-            Ok(r) if r.outcome == Outcome::Ok => {
+        let kept = match super::calls::settle_ok(&s.conn, ran, &spec.limits, started, "the session's state was not captured") {
+            Ok(r) => {
                 let interpreter = !r.ended_session;
                 let (l, image) = (spec.limits.clone(), image.clone());
                 blocking(move || {
@@ -174,11 +174,6 @@ impl Service {
                 .await
                 .and_then(|r| r)
             }
-            Ok(r) => Err(invalid(format!(
-                "the session's state was not captured ({}): {}",
-                r.outcome.as_str(),
-                r.message.unwrap_or_else(|| "no reason given".into())
-            ))),
             Err(e) => Err(e),
         };
         let _ = std::fs::remove_file(&image);
@@ -324,8 +319,7 @@ impl Service {
         let mut limits = self.session_limits_of(p, &caller.principal);
         // A suspended session resumed keeps the lifetime it had left.
         if let Some(ends) = meta.lifetime_ends {
-            let left = Duration::from_secs(ends.saturating_sub(meta.created))
-                .saturating_sub(SystemTime::now().duration_since(meta.created_at()).unwrap_or_default());
+            let left = (UNIX_EPOCH + Duration::from_secs(ends)).duration_since(SystemTime::now()).unwrap_or_default();
             limits.lifetime = limits.lifetime.min(left);
         }
         let place = (conn.clone(), dir.clone());
@@ -383,18 +377,11 @@ impl Service {
         };
         let ran = self.executors.run(&busy, job, &CancelHandle::new(), spec.limits.timeout, None, None).await;
         drop(held);
-        let report = match super::calls::settle(&conn, ran, &spec.limits, started) {
-            Ok(r) if r.outcome == Outcome::Ok => r,
-            failed => {
+        let report = match super::calls::settle_ok(&conn, ran, &spec.limits, started, "the snapshot was not restored") {
+            Ok(r) => r,
+            Err(e) => {
                 undo(&made);
-                return Err(match failed {
-                    Ok(r) => invalid(format!(
-                        "the snapshot was not restored ({}): {}",
-                        r.outcome.as_str(),
-                        r.message.unwrap_or_else(|| "no reason given".into())
-                    )),
-                    Err(e) => e,
-                });
+                return Err(e);
             }
         };
         let session = match (made, replace, ws) {
