@@ -75,21 +75,25 @@ async fn exec_ok(client: &Client, language: Language, code: &str) {
     assert_eq!(s["outcome"], "ok", "{s}");
 }
 
+/// Fresh calls over MCP stdio, as served (guests prepared ahead), then from a server that
+/// starts a guest per call (`--guest-pool 0`), the same run.
 async fn stdio() {
-    let files = ServerFiles::new();
-    let client = harness::stdio(&files, None).await;
-    for &(name, language, code) in WORKLOADS {
-        let mut samples = Vec::new();
-        for i in 0..runs() + 3 {
-            let t = Instant::now();
-            exec_ok(&client, language, code).await;
-            if i >= 3 {
-                samples.push(t.elapsed());
+    for (layer, extra) in [("stdio", &[][..]), ("stdio-unpooled", &["--guest-pool", "0"][..])] {
+        let files = ServerFiles::new();
+        let client = harness::stdio_with(&harness::Server::default(), &files, None, extra).await;
+        for &(name, language, code) in WORKLOADS {
+            let mut samples = Vec::new();
+            for i in 0..runs() + 3 {
+                let t = Instant::now();
+                exec_ok(&client, language, code).await;
+                if i >= 3 {
+                    samples.push(t.elapsed());
+                }
             }
+            report_latency(layer, name, samples);
         }
-        report_latency("stdio", name, samples);
+        client.cancel().await.ok();
     }
-    client.cancel().await.ok();
 }
 
 /// A policy for load: the default one with the per-principal rate limit out of the way (the

@@ -20,6 +20,13 @@ pub struct LanguageLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StartLabels {
+    pub language: String,
+    /// `prepared` (claimed from the executor's pool) or `new` (started for the call).
+    pub guest: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ToolLabels {
     pub tool: String,
     pub outcome: String,
@@ -52,6 +59,8 @@ pub struct Metrics {
     pub executions: Family<ExecLabels, Counter>,
     pub duration: Family<LanguageLabel, Histogram>,
     pub fuel: Family<LanguageLabel, Histogram>,
+    /// Guests that began a call's run: prepared ahead, or started for it.
+    pub guest_starts: Family<StartLabels, Counter>,
     /// Package tool calls, apart from code executions.
     pub tool_calls: Family<ToolLabels, Counter>,
     pub tool_duration: Family<ToolLabel, Histogram>,
@@ -91,6 +100,7 @@ impl Metrics {
         let fuel = Family::<LanguageLabel, Histogram>::new_with_constructor(
             (|| Histogram::new(exponential_buckets(1e5, 10.0, 9))) as fn() -> Histogram,
         );
+        let guest_starts = Family::<StartLabels, Counter>::default();
         let tool_calls = Family::<ToolLabels, Counter>::default();
         let tool_duration = Family::<ToolLabel, Histogram>::new_with_constructor(seconds as fn() -> Histogram);
         let active_executions = Gauge::default();
@@ -105,6 +115,11 @@ impl Metrics {
         registry.register("executions", "Code executions by language and outcome", executions.clone());
         registry.register("execution_duration_seconds", "Wall-clock time of code executions", duration.clone());
         registry.register("execution_fuel", "Fuel (instructions) used by code executions", fuel.clone());
+        registry.register(
+            "guest_starts",
+            "Guests that began a call, by language: prepared ahead and claimed, or new",
+            guest_starts.clone(),
+        );
         registry.register("tool_calls", "Package tool calls by tool and outcome", tool_calls.clone());
         registry.register("tool_call_duration_seconds", "Wall-clock time of package tool calls", tool_duration.clone());
         registry.register("executions_active", "Executions running now", active_executions.clone());
@@ -128,6 +143,7 @@ impl Metrics {
             executions,
             duration,
             fuel,
+            guest_starts,
             tool_calls,
             tool_duration,
             active_executions,
@@ -146,6 +162,18 @@ impl Metrics {
         let l = LanguageLabel { language: language.into() };
         self.duration.get_or_create(&l).observe(duration_ms as f64 / 1000.0);
         self.fuel.get_or_create(&l).observe(fuel as f64);
+    }
+
+    /// Counts the guest a run began in, if it began in one (a start or claim among `phases`).
+    pub fn record_guest_start(&self, language: &str, phases: &[crate::sandbox::PhaseTime]) {
+        let guest = phases.iter().find_map(|p| match p.phase {
+            crate::sandbox::Phase::GuestClaim => Some("prepared"),
+            crate::sandbox::Phase::GuestStart => Some("new"),
+            _ => None,
+        });
+        if let Some(guest) = guest {
+            self.guest_starts.get_or_create(&StartLabels { language: language.into(), guest: guest.into() }).inc();
+        }
     }
 
     pub fn record_tool_call(&self, tool: &str, outcome: &str, duration_ms: u64) {

@@ -51,6 +51,7 @@ impl ExecutorPlan {
             max_instances: instances + 4,
             hardening,
             per_group: per_group.max(1),
+            guest_pool: crate::executor::pool::DEFAULT_PER_KEY,
         };
         ExecutorPlan { settings, groups }
     }
@@ -74,6 +75,12 @@ impl ExecutorPlan {
             v.dedup();
         }
         SpawnerPlan { read_only, read_write }
+    }
+
+    /// Keeps `n` guests of each kind prepared ahead in every executor (0: none).
+    pub fn with_guest_pool(mut self, n: usize) -> Self {
+        self.settings.guest_pool = n;
+        self
     }
 
     /// How many executor processes the plan starts.

@@ -24,7 +24,7 @@ use crate::runtime::Language;
 use crate::sandbox::{Limits, Mount, Outcome, Phase};
 
 /// Bumped whenever a message changes shape; both sides refuse any other.
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 
 /// The inputs blob's name in a call's (or session's) directory, beside `workspace/` and `tmp/`
 /// (the guest sees neither the directory nor the blob).
@@ -81,8 +81,11 @@ pub struct Init {
     /// Tool package directories to load.
     pub tools: Vec<PathBuf>,
     pub languages: Vec<Language>,
-    /// Guests the engine's pool must hold at once.
+    /// Guests the engine's pool must hold at once (guests prepared ahead included).
     pub max_instances: u32,
+    /// Guests to keep prepared ahead for fresh calls, of each kind (0: none); see
+    /// [`crate::executor::pool`].
+    pub guest_pool: u32,
     pub hardening: HardeningMode,
     /// The host side of the read-only and read-write mounts of this executor's profile group.
     pub read_only: Vec<PathBuf>,

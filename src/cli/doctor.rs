@@ -199,7 +199,7 @@ fn executor_self_test(home: &Home, profile: &str) -> Result<(Vec<Value>, Value),
     // The self-test's own audit trail, removed with its workspaces: doctor leaves the real log alone.
     let audit = Arc::new(AuditLog::open(&workspaces.join("doctor-audit.jsonl"))?);
     let profiles = Profiles::single(policy);
-    let plan = ExecutorPlan::new(home, &profiles, languages.clone(), &[], mode, 1);
+    let plan = ExecutorPlan::new(home, &profiles, languages.clone(), &[], mode, 1).with_guest_pool(0);
     let spawner = Spawner::start(&std::env::current_exe()?, mode, &plan.spawner_plan(home, &workspaces))?;
     let spawner_view = json!({"pid": spawner.pid(), "hardening": spawner.report()});
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

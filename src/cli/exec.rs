@@ -124,7 +124,8 @@ pub fn run(home: &Home, args: ExecArgs) -> Result<(), Failure> {
     let workspaces = process_workspaces(home)?;
     let profile = policy.name().to_string();
     let profiles = Profiles::single(policy);
-    let plan = ExecutorPlan::new(home, &profiles, languages, &args.tools, hardening, 1);
+    // One call: a guest prepared for a next call would only take CPU from this one.
+    let plan = ExecutorPlan::new(home, &profiles, languages, &args.tools, hardening, 1).with_guest_pool(0);
     let mut tools = ToolRegistry::load(&args.tools, None);
     let launcher = Arc::new(DirectLauncher::new(std::env::current_exe()?));
     let caller = Caller::operator(Some(format!("exec-{}", std::process::id())), &profile);

@@ -77,6 +77,12 @@ pub struct ServeArgs {
     /// Executor processes per group of profiles with the same mounts (default: one per core).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub executors: Option<u16>,
+    /// Guests each executor keeps instantiated and readied ahead for fresh calls, per runtime and
+    /// profile group (0 turns it off). Each claimed guest serves one call; its seeds, clock and
+    /// environment are set when it is claimed.
+    #[arg(long, value_name = "N", env = "WARDEN_GUEST_POOL", default_value_t = crate::executor::pool::DEFAULT_PER_KEY as u8,
+          value_parser = clap::value_parser!(u8).range(0..=8))]
+    pub guest_pool: u8,
     /// Write trace spans to FILE as OTLP-JSON lines (one export request per line, what the
     /// OpenTelemetry Collector's `otlpjsonfile` receiver reads). The file rotates by copy and
     /// truncate into FILE.1 at --otlp-file-max-bytes.
@@ -286,7 +292,8 @@ pub fn run(home: &Home, args: ServeArgs) -> Result<(), Failure> {
     };
     let mode = guard.mode;
     let per_group = args.executors.map(usize::from).unwrap_or_else(default_per_group);
-    let plan = ExecutorPlan::new(home, &profiles, languages(&profiles), &args.tools, mode, per_group);
+    let plan =
+        ExecutorPlan::new(home, &profiles, languages(&profiles), &args.tools, mode, per_group).with_guest_pool(args.guest_pool.into());
     // Executors are started, now and whenever one must be replaced, by the spawner: started
     // here, before this process gives up execve, and confined to what executors need.
     let launcher = Arc::new(Spawner::start(&std::env::current_exe()?, mode, &plan.spawner_plan(home, &workspaces))?);

@@ -9,9 +9,11 @@
 //! calls) go through a [`Door`] the caller supplies. [`process`] serves it to the front over a
 //! channel as a process of its own; in-process use is left to benchmarks and tests.
 
+pub mod pool;
 pub mod process;
 pub mod stream;
 
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::runtime::{Language, Runtimes};
@@ -59,11 +61,64 @@ pub struct LiveSession {
 
 pub struct Executor {
     sandbox: Sandbox,
+    /// Guests prepared ahead for fresh calls and first session turns.
+    pool: Option<pool::Pool>,
 }
 
 impl Executor {
     pub fn new(sandbox: Sandbox) -> Executor {
-        Executor { sandbox }
+        Executor { sandbox, pool: None }
+    }
+
+    /// An executor that keeps `per_key` guests of each kind prepared ahead ([`pool`]), their
+    /// workspaces made under `root`, where the call directories it is given lie too (a prepared
+    /// guest's workspace is swapped into the call's directory, which needs the same filesystem).
+    pub fn with_pool(sandbox: Sandbox, root: &Path, per_key: usize) -> Executor {
+        let pool = (per_key > 0).then(|| pool::Pool::new(sandbox.clone(), root, per_key));
+        Executor { sandbox, pool }
+    }
+
+    pub fn pool(&self) -> Option<&pool::Pool> {
+        self.pool.as_ref()
+    }
+
+    /// A guest prepared for calls like `spec` (see [`pool::Pool::take`]), now standing in
+    /// `dir`, and a new one being prepared for the next such call. `None` when there is none:
+    /// the caller starts one as usual (and the pool is being filled for the next).
+    pub fn take_prepared(&self, spec: &ExecSpec, dir: &Path) -> Option<(Guest, Workspace)> {
+        let pool = self.pool.as_ref()?;
+        let taken = pool.take(spec, dir);
+        pool.refill(spec);
+        taken
+    }
+
+    /// A one-shot call in `dir`, a call directory the front made (`workspace/` and `tmp/`
+    /// empty): on a guest prepared ahead when there is one for calls like this, else on a new
+    /// guest ([`Executor::run_fresh`]).
+    pub async fn run_fresh_in(
+        &self,
+        dir: &Path,
+        spec: &ExecSpec,
+        files: &[InputFile],
+        cancel: &CancelHandle,
+        door: Option<Box<dyn Door>>,
+    ) -> Result<RunReport, RunError> {
+        let Some((guest, ws)) = self.take_prepared(spec, dir) else {
+            let ws = Workspace::adopt_empty(dir).map_err(|e| RunError::Internal(e.to_string()))?;
+            return self.run_fresh(Arc::new(ws), spec, files, cancel, door).await;
+        };
+        let ws = Arc::new(ws);
+        let inputs = write_inputs(&ws, spec, files)?;
+        let (sandbox, spec2, cancel2) = (self.sandbox.clone(), spec.clone(), cancel.clone());
+        let door = if spec.language == Language::Python { door } else { None };
+        let mut report = on_guest_thread_async(move || {
+            let started = std::time::Instant::now();
+            let guest = sandbox.claim_prepared(guest, &spec2, &cancel2)?;
+            sandbox.run_started(guest, &spec2, &ws, &cancel2, door, started)
+        })
+        .await??;
+        report.phases.insert(0, inputs);
+        Ok(report)
     }
 
     pub fn sandbox(&self) -> &Sandbox {
@@ -93,7 +148,9 @@ impl Executor {
 
     /// One turn of a session: its inputs written into the kept workspace, then the live
     /// interpreter (started on the first turn, and again after it ended), so variables, functions
-    /// and loaded data stay between turns in both languages.
+    /// and loaded data stay between turns in both languages. `prepared` is a guest prepared
+    /// ahead for the session's first turn ([`Executor::take_prepared`], the session's workspace
+    /// being the one it came with), claimed instead of starting one.
     pub async fn session_turn(
         &self,
         state: &mut LiveSession,
@@ -101,19 +158,22 @@ impl Executor {
         files: &[InputFile],
         cancel: &CancelHandle,
         door: Option<Box<dyn Door>>,
+        prepared: Option<Guest>,
     ) -> Result<RunReport, RunError> {
         let inputs = write_inputs(&state.workspace, spec, files)?;
         let ws = state.workspace.clone();
         let (sandbox, spec2, cancel2) = (self.sandbox.clone(), spec.clone(), cancel.clone());
         let guest = state.guest.take();
         let (report, guest) = on_guest_thread_async(move || -> (Result<RunReport, RunError>, _) {
-            let mut guest = match guest {
-                Some(g) => g,
-                None => match sandbox.start_guest(&spec2, &ws, &cancel2) {
-                    Ok(Ok(g)) => g,
-                    Ok(Err(report)) => return (Ok(report), None),
-                    Err(e) => return (Err(e.into()), None),
-                },
+            let started = match (guest, prepared) {
+                (Some(g), _) => Ok(Ok(g)),
+                (None, Some(p)) => sandbox.claim_prepared(p, &spec2, &cancel2),
+                (None, None) => sandbox.start_guest(&spec2, &ws, &cancel2),
+            };
+            let mut guest = match started {
+                Ok(Ok(g)) => g,
+                Ok(Err(report)) => return (Ok(report), None),
+                Err(e) => return (Err(e.into()), None),
             };
             if let Err(e) = guest.arm(&spec2.limits, &cancel2, spec2.stdin.clone()) {
                 return (Err(RunError::Internal(format!("{e:#}"))), None);

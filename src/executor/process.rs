@@ -119,7 +119,7 @@ fn start_and_serve(mut stream: std::os::unix::net::UnixStream, serving: Arc<std:
             refused: tools.refusals.iter().map(|r| (r.path.clone(), r.reason.clone())).collect(),
         };
         let state = Arc::new(State {
-            executor: Executor::new(sandbox),
+            executor: Executor::with_pool(sandbox, &init.workspaces, init.guest_pool as usize),
             tools,
             root: init.workspaces.clone(),
             runs: Mutex::new(HashMap::new()),
@@ -280,11 +280,10 @@ impl State {
         match job {
             Job::Fresh { dir, spec, inputs } => {
                 let path = self.dir(&dir)?;
-                let ws = Arc::new(Workspace::adopt_empty(&path).map_err(internal)?);
                 let (stdin, files) = inputs::take(&path, &inputs).map_err(internal)?;
                 let exec = exec_spec(&spec, stdin);
                 let door = door(&spec);
-                self.executor.run_fresh(ws, &exec, &files, cancel, door).await
+                self.executor.run_fresh_in(&path, &exec, &files, cancel, door).await
             }
             Job::Turn { session, dir, spec, inputs } => {
                 let path = self.dir(&dir)?;
@@ -299,14 +298,23 @@ impl State {
                     return Err(RunError::Internal(format!("session {session} lives in another directory")));
                 }
                 let mut live = slot.live.lock().await;
-                if live.is_none() {
-                    let ws = Workspace::adopt_empty(&path).map_err(internal)?;
-                    *live = Some(LiveSession { workspace: Arc::new(ws), guest: None, turns: 0 });
-                }
                 let (stdin, files) = inputs::take(&path, &inputs).map_err(internal)?;
                 let exec = exec_spec(&spec, stdin);
+                // A session's first turn here may claim a guest prepared ahead: its workspace
+                // becomes the session's.
+                let mut prepared = None;
+                if live.is_none() {
+                    let ws = match self.executor.take_prepared(&exec, &path) {
+                        Some((guest, ws)) => {
+                            prepared = Some(guest);
+                            ws
+                        }
+                        None => Workspace::adopt_empty(&path).map_err(internal)?,
+                    };
+                    *live = Some(LiveSession { workspace: Arc::new(ws), guest: None, turns: 0 });
+                }
                 let door = door(&spec);
-                self.executor.session_turn(live.as_mut().expect("set above"), &exec, &files, cancel, door).await
+                self.executor.session_turn(live.as_mut().expect("set above"), &exec, &files, cancel, door, prepared).await
             }
             Job::Fork { session, dir, from, from_dir, spec } => {
                 let path = self.dir(&dir)?;

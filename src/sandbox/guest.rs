@@ -13,7 +13,7 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use super::control::{CancelHandle, Deadline};
 use super::fsgate::FsGate;
-use super::host::{GuestClock, GuestState};
+use super::host::{ClockOrigin, GuestClock, GuestState};
 use super::io::{CappedPipe, SharedInput};
 use super::limits::{Limits, TrackingLimiter};
 use super::outcome::{Exit, Phase, PhaseTime, RunFacts, classify};
@@ -76,7 +76,7 @@ impl Guest {
         let stdout = CappedPipe::new(limits.stdout_bytes);
         let stderr = CappedPipe::new(limits.stderr_bytes);
         let stdin = SharedInput::default();
-        let origin = Instant::now();
+        let origin = ClockOrigin::now();
 
         let mut b = WasiCtxBuilder::new();
         b.args(&spec.args)
@@ -84,7 +84,7 @@ impl Guest {
             .stdin(stdin.clone())
             .stdout(stdout.clone())
             .stderr(stderr.clone())
-            .monotonic_clock(GuestClock(origin))
+            .monotonic_clock(GuestClock(origin.clone()))
             .allow_blocking_current_thread(true);
         for (host, guest) in &spec.ro_mounts {
             b.preopened_dir(host, guest, FsPerms::ReadOnly)?;
@@ -129,9 +129,20 @@ impl Guest {
         Ok(Guest { store, instance, language, reactor, stdout, stderr, stdin, armed: None, start_phase: None })
     }
 
-    /// Notes how long this guest took to start (from `start` until now), for its first report.
-    pub fn started_at(&mut self, start: Instant) {
-        self.start_phase = Some(PhaseTime::until_now(Phase::GuestStart, start));
+    /// Notes how long this guest took to start or be claimed (`phase`, from `start` until now),
+    /// for its first report.
+    pub fn started_at(&mut self, phase: Phase, start: Instant) {
+        self.start_phase = Some(PhaseTime::until_now(phase, start));
+    }
+
+    /// Bytes of linear memory this guest holds now.
+    pub fn memory_bytes(&self) -> u64 {
+        self.reactor.as_ref().map_or(0, |rx| rx.memory.data_size(&self.store) as u64)
+    }
+
+    /// Starts the guest's monotonic clock again from zero (a guest prepared ahead, now claimed).
+    pub fn restart_clock(&self) {
+        self.store.data().clock_origin.restart();
     }
 
     pub fn language(&self) -> Option<Language> {

@@ -38,7 +38,7 @@ pub struct GuestState {
     pub fsgate: Option<FsGate>,
     /// Origin of the guest's monotonic clock, shared with the WASI context so `poll_oneoff` can
     /// resolve absolute monotonic timeouts.
-    pub clock_origin: Instant,
+    pub clock_origin: ClockOrigin,
     pub door: Option<Box<dyn Door>>,
     /// The guest's stdout and stderr, watched for floods.
     pub outputs: [CappedPipe; 2],
@@ -55,15 +55,40 @@ impl GuestState {
     }
 }
 
+/// Where a guest's monotonic clock starts. Shared by the WASI context and `poll_oneoff`, and
+/// movable: a guest prepared ahead (`crate::executor::pool`) has its origin moved to when a
+/// caller claims it, so its clock tells that caller nothing of when the guest was made, which is
+/// when an earlier caller's claim made the pool refill.
+#[derive(Clone, Debug)]
+pub struct ClockOrigin(std::sync::Arc<std::sync::Mutex<Instant>>);
+
+impl ClockOrigin {
+    pub fn now() -> ClockOrigin {
+        ClockOrigin(std::sync::Arc::new(std::sync::Mutex::new(Instant::now())))
+    }
+
+    /// Nanoseconds since the origin.
+    pub fn elapsed_ns(&self) -> u64 {
+        let origin = *self.0.lock().unwrap_or_else(|e| e.into_inner());
+        u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Starts the clock again from zero. Only between runs: no guest code may have a reading
+    /// it compares against later.
+    pub fn restart(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+}
+
 /// A monotonic clock whose origin the host knows.
-pub struct GuestClock(pub Instant);
+pub struct GuestClock(pub ClockOrigin);
 
 impl wasmtime_wasi::HostMonotonicClock for GuestClock {
     fn resolution(&self) -> u64 {
         1
     }
     fn now(&self) -> u64 {
-        u64::try_from(self.0.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        self.0.elapsed_ns()
     }
 }
 
@@ -138,8 +163,8 @@ fn poll_oneoff(mut caller: Caller<'_, GuestState>, in_ptr: i32, out_ptr: i32, ns
     }
     let subs = data[in_at..in_at + n * SUBSCRIPTION_SIZE].to_vec();
 
-    let origin = caller.data().clock_origin;
-    let now_mono = || u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let origin = caller.data().clock_origin.clone();
+    let now_mono = || origin.elapsed_ns();
     let now_real = || SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     let start = now_mono();
 

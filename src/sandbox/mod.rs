@@ -175,8 +175,7 @@ impl Sandbox {
         ready: Ready<'_>,
     ) -> Result<Result<Guest, RunReport>, SandboxError> {
         let (rt, pre) = self.runtime(spec.language)?;
-        let mut env = vec![("TMPDIR".to_string(), "/tmp".to_string()), ("HOME".to_string(), "/tmp".to_string())];
-        env.extend(spec.env.iter().filter(|(k, _)| k != "TMPDIR" && k != "HOME").cloned());
+        let env = guest_env(&spec.env);
         let args = match spec.language {
             Language::Python => vec![PYTHON_ARGV0.to_string()],
             Language::Javascript => vec!["qjs".to_string()],
@@ -221,9 +220,48 @@ impl Sandbox {
                 // A claimed guest reports its start with its first run; a restored one may run
                 // in a later job (a fork's first turn), whose time its start is not part of.
                 if matches!(ready, Ready::Claim) {
-                    g.started_at(started);
+                    g.started_at(Phase::GuestStart, started);
                 }
                 Ok(Ok(g))
+            }
+            Err(e) => setup_failure(e, Some(spec.language), &spec.limits, started).map(Err),
+        }
+    }
+
+    /// A guest made ahead of the call it will serve (`crate::executor::pool`): started from the
+    /// runtime's snapshot in `ws` with `spec`'s environment and mounts (both fixed when a guest is
+    /// made), and readied as a fresh guest is, so the pages readying writes are faulted in now,
+    /// off any request's path. What must be the caller's own is applied again when it is claimed
+    /// ([`Sandbox::claim_prepared`]).
+    pub fn prepare_guest(&self, spec: &ExecSpec, ws: &Workspace, cancel: &CancelHandle) -> Result<Guest, SandboxError> {
+        match self.make_guest(spec, ws, cancel, Ready::Claim)? {
+            Ok(g) => Ok(g),
+            Err(report) => Err(SandboxError::Internal(report.message.unwrap_or_else(|| "the guest did not start".into()))),
+        }
+    }
+
+    /// Readies a prepared guest for the call `spec`: a clock that starts now, and new seeds for
+    /// every random generator (Python's refresh turn again, with this call's environment;
+    /// JavaScript's reseed), so no two claimed guests share a random stream. Timed as
+    /// [`Phase::GuestClaim`] under the call's deadline; a failure the caller's limits explain is
+    /// a report.
+    pub fn claim_prepared(
+        &self,
+        mut guest: Guest,
+        spec: &ExecSpec,
+        cancel: &CancelHandle,
+    ) -> Result<Result<Guest, RunReport>, SandboxError> {
+        let started = Instant::now();
+        guest.restart_clock();
+        let timeout = spec.limits.timeout;
+        let claimed = match spec.language {
+            Language::Python => guest.hidden_turn(&crate::runtime::snapshot::refresh_turn(&guest_env(&spec.env)), cancel, timeout),
+            Language::Javascript => guest.setup_call(crate::runtime::quickjs::RESEED_EXPORT, cancel, timeout),
+        };
+        match claimed {
+            Ok(()) => {
+                guest.started_at(Phase::GuestClaim, started);
+                Ok(Ok(guest))
             }
             Err(e) => setup_failure(e, Some(spec.language), &spec.limits, started).map(Err),
         }
@@ -239,7 +277,22 @@ impl Sandbox {
         door: Option<Box<dyn Door>>,
     ) -> Result<RunReport, SandboxError> {
         let started = Instant::now();
-        let guest = self.start_guest(spec, ws, cancel)?.map(|mut g| {
+        let guest = self.start_guest(spec, ws, cancel)?;
+        self.run_started(guest, spec, ws, cancel, door, started)
+    }
+
+    /// Runs one program in `guest`, started (or claimed, [`Sandbox::claim_prepared`]) for it at
+    /// `started`, like [`Sandbox::run_fresh`]. A guest that did not start is its report.
+    pub fn run_started(
+        &self,
+        guest: Result<Guest, RunReport>,
+        spec: &ExecSpec,
+        ws: &Workspace,
+        cancel: &CancelHandle,
+        door: Option<Box<dyn Door>>,
+        started: Instant,
+    ) -> Result<RunReport, SandboxError> {
+        let guest = guest.map(|mut g| {
             g.set_door(door);
             g
         });
@@ -273,8 +326,7 @@ pub struct CommandSpec {
 /// Runs a command in a fresh guest on the calling thread, like [`Sandbox::run_fresh`].
 pub fn run_command(spec: &CommandSpec, ws: &Workspace, cancel: &CancelHandle) -> Result<RunReport, SandboxError> {
     let started = Instant::now();
-    let mut env = vec![("TMPDIR".to_string(), "/tmp".to_string()), ("HOME".to_string(), "/tmp".to_string())];
-    env.extend(spec.env.iter().filter(|(k, _)| k != "TMPDIR" && k != "HOME").cloned());
+    let env = guest_env(&spec.env);
     let gspec = GuestSpec {
         pre: &spec.pre,
         language: None,
@@ -286,12 +338,19 @@ pub fn run_command(spec: &CommandSpec, ws: &Workspace, cancel: &CancelHandle) ->
     };
     let guest = match Guest::start(&gspec, &spec.limits, cancel) {
         Ok(mut g) => {
-            g.started_at(started);
+            g.started_at(Phase::GuestStart, started);
             Ok(g)
         }
         Err(e) => Err(setup_failure(e, None, &spec.limits, started)?),
     };
     finish_run(guest, &spec.limits, spec.stdin.clone(), "", ws, cancel, started)
+}
+
+/// A guest's whole environment: `TMPDIR` and `HOME` (always `/tmp`), then `env` without them.
+fn guest_env(env: &[(String, String)]) -> Vec<(String, String)> {
+    let mut all = vec![("TMPDIR".to_string(), "/tmp".to_string()), ("HOME".to_string(), "/tmp".to_string())];
+    all.extend(env.iter().filter(|(k, _)| k != "TMPDIR" && k != "HOME").cloned());
+    all
 }
 
 fn finish_run(

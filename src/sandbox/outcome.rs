@@ -108,6 +108,9 @@ pub enum Phase {
     Inputs,
     /// Instantiating the guest (for Python: from warden's snapshot, past its hidden setup turn).
     GuestStart,
+    /// Readying a guest prepared ahead for this call (new clock and seeds, the call's
+    /// environment), in place of [`Phase::GuestStart`].
+    GuestClaim,
     /// The caller's code.
     GuestRun,
     /// Finding and hashing what the run left in `/workspace`.
@@ -115,13 +118,14 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 4] = [Phase::Inputs, Phase::GuestStart, Phase::GuestRun, Phase::ArtifactsCollect];
+    pub const ALL: [Phase; 5] = [Phase::Inputs, Phase::GuestStart, Phase::GuestClaim, Phase::GuestRun, Phase::ArtifactsCollect];
 
     /// The span name of this stage.
     pub fn span_name(self) -> &'static str {
         match self {
             Phase::Inputs => "warden.inputs",
             Phase::GuestStart => "warden.guest.start",
+            Phase::GuestClaim => "warden.guest.claim",
             Phase::GuestRun => "warden.guest.run",
             Phase::ArtifactsCollect => "warden.artifacts.collect",
         }

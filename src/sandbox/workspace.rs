@@ -68,13 +68,41 @@ struct Stamp {
 /// A call's (or session's) private directory: `<root>/workspace` and `<root>/tmp`.
 pub struct Workspace {
     root: PathBuf,
-    workspace: Dir,
+    workspace: WsDir,
     /// What `/workspace` held after the last collection, to tell which files changed.
     known: Mutex<BTreeMap<String, Stamp>>,
     /// What `/workspace` and `/tmp` hold, charged against the quota (shared with the guests).
     quota: Arc<Mutex<Quota>>,
     /// Removes the directory when dropped, if this handle owns it.
     _guard: DirGuard,
+}
+
+/// How a handle reaches `workspace/`.
+enum WsDir {
+    /// The directory itself, held open: it stays this handle's wherever it moves
+    /// ([`Workspace::exchange_into`]), as it stays a guest's.
+    Held(Dir),
+    /// By name, beneath the call directory held open: the front's handle, since its executor
+    /// may swap a prepared guest's workspace in for the one the front made. cap-std resolves
+    /// the name beneath the call directory, so whatever an executor leaves under that name
+    /// cannot lead the front outside it.
+    Named(Dir),
+}
+
+/// `workspace/` as [`Workspace::dir`] opened it.
+enum Opened<'a> {
+    Held(&'a Dir),
+    Fresh(Dir),
+}
+
+impl std::ops::Deref for Opened<'_> {
+    type Target = Dir;
+    fn deref(&self) -> &Dir {
+        match self {
+            Opened::Held(d) => d,
+            Opened::Fresh(d) => d,
+        }
+    }
 }
 
 /// Removes a workspace directory on drop when `remove` is set: the handle that created it (or
@@ -112,7 +140,10 @@ impl Workspace {
     pub fn create_named(parent: &Path, name: &str) -> Result<Workspace, WorkspaceError> {
         let path = parent.join(name);
         std::fs::create_dir(&path).map_err(WorkspaceError::Create)?;
-        Self::make_in(DirGuard { path, remove: true })
+        let mut ws = Self::make_in(DirGuard { path, remove: true })?;
+        let call_dir = Dir::open_ambient_dir(&ws.root, ambient_authority()).map_err(WorkspaceError::Create)?;
+        ws.workspace = WsDir::Named(call_dir);
+        Ok(ws)
     }
 
     /// Opens a directory made by [`Workspace::create_named`] whose `workspace/` and `tmp/` are
@@ -147,12 +178,67 @@ impl Workspace {
             .collect::<io::Result<Vec<_>>>()
             .map_err(WorkspaceError::Create)?;
         Ok(Workspace {
-            workspace: open(&root.join("workspace"))?,
+            workspace: WsDir::Held(open(&root.join("workspace"))?),
             root,
             known: Mutex::new(BTreeMap::new()),
             quota: Arc::new(Mutex::new(Quota::new(&roots))),
             _guard: guard,
         })
+    }
+
+    /// Puts this workspace (one this process made, still empty) where `call_dir` is: a call's
+    /// directory the front made, whose `workspace/` and `tmp/` are empty too. Each pair is swapped
+    /// in one step (`renameat2` with `RENAME_EXCHANGE`), so the directories a guest prepared in
+    /// this workspace holds open become the call's, with the quota ledger they are charged to;
+    /// the front's empty pair ends up here and is removed with this handle's old directory. The
+    /// handle returned does not remove `call_dir`: the front owns it.
+    ///
+    /// On failure nothing has moved and this handle comes back with the error.
+    pub fn exchange_into(self, call_dir: &Path) -> Result<Workspace, (Workspace, io::Error)> {
+        let both_empty = ["workspace", "tmp"].iter().try_for_each(|sub| {
+            for dir in [self.root.join(sub), call_dir.join(sub)] {
+                let meta = std::fs::symlink_metadata(&dir)?;
+                if !meta.is_dir() || std::fs::read_dir(&dir)?.next().is_some() {
+                    return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not an empty directory", dir.display())));
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = both_empty {
+            return Err((self, e));
+        }
+        if let Err(e) = exchange(&self.root.join("workspace"), &call_dir.join("workspace")) {
+            return Err((self, e));
+        }
+        if let Err(e) = exchange(&self.root.join("tmp"), &call_dir.join("tmp")) {
+            // Put the first pair back; if even that fails, neither side may be used.
+            return match exchange(&self.root.join("workspace"), &call_dir.join("workspace")) {
+                Ok(()) => Err((self, e)),
+                Err(back) => Err((self, io::Error::other(format!("{e}; and swapping back: {back}")))),
+            };
+        }
+        let Workspace { root: _, workspace, known, quota, _guard: old } = self;
+        drop(old);
+        Ok(Workspace {
+            root: call_dir.to_path_buf(),
+            workspace,
+            known,
+            quota,
+            _guard: DirGuard { path: call_dir.to_path_buf(), remove: false },
+        })
+    }
+
+    /// `workspace/`: the one held open, or the one now under that name.
+    fn dir(&self) -> io::Result<Opened<'_>> {
+        match &self.workspace {
+            WsDir::Held(d) => Ok(Opened::Held(d)),
+            WsDir::Named(call_dir) => {
+                let mut opts = OpenOptions::new();
+                opts.read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW);
+                let file = call_dir.open_with("workspace", &opts)?;
+                Ok(Opened::Fresh(Dir::from_std_file(file.into_std())))
+            }
+        }
     }
 
     /// Host directory preopened at `/workspace`.
@@ -176,7 +262,8 @@ impl Workspace {
     /// the guest changes them.
     pub fn write_inputs(&self, files: &[InputFile], max_bytes: u64, max_files: u64) -> Result<(), WorkspaceError> {
         let rels = files.iter().map(|f| validate_rel_path(&f.path)).collect::<Result<Vec<_>, _>>()?;
-        let (bytes, inodes) = self.input_cost(files, &rels);
+        let ws = self.dir().map_err(|source| WorkspaceError::Write { path: "/workspace".into(), source })?;
+        let (bytes, inodes) = self.input_cost(&ws, files, &rels);
         {
             let mut q = self.ledger();
             q.set_limits(max_bytes, max_files);
@@ -197,13 +284,13 @@ impl Workspace {
         for (f, rel) in files.iter().zip(&rels) {
             let write_err = |source| WorkspaceError::Write { path: f.path.clone(), source };
             if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
-                self.workspace.create_dir_all(parent).map_err(write_err)?;
+                ws.create_dir_all(parent).map_err(write_err)?;
             }
             // cap-std resolves beneath the workspace, so a symlink a guest left in a session
             // workspace cannot redirect this write outside it; O_NOFOLLOW refuses a final symlink.
             let mut opts = OpenOptions::new();
             opts.write(true).create(true).truncate(true).custom_flags(libc::O_NOFOLLOW);
-            let mut file = self.workspace.open_with(rel, &opts).map_err(write_err)?;
+            let mut file = ws.open_with(rel, &opts).map_err(write_err)?;
             io::Write::write_all(&mut file, &f.content).map_err(write_err)?;
             let key = rel.to_string_lossy().into_owned();
             let meta = file.metadata().map_err(write_err)?;
@@ -212,7 +299,7 @@ impl Workspace {
             let mut q = self.ledger();
             q.observe(seen_of(&meta));
             for dir in std::iter::once(Path::new("")).chain(rel.ancestors().skip(1).filter(|p| !p.as_os_str().is_empty())) {
-                let meta = if dir.as_os_str().is_empty() { self.workspace.dir_metadata() } else { self.workspace.symlink_metadata(dir) };
+                let meta = if dir.as_os_str().is_empty() { ws.dir_metadata() } else { ws.symlink_metadata(dir) };
                 if let Ok(meta) = meta {
                     q.observe(seen_of(&meta));
                 }
@@ -222,13 +309,13 @@ impl Workspace {
     }
 
     /// What writing `files` would add to the ledger, at most: `(bytes, inodes)`.
-    fn input_cost(&self, files: &[InputFile], rels: &[PathBuf]) -> (u64, u64) {
+    fn input_cost(&self, ws: &Dir, files: &[InputFile], rels: &[PathBuf]) -> (u64, u64) {
         let q = self.ledger();
         let mut new_dirs = std::collections::BTreeSet::new();
         let (mut bytes, mut inodes) = (0u64, 0u64);
         for (f, rel) in files.iter().zip(rels) {
             let size = f.content.len() as u64;
-            match self.workspace.symlink_metadata(rel) {
+            match ws.symlink_metadata(rel) {
                 Ok(meta) => bytes = bytes.saturating_add(charge_of(size).saturating_sub(q.charge_for(seen_of(&meta).key))),
                 // A new name: its inode, and perhaps one more block of names in its directory.
                 Err(_) => {
@@ -237,7 +324,7 @@ impl Workspace {
                 }
             }
             for dir in rel.ancestors().skip(1).filter(|p| !p.as_os_str().is_empty()) {
-                if self.workspace.symlink_metadata(dir).is_err() && new_dirs.insert(dir.to_path_buf()) {
+                if ws.symlink_metadata(dir).is_err() && new_dirs.insert(dir.to_path_buf()) {
                     bytes = bytes.saturating_add(charge_of(BLOCK) + BLOCK);
                     inodes += 1;
                 }
@@ -269,9 +356,10 @@ impl Workspace {
     /// hashing that would tie up the host. Files past the budget are not reported.
     pub fn collect_changes(&self, max_files: usize, max_bytes: u64) -> Vec<Artifact> {
         let mut budget = max_bytes;
+        let Ok(ws) = self.dir() else { return Vec::new() };
         let mut known_map = self.known.lock().unwrap_or_else(|e| e.into_inner());
         let mut found = Vec::new();
-        walk_files(&self.workspace, PathBuf::new(), 0, &mut found, max_files.saturating_mul(4).max(64));
+        walk_files(&ws, PathBuf::new(), 0, &mut found, max_files.saturating_mul(4).max(64));
         let mut artifacts = Vec::new();
         let mut next = BTreeMap::new();
         for (rel, meta) in found {
@@ -285,7 +373,7 @@ impl Workspace {
             if meta.len() > budget {
                 continue;
             }
-            let Some((sha256, size)) = hash_beneath(&self.workspace, &rel, budget) else { continue };
+            let Some((sha256, size)) = hash_beneath(&ws, &rel, budget) else { continue };
             budget -= size;
             let stamp = Stamp { size, mtime_ns: mtime_ns(&meta), ino: ino(&meta), sha256: sha256.clone() };
             let same_content = known.is_some_and(|k| k.sha256 == sha256 && k.size == size);
@@ -316,7 +404,8 @@ impl Workspace {
         let too_large = |needed| WorkspaceError::TooLarge { what: "bytes of files to copy", needed, limit: max_bytes };
         let mut found = Vec::new();
         let cap = usize::try_from(max_files).unwrap_or(usize::MAX).saturating_add(1);
-        walk_files(&self.workspace, PathBuf::new(), 0, &mut found, cap);
+        let ws = self.dir().map_err(|source| WorkspaceError::Write { path: "/workspace".into(), source })?;
+        walk_files(&ws, PathBuf::new(), 0, &mut found, cap);
         if found.len() as u64 > max_files {
             return Err(WorkspaceError::TooLarge { what: "files", needed: found.len() as u64, limit: max_files });
         }
@@ -343,7 +432,7 @@ impl Workspace {
         let rel = validate_rel_path(rel).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let mut opts = OpenOptions::new();
         opts.read(true).custom_flags(libc::O_NOFOLLOW);
-        let file = self.workspace.open_with(&rel, &opts)?;
+        let file = self.dir()?.open_with(&rel, &opts)?;
         let meta = file.metadata()?;
         if !meta.is_file() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
@@ -400,6 +489,16 @@ pub fn validate_rel_path(raw: &str) -> Result<PathBuf, WorkspaceError> {
         return Err(bad("it is nested too deeply"));
     }
     Ok(out)
+}
+
+/// Swaps the directories at `a` and `b` in one step (both must exist).
+fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: both paths are NUL-terminated strings that outlive the call.
+    let r = unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE) };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 fn walk_files(dir: &Dir, prefix: PathBuf, depth: usize, out: &mut Vec<(PathBuf, cap_std::fs::Metadata)>, max: usize) {

@@ -92,6 +92,7 @@ impl Service {
         }
         let recorded = self.audit_end(&start, base, &report, &trace)?;
         self.metrics.record_execution(spec.language.as_str(), report.outcome.as_str(), report.duration_ms, report.fuel_used);
+        self.metrics.record_guest_start(spec.language.as_str(), &report.phases);
         let mut result = to_result(report, recorded, args.session_id);
         result.inline_images = images;
         result.workspace = Some(workspace);

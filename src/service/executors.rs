@@ -73,6 +73,8 @@ pub struct Settings {
     pub hardening: HardeningMode,
     /// Executors per group.
     pub per_group: usize,
+    /// Guests each executor keeps prepared for fresh calls, of each kind.
+    pub guest_pool: usize,
 }
 
 /// The filesystem grants a group of profiles shares: the host side of their mounts.
@@ -343,7 +345,9 @@ impl Executors {
             workspaces: slot.dir.clone(),
             tools: self.settings.tools.clone(),
             languages: self.settings.languages.clone(),
-            max_instances: self.settings.max_instances,
+            // Room for the guests kept prepared, besides the running ones.
+            max_instances: self.settings.max_instances.saturating_add((crate::executor::pool::MAX_KEYS * self.settings.guest_pool) as u32),
+            guest_pool: self.settings.guest_pool as u32,
             hardening: self.settings.hardening,
             read_only: slot.key.read_only.clone(),
             read_write: slot.key.read_write.clone(),

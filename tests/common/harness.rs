@@ -115,7 +115,12 @@ pub async fn stdio(files: &ServerFiles, policy: Option<&Path>) -> Client {
 
 /// [`stdio`] with another build or data directory.
 pub async fn stdio_of(server: &Server, files: &ServerFiles, policy: Option<&Path>) -> Client {
-    let transport = TokioChildProcess::new(server_command_of(server, files, policy, &[])).expect("spawn warden");
+    stdio_with(server, files, policy, &[]).await
+}
+
+/// [`stdio_of`] with `extra` arguments to `warden serve`.
+pub async fn stdio_with(server: &Server, files: &ServerFiles, policy: Option<&Path>, extra: &[&str]) -> Client {
+    let transport = TokioChildProcess::new(server_command_of(server, files, policy, extra)).expect("spawn warden");
     Recorder::default().serve(transport).await.expect("initialize")
 }
 

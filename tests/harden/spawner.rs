@@ -222,6 +222,7 @@ fn init(workspaces: std::path::PathBuf, languages: Vec<Language>, max_instances:
         tools: Vec::new(),
         languages,
         max_instances,
+        guest_pool: 0,
         hardening,
         read_only: Vec::new(),
         read_write: Vec::new(),

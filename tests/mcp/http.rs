@@ -169,3 +169,50 @@ async fn log_format_json_writes_every_record_as_one_json_object_executors_too() 
         assert!(v["level"].is_string() && v["fields"]["message"].is_string(), "{line}");
     }
 }
+
+/// The metric line `name` (labels included) and its value, if the server exports it.
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn fresh_calls_and_first_session_turns_run_on_guests_prepared_ahead() {
+    let files = ServerFiles::new();
+    // One executor, so every call meets the same pool.
+    let server = start_http(&files, None, &["--executors", "1"]).await;
+    let client = connect(&server.url).await;
+    let draw = "import random, os\nprint(random.random(), os.environ.get('WARDEN_X'), sorted(os.listdir('.')))";
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..6 {
+        let (_, s) = exec(&client, py(draw)).await;
+        assert_eq!(s["outcome"], "ok", "{s}");
+        let out = s["stdout"].as_str().unwrap().to_string();
+        assert!(out.ends_with(" None []\n"), "no environment or files of another call: {out}");
+        assert!(seen.insert(out.clone()), "call {i} repeated a random stream: {out}");
+        // The pool refills on a thread of its own; give it time, as an agent's think time does.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // A session's first turn may claim one too; its state then stays across turns as always.
+    let r = call(&client, "create_session", json!({"language": "python"})).await.unwrap();
+    let sid = r.structured_content.unwrap()["session_id"].as_str().unwrap().to_string();
+    let (_, s) = exec(&client, json!({"language": "python", "code": "x = 41\nopen('kept.txt', 'w').write('k')", "session_id": sid})).await;
+    assert_eq!(s["outcome"], "ok", "{s}");
+    let (_, s) = exec(&client, json!({"language": "python", "code": "print(x + 1, open('kept.txt').read())", "session_id": sid})).await;
+    assert_eq!(s["stdout"], "42 k\n", "{s}");
+    let text = reqwest::get(format!("{}/metrics", server.base)).await.unwrap().text().await.unwrap();
+    let prepared = metric(&text, r#"warden_guest_starts_total{language="python",guest="prepared"}"#).unwrap_or(0);
+    let new = metric(&text, r#"warden_guest_starts_total{language="python",guest="new"}"#).unwrap_or(0);
+    // The first call of its kind starts its own guest; once the pool holds some, calls claim them.
+    assert!(new >= 1 && prepared >= 5, "prepared {prepared}, new {new}:\n{text}");
+
+    // With the pool off, every call starts its own.
+    let files = ServerFiles::new();
+    let server = start_http(&files, None, &["--executors", "1", "--guest-pool", "0"]).await;
+    let client = connect(&server.url).await;
+    for _ in 0..3 {
+        exec(&client, py("print(1)")).await;
+    }
+    let text = reqwest::get(format!("{}/metrics", server.base)).await.unwrap().text().await.unwrap();
+    assert_eq!(metric(&text, r#"warden_guest_starts_total{language="python",guest="new"}"#), Some(3), "{text}");
+    assert_eq!(metric(&text, r#"warden_guest_starts_total{language="python",guest="prepared"}"#), None, "{text}");
+}

@@ -8,4 +8,5 @@ mod fork;
 mod isolation;
 mod javascript;
 mod limits;
+mod pool;
 mod python;
