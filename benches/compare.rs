@@ -75,15 +75,22 @@ async fn exec_ok(client: &Client, language: Language, code: &str) {
     assert_eq!(s["outcome"], "ok", "{s}");
 }
 
-/// Fresh calls over MCP stdio, as served (guests prepared ahead), then from a server that
-/// starts a guest per call (`--guest-pool 0`), the same run.
+/// Fresh calls over MCP stdio: back to back (`stdio`), then with a pause of
+/// [`THINK`] before each call, as an agent makes, from the same kind of server
+/// (`stdio-paused`: guests prepared in the pauses) and from one that starts a guest per call
+/// (`stdio-paused-unpooled`, `--guest-pool 0`), in the same run.
 async fn stdio() {
-    for (layer, extra) in [("stdio", &[][..]), ("stdio-unpooled", &["--guest-pool", "0"][..])] {
+    const THINK: Duration = Duration::from_millis(30);
+    let unpooled = &["--guest-pool", "0"][..];
+    for (layer, extra, pause) in
+        [("stdio", &[][..], Duration::ZERO), ("stdio-paused", &[][..], THINK), ("stdio-paused-unpooled", unpooled, THINK)]
+    {
         let files = ServerFiles::new();
         let client = harness::stdio_with(&harness::Server::default(), &files, None, extra).await;
         for &(name, language, code) in WORKLOADS {
             let mut samples = Vec::new();
             for i in 0..runs() + 3 {
+                tokio::time::sleep(pause).await;
                 let t = Instant::now();
                 exec_ok(&client, language, code).await;
                 if i >= 3 {

@@ -82,14 +82,16 @@ impl Executor {
         self.pool.as_ref()
     }
 
+    /// Marks a job running while the guard lives: the pool makes guests only when none does.
+    pub fn busy(&self) -> Option<pool::Busy> {
+        self.pool.as_ref().map(pool::Pool::busy)
+    }
+
     /// A guest prepared for calls like `spec` (see [`pool::Pool::take`]), now standing in
-    /// `dir`, and a new one being prepared for the next such call. `None` when there is none:
-    /// the caller starts one as usual (and the pool is being filled for the next).
+    /// `dir`. `None` when there is none: the caller starts one as usual, and the pool makes
+    /// some for the next such call once the executor is idle.
     pub fn take_prepared(&self, spec: &ExecSpec, dir: &Path) -> Option<(Guest, Workspace)> {
-        let pool = self.pool.as_ref()?;
-        let taken = pool.take(spec, dir);
-        pool.refill(spec);
-        taken
+        self.pool.as_ref()?.take(spec, dir)
     }
 
     /// A one-shot call in `dir`, a call directory the front made (`workspace/` and `tmp/`
@@ -103,6 +105,7 @@ impl Executor {
         cancel: &CancelHandle,
         door: Option<Box<dyn Door>>,
     ) -> Result<RunReport, RunError> {
+        let _busy = self.busy();
         let Some((guest, ws)) = self.take_prepared(spec, dir) else {
             let ws = Workspace::adopt_empty(dir).map_err(|e| RunError::Internal(e.to_string()))?;
             return self.run_fresh(Arc::new(ws), spec, files, cancel, door).await;

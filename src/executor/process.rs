@@ -239,6 +239,8 @@ impl State {
         let cancel = CancelHandle::new();
         let (door_tx, door_rx) = std::sync::mpsc::channel();
         lock(&self.runs).insert(id, RunSlot { cancel: cancel.clone(), door: door_tx });
+        // Guests are prepared ahead only while no job runs (see `super::pool`).
+        let busy = self.executor.busy();
         let streamer = stream.then(|| Streamer::new(id, out.clone(), cancel.output().clone(), job.streamed_caps()));
         let work = self.execute(id, job, &cancel, door_rx, out);
         let result = match streamer {
@@ -260,6 +262,7 @@ impl State {
             }
         };
         lock(&self.runs).remove(&id);
+        drop(busy);
         result.map(|r| Box::new(finished(r, taken_up))).map_err(|e| match e {
             RunError::Rejected(m) => Failure::Rejected(m),
             RunError::Internal(m) => Failure::Internal(m),
