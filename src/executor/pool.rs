@@ -71,7 +71,7 @@ struct Prepared {
 struct Kind {
     key: Key,
     /// What guests of this kind are made with: the latest call's spec, its code and input
-    /// dropped.
+    /// dropped, with the largest memory limit seen.
     spec: ExecSpec,
     ready: Vec<Prepared>,
 }
@@ -161,6 +161,10 @@ impl Pool {
                     (Kind { key, spec: template.clone(), ready: Vec::new() }, displaced)
                 }
             };
+            // Guests are made for the most memory a recent call of the kind was allowed: one
+            // that holds more than a later call allows is not given to it (below), while one made
+            // under a caller's lowered limit might not start at all.
+            template.limits.memory_bytes = template.limits.memory_bytes.max(kind.spec.limits.memory_bytes);
             kind.spec = template;
             let prepared = kind.ready.pop();
             kinds.push(kind);

@@ -354,22 +354,27 @@ pub fn process_tree(pid: u32) -> Vec<u32> {
 /// `/proc/PID/fd` of the server and every process below it (its executors hold the guests').
 pub fn host_usage(dir: &Path, pid: u32) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
-    fn walk(dir: &Path, seen: &mut std::collections::HashSet<(u64, u64)>, total: &mut (u64, u64)) {
+    // A guest prepared ahead (an executor's `.pool-*` directory) is charged to no call: its own
+    // directory and its empty `workspace/` and `tmp/` are not counted, anything in them is.
+    fn walk(dir: &Path, pooled: bool, seen: &mut std::collections::HashSet<(u64, u64)>, total: &mut (u64, u64)) {
         let Ok(entries) = std::fs::read_dir(dir) else { return };
         for e in entries.flatten() {
             let Ok(meta) = std::fs::symlink_metadata(e.path()) else { continue };
-            if seen.insert((meta.dev(), meta.ino())) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pool_dir = meta.is_dir() && name.starts_with(".pool-");
+            let pool_root = pooled && meta.is_dir() && (name == "workspace" || name == "tmp");
+            if !pool_dir && !pool_root && seen.insert((meta.dev(), meta.ino())) {
                 total.0 += meta.len().max(meta.blocks() * 512);
                 total.1 += 1;
             }
             if meta.is_dir() {
-                walk(&e.path(), seen, total);
+                walk(&e.path(), pool_dir, seen, total);
             }
         }
     }
     let mut seen = std::collections::HashSet::new();
     let mut total = (0, 0);
-    walk(dir, &mut seen, &mut total);
+    walk(dir, false, &mut seen, &mut total);
     for fds in process_tree(pid).into_iter().filter_map(|p| std::fs::read_dir(format!("/proc/{p}/fd")).ok()) {
         for fd in fds.flatten() {
             let Ok(target) = std::fs::read_link(fd.path()) else { continue };

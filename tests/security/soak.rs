@@ -36,12 +36,26 @@ fn open_fds(pid: u32) -> usize {
 
 /// Call and session directories left under a server's workspaces: those in each executor's
 /// own directory (`x0`, `x1`, ...), which lives as long as the executor slot does.
+/// What is left in the server's workspaces but the executors' guests prepared ahead, which must
+/// be empty and no more than an executor keeps (4 kinds of 2).
 fn leftovers(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut left = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let slot = e.file_name().to_string_lossy().strip_prefix('x').is_some_and(|n| n.parse::<u32>().is_ok());
         match std::fs::read_dir(e.path()) {
-            Ok(inner) if slot => left.extend(inner.flatten().map(|i| i.path())),
+            Ok(inner) if slot => {
+                let (pooled, other): (Vec<_>, Vec<_>) = inner
+                    .flatten()
+                    .map(|i| i.path())
+                    .partition(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".pool-")));
+                assert!(pooled.len() <= 8, "an executor keeps {} prepared guests", pooled.len());
+                for p in &pooled {
+                    for sub in ["workspace", "tmp"] {
+                        assert_eq!(std::fs::read_dir(p.join(sub)).map(|d| d.count()).unwrap_or(0), 0, "{} is not empty", p.display());
+                    }
+                }
+                left.extend(other);
+            }
             _ => left.push(e.path()),
         }
     }
