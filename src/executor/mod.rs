@@ -106,22 +106,11 @@ impl Executor {
         door: Option<Box<dyn Door>>,
     ) -> Result<RunReport, RunError> {
         let _busy = self.busy();
-        let Some((guest, ws)) = self.take_prepared(spec, dir) else {
-            let ws = Workspace::adopt_empty(dir).map_err(|e| RunError::Internal(e.to_string()))?;
-            return self.run_fresh(Arc::new(ws), spec, files, cancel, door).await;
+        let (prepared, ws) = match self.take_prepared(spec, dir) {
+            Some((guest, ws)) => (Some(guest), ws),
+            None => (None, Workspace::adopt_empty(dir).map_err(|e| RunError::Internal(e.to_string()))?),
         };
-        let ws = Arc::new(ws);
-        let inputs = write_inputs(&ws, spec, files)?;
-        let (sandbox, spec2, cancel2) = (self.sandbox.clone(), spec.clone(), cancel.clone());
-        let door = if spec.language == Language::Python { door } else { None };
-        let mut report = on_guest_thread_async(move || {
-            let started = std::time::Instant::now();
-            let guest = sandbox.claim_prepared(guest, &spec2, &cancel2)?;
-            sandbox.run_started(guest, &spec2, &ws, &cancel2, door, started)
-        })
-        .await??;
-        report.phases.insert(0, inputs);
-        Ok(report)
+        self.run_in(Arc::new(ws), spec, files, cancel, door, prepared).await
     }
 
     pub fn sandbox(&self) -> &Sandbox {
@@ -141,10 +130,32 @@ impl Executor {
         cancel: &CancelHandle,
         door: Option<Box<dyn Door>>,
     ) -> Result<RunReport, RunError> {
+        self.run_in(ws, spec, files, cancel, door, None).await
+    }
+
+    /// The inputs written into `ws`, then one run in `prepared` (claimed,
+    /// [`Sandbox::claim_prepared`]) or in a guest started for it.
+    async fn run_in(
+        &self,
+        ws: Arc<Workspace>,
+        spec: &ExecSpec,
+        files: &[InputFile],
+        cancel: &CancelHandle,
+        door: Option<Box<dyn Door>>,
+        prepared: Option<Guest>,
+    ) -> Result<RunReport, RunError> {
         let inputs = write_inputs(&ws, spec, files)?;
         let (sandbox, spec2, cancel2) = (self.sandbox.clone(), spec.clone(), cancel.clone());
         let door = if spec.language == Language::Python { door } else { None };
-        let mut report = on_guest_thread_async(move || sandbox.run_fresh(&spec2, &ws, &cancel2, door)).await??;
+        let mut report = on_guest_thread_async(move || {
+            let started = std::time::Instant::now();
+            let guest = match prepared {
+                Some(p) => sandbox.claim_prepared(p, &spec2, &cancel2)?,
+                None => sandbox.start_guest(&spec2, &ws, &cancel2)?,
+            };
+            sandbox.run_started(guest, &spec2, &ws, &cancel2, door, started)
+        })
+        .await??;
         report.phases.insert(0, inputs);
         Ok(report)
     }

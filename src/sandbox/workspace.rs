@@ -150,16 +150,7 @@ impl Workspace {
     /// still empty (an executor, given a call's directory by the front). Not removed on drop: the
     /// front owns it.
     pub fn adopt_empty(path: &Path) -> Result<Workspace, WorkspaceError> {
-        let bad = |why: &str| WorkspaceError::Create(io::Error::new(io::ErrorKind::InvalidInput, format!("{}: {why}", path.display())));
-        for sub in ["workspace", "tmp"] {
-            let meta = std::fs::symlink_metadata(path.join(sub)).map_err(WorkspaceError::Create)?;
-            if !meta.is_dir() {
-                return Err(bad("not a call directory"));
-            }
-            if std::fs::read_dir(path.join(sub)).map_err(WorkspaceError::Create)?.next().is_some() {
-                return Err(bad("not empty"));
-            }
-        }
+        both_empty(path).map_err(WorkspaceError::Create)?;
         Self::open(DirGuard { path: path.to_path_buf(), remove: false })
     }
 
@@ -195,16 +186,7 @@ impl Workspace {
     ///
     /// On failure nothing has moved and this handle comes back with the error.
     pub fn exchange_into(self, call_dir: &Path) -> Result<Workspace, (Workspace, io::Error)> {
-        let both_empty = ["workspace", "tmp"].iter().try_for_each(|sub| {
-            for dir in [self.root.join(sub), call_dir.join(sub)] {
-                let meta = std::fs::symlink_metadata(&dir)?;
-                if !meta.is_dir() || std::fs::read_dir(&dir)?.next().is_some() {
-                    return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not an empty directory", dir.display())));
-                }
-            }
-            Ok(())
-        });
-        if let Err(e) = both_empty {
+        if let Err(e) = both_empty(&self.root).and_then(|()| both_empty(call_dir)) {
             return Err((self, e));
         }
         if let Err(e) = exchange(&self.root.join("workspace"), &call_dir.join("workspace")) {
@@ -489,6 +471,20 @@ pub fn validate_rel_path(raw: &str) -> Result<PathBuf, WorkspaceError> {
         return Err(bad("it is nested too deeply"));
     }
     Ok(out)
+}
+
+/// Checks that `path` is a call directory whose `workspace/` and `tmp/` are empty directories.
+fn both_empty(path: &Path) -> io::Result<()> {
+    let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("{}: {why}", path.display()));
+    for sub in ["workspace", "tmp"] {
+        if !std::fs::symlink_metadata(path.join(sub))?.is_dir() {
+            return Err(bad("not a call directory"));
+        }
+        if std::fs::read_dir(path.join(sub))?.next().is_some() {
+            return Err(bad("not empty"));
+        }
+    }
+    Ok(())
 }
 
 /// Swaps the directories at `a` and `b` in one step (both must exist).

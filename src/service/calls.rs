@@ -304,8 +304,6 @@ pub(crate) async fn run_tool(
     Ok((report, ws, value))
 }
 
-/// What the front makes of a run's end: the checked report, a `crashed` report if the executor
-/// died or lied about the run (it is then killed), or the error it gave.
 /// [`settle`] for a run that does no caller code (a fork, a capture, a restore): any outcome
 /// but `ok` is an error saying `failed` and why.
 pub(super) fn settle_ok(
@@ -326,6 +324,8 @@ pub(super) fn settle_ok(
     Ok(r)
 }
 
+/// What the front makes of a run's end: the checked report, a `crashed` report if the executor
+/// died or lied about the run (it is then killed), or the error it gave.
 pub(super) fn settle(conn: &super::executors::Conn, ran: Ran, limits: &Limits, started: Instant) -> Result<RunReport, ExecError> {
     match ran {
         Ran::Done(Ok(f), sent) => match finish(*f, limits, sent) {
