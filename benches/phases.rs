@@ -4,14 +4,22 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use warden::runtime::Language;
 use warden::sandbox::{CancelHandle, Workspace, on_guest_thread};
 
-fn median(mut v: Vec<Duration>) -> Duration {
+fn median<T: Ord + Copy>(mut v: Vec<T>) -> T {
     v.sort();
     v[v.len() / 2]
+}
+
+/// Page faults this thread has taken so far.
+fn faults() -> i64 {
+    // SAFETY: getrusage writes only into the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) };
+    u.ru_minflt + u.ru_majflt
 }
 
 fn main() {
@@ -23,6 +31,7 @@ fn main() {
             continue;
         }
         let spec = common::spec(lang, code);
+        let (mut start_faults, mut run_faults) = (Vec::new(), Vec::new());
         let (mut thread, mut create, mut start, mut run, mut collect, mut drop_ws, mut total) =
             (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
         for _ in 0..300 {
@@ -33,18 +42,21 @@ fn main() {
                 let ws = Workspace::create(&root, "p-").unwrap();
                 let t2 = Instant::now();
                 let cancel = CancelHandle::new();
+                let f0 = faults();
                 let mut g = sb.start_guest(&spec2, &ws, &cancel).unwrap().unwrap();
                 let t3 = Instant::now();
+                let f1 = faults();
                 g.arm(&spec2.limits, &cancel, Vec::new()).unwrap();
                 let r = g.run(&spec2.code);
                 drop(g);
                 let t4 = Instant::now();
+                let f2 = faults();
                 let _ = ws.collect_changes(256, u64::MAX);
                 let t5 = Instant::now();
                 drop(ws);
                 let t6 = Instant::now();
                 assert_eq!(r.outcome.as_str(), "ok");
-                (t1, t2, t3, t4, t5, t6)
+                (t1, t2, t3, t4, t5, t6, f1 - f0, f2 - f1)
             })
             .unwrap();
             let t7 = Instant::now();
@@ -55,6 +67,8 @@ fn main() {
             collect.push(phases.4 - phases.3);
             drop_ws.push(phases.5 - phases.4);
             total.push(t7 - t0);
+            start_faults.push(phases.6);
+            run_faults.push(phases.7);
         }
         println!(
             "{lang:<10} total {:>8.3?}  thread {:>8.3?}  workspace {:>8.3?}  start(instantiate+setup) {:>8.3?}  run {:>8.3?}  collect {:>8.3?}  remove {:>8.3?}",
@@ -66,5 +80,6 @@ fn main() {
             median(collect),
             median(drop_ws)
         );
+        println!("{lang:<10} page faults: start {}  run {}", median(start_faults), median(run_faults));
     }
 }

@@ -219,7 +219,7 @@ fn ask_schemas(name: &str, wasm: &[u8]) -> Result<serde_json::Value, Failure> {
         };
         let spec =
             CommandSpec { pre, args: vec![name, "--warden-schema".into()], stdin: Vec::new(), limits, env: Vec::new(), mounts: Vec::new() };
-        run_command(&spec, &ws, &CancelHandle::new())
+        run_command(&spec, &ws, &CancelHandle::new()).map(|(report, _spent)| report)
     })??;
     if report.outcome.as_str() != "ok" {
         return Err(format!("asking the tool for its schemas failed ({}): {}", report.outcome, report.stderr).into());

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use crate::runtime::{Language, Runtimes};
 use crate::sandbox::{
     CancelHandle, CommandSpec, Door, ExecSpec, Guest, InputFile, Phase, PhaseTime, RunReport, Sandbox, SandboxError, Workspace,
-    on_guest_thread_async,
+    on_guest_thread_async, on_guest_thread_releasing,
 };
 use crate::tools::{Grant, ToolPackage};
 
@@ -147,13 +147,17 @@ impl Executor {
         let inputs = write_inputs(&ws, spec, files)?;
         let (sandbox, spec2, cancel2) = (self.sandbox.clone(), spec.clone(), cancel.clone());
         let door = if spec.language == Language::Python { door } else { None };
-        let mut report = on_guest_thread_async(move || {
+        let mut report = on_guest_thread_releasing(move || {
             let started = std::time::Instant::now();
             let guest = match prepared {
-                Some(p) => sandbox.claim_prepared(p, &spec2, &cancel2)?,
-                None => sandbox.start_guest(&spec2, &ws, &cancel2)?,
+                Some(p) => sandbox.claim_prepared(p, &spec2, &cancel2),
+                None => sandbox.start_guest(&spec2, &ws, &cancel2),
             };
-            sandbox.run_started(guest, &spec2, &ws, &cancel2, door, started)
+            let ran = guest.and_then(|g| sandbox.run_started(g, &spec2, &ws, &cancel2, door, started));
+            match ran {
+                Ok((report, spent)) => (Ok(report), (spent, Some(ws))),
+                Err(e) => (Err(e), (None, Some(ws))),
+            }
         })
         .await??;
         report.phases.insert(0, inputs);
@@ -330,6 +334,10 @@ impl Executor {
             mounts: grant.mounts.clone(),
         };
         let cancel = cancel.clone();
-        Ok(on_guest_thread_async(move || crate::sandbox::run_command(&spec, &ws, &cancel)).await??)
+        let report = on_guest_thread_releasing(move || match crate::sandbox::run_command(&spec, &ws, &cancel) {
+            Ok((report, spent)) => (Ok(report), spent),
+            Err(e) => (Err(e), None),
+        });
+        Ok(report.await??)
     }
 }

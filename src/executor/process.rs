@@ -308,7 +308,8 @@ impl State {
                 let mut prepared = None;
                 if live.is_none() {
                     let ws = match self.executor.take_prepared(&exec, &path) {
-                        Some((guest, ws)) => {
+                        Some((guest, mut ws)) => {
+                            ws.release_origin();
                             prepared = Some(guest);
                             ws
                         }

@@ -27,10 +27,10 @@ use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde::de::DeserializeOwned;
 
-use crate::api::OutputSink;
 use crate::api::{
     CloseSessionArgs, CreateSessionArgs, ExecuteCodeArgs, ForkSessionArgs, ListSnapshotsArgs, SnapshotIdArgs, SnapshotSessionArgs,
 };
+use crate::api::{ExecResult, OutputSink};
 use crate::audit::event::Event;
 use crate::auth::AuthContext;
 use crate::sandbox::CancelHandle;
@@ -216,6 +216,15 @@ fn exec_error(e: ExecError) -> Result<CallToolResponse, McpError> {
 }
 
 /// [`exec_error`] as a plain tool result (what a task keeps).
+/// Lets go of a finished call's workspace on a blocking thread. Unless the artifact store kept
+/// it, the last handle removes the call's directory as it drops (0.3-0.4 ms for an empty one),
+/// which the response need not wait for.
+fn release_workspace(r: &mut ExecResult) {
+    if let Some(ws) = r.workspace.take() {
+        tokio::task::spawn_blocking(move || drop(ws));
+    }
+}
+
 fn error_result(e: ExecError) -> Result<CallToolResult, McpError> {
     match e {
         ExecError::UnknownTool(m) => Err(McpError::invalid_params(m, None)),
@@ -305,7 +314,10 @@ impl ServerHandler for WardenMcp {
                 let call = move |cancel, out| -> GuestCall {
                     Box::pin(async move {
                         match exec.execute(&who, args, cancel, out, trace).await {
-                            Ok(r) => Ok(content::execution_result(r)),
+                            Ok(mut r) => {
+                                release_workspace(&mut r);
+                                Ok(content::execution_result(r))
+                            }
                             Err(e) => error_result(e),
                         }
                     })
@@ -397,7 +409,10 @@ impl ServerHandler for WardenMcp {
                 let call = move |cancel, out| -> GuestCall {
                     Box::pin(async move {
                         match exec.call_tool(&who, &name, args, cancel, out, trace).await {
-                            Ok((meta, value)) => Ok(content::tool_result(meta, value)),
+                            Ok((mut meta, value)) => {
+                                release_workspace(&mut meta);
+                                Ok(content::tool_result(meta, value))
+                            }
                             Err(e) => error_result(e),
                         }
                     })

@@ -278,11 +278,13 @@ impl Sandbox {
     ) -> Result<RunReport, SandboxError> {
         let started = Instant::now();
         let guest = self.start_guest(spec, ws, cancel)?;
-        self.run_started(guest, spec, ws, cancel, door, started)
+        Ok(self.run_started(guest, spec, ws, cancel, door, started)?.0)
     }
 
     /// Runs one program in `guest`, started (or claimed, [`Sandbox::claim_prepared`]) for it at
-    /// `started`, like [`Sandbox::run_fresh`]. A guest that did not start is its report.
+    /// `started`, like [`Sandbox::run_fresh`]. A guest that did not start is its report. The
+    /// spent guest comes back beside the report, for the caller to drop once the report is on
+    /// its way ([`on_guest_thread_releasing`]).
     pub fn run_started(
         &self,
         guest: Result<Guest, RunReport>,
@@ -291,7 +293,7 @@ impl Sandbox {
         cancel: &CancelHandle,
         door: Option<Box<dyn Door>>,
         started: Instant,
-    ) -> Result<RunReport, SandboxError> {
+    ) -> Result<(RunReport, Option<Guest>), SandboxError> {
         let guest = guest.map(|mut g| {
             g.set_door(door);
             g
@@ -323,8 +325,9 @@ pub struct CommandSpec {
     pub mounts: Vec<Mount>,
 }
 
-/// Runs a command in a fresh guest on the calling thread, like [`Sandbox::run_fresh`].
-pub fn run_command(spec: &CommandSpec, ws: &Workspace, cancel: &CancelHandle) -> Result<RunReport, SandboxError> {
+/// Runs a command in a fresh guest on the calling thread, like [`Sandbox::run_fresh`]; the spent
+/// guest comes back beside the report, as from [`Sandbox::run_started`].
+pub fn run_command(spec: &CommandSpec, ws: &Workspace, cancel: &CancelHandle) -> Result<(RunReport, Option<Guest>), SandboxError> {
     let started = Instant::now();
     let env = guest_env(&spec.env);
     let gspec = GuestSpec {
@@ -361,17 +364,16 @@ fn finish_run(
     ws: &Workspace,
     cancel: &CancelHandle,
     started: Instant,
-) -> Result<RunReport, SandboxError> {
+) -> Result<(RunReport, Option<Guest>), SandboxError> {
     let mut guest = match guest {
         Ok(g) => g,
-        Err(report) => return Ok(report),
+        Err(report) => return Ok((report, None)),
     };
     guest.arm(limits, cancel, stdin).map_err(|e| SandboxError::Internal(format!("{e:#}")))?;
     let mut report = guest.run(code);
-    drop(guest);
     report.duration_ms = started.elapsed().as_millis() as u64;
     collect_artifacts(&mut report, ws, limits);
-    Ok(report)
+    Ok((report, Some(guest)))
 }
 
 /// Fills in what a run left in `/workspace`, timing it as [`Phase::ArtifactsCollect`].
@@ -405,12 +407,26 @@ pub fn on_guest_thread<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static
 
 /// Async form of [`on_guest_thread`]: the tokio worker is never blocked by a guest.
 pub async fn on_guest_thread_async<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Result<R, SandboxError> {
+    on_guest_thread_releasing(move || (f(), ())).await
+}
+
+/// [`on_guest_thread_async`] for work that leaves something to release (a spent guest, a
+/// workspace handle): its result is handed back first, then the rest is dropped on the guest
+/// thread. Dropping a guest returns its memory to Wasmtime's pool (resetting and decommitting
+/// what it wrote: 0.3-0.5 ms for Python), and dropping a claimed guest's workspace removes the
+/// directory it came from: work nobody waits for, so it runs while the caller sends the report
+/// on.
+pub async fn on_guest_thread_releasing<R: Send + 'static, L: Send + 'static>(
+    f: impl FnOnce() -> (R, L) + Send + 'static,
+) -> Result<R, SandboxError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("warden-guest".into())
         .stack_size(GUEST_THREAD_STACK)
         .spawn(move || {
-            let _ = tx.send(f());
+            let (result, spent) = f();
+            let _ = tx.send(result);
+            drop(spent);
         })
         .map_err(|e| SandboxError::Internal(format!("spawning a guest thread: {e}")))?;
     rx.await.map_err(|_| SandboxError::Internal("the guest thread panicked".into()))

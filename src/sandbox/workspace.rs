@@ -73,8 +73,10 @@ pub struct Workspace {
     known: Mutex<BTreeMap<String, Stamp>>,
     /// What `/workspace` and `/tmp` hold, charged against the quota (shared with the guests).
     quota: Arc<Mutex<Quota>>,
-    /// Removes the directory when dropped, if this handle owns it.
-    _guard: DirGuard,
+    /// Removes the directory this handle owns when dropped: its own, or, for a handle that
+    /// took a call's place ([`Workspace::exchange_into`]), the directory it came from, which
+    /// then holds the call's empty originals: removing that waits until the call is over.
+    guard: DirGuard,
 }
 
 /// How a handle reaches `workspace/`.
@@ -173,7 +175,7 @@ impl Workspace {
             root,
             known: Mutex::new(BTreeMap::new()),
             quota: Arc::new(Mutex::new(Quota::new(&roots))),
-            _guard: guard,
+            guard,
         })
     }
 
@@ -199,15 +201,16 @@ impl Workspace {
                 Err(back) => Err((self, io::Error::other(format!("{e}; and swapping back: {back}")))),
             };
         }
-        let Workspace { root: _, workspace, known, quota, _guard: old } = self;
-        drop(old);
-        Ok(Workspace {
-            root: call_dir.to_path_buf(),
-            workspace,
-            known,
-            quota,
-            _guard: DirGuard { path: call_dir.to_path_buf(), remove: false },
-        })
+        let Workspace { root: _, workspace, known, quota, guard } = self;
+        Ok(Workspace { root: call_dir.to_path_buf(), workspace, known, quota, guard })
+    }
+
+    /// Removes now, rather than when this handle drops, the directory a handle that took a
+    /// call's place came from: for a handle that lives on, as a session's does.
+    pub fn release_origin(&mut self) {
+        if self.guard.path != self.root {
+            self.guard = DirGuard { path: self.root.clone(), remove: false };
+        }
     }
 
     /// `workspace/`: the one held open, or the one now under that name.
