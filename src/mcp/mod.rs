@@ -215,7 +215,6 @@ fn exec_error(e: ExecError) -> Result<CallToolResponse, McpError> {
     error_result(e).map(Into::into)
 }
 
-/// [`exec_error`] as a plain tool result (what a task keeps).
 /// Lets go of a finished call's workspace on a blocking thread. Unless the artifact store kept
 /// it, the last handle removes the call's directory as it drops (0.3-0.4 ms for an empty one),
 /// which the response need not wait for.
@@ -225,6 +224,7 @@ fn release_workspace(r: &mut ExecResult) {
     }
 }
 
+/// [`exec_error`] as a plain tool result (what a task keeps).
 fn error_result(e: ExecError) -> Result<CallToolResult, McpError> {
     match e {
         ExecError::UnknownTool(m) => Err(McpError::invalid_params(m, None)),

@@ -128,3 +128,33 @@ fn a_call_allowed_less_memory_than_a_prepared_guest_holds_starts_its_own() {
         assert!(!claimed(&r));
     });
 }
+
+#[test]
+fn a_kind_no_guest_can_be_made_for_is_not_retried_at_every_idle_moment() {
+    runtime().block_on(async {
+        let (ex, root) = executor();
+        // The first call of its kind allows too little memory for Python to start: so would a
+        // guest made for it.
+        let front = Workspace::create_named(root.path(), "tiny").expect("call dir");
+        let mut tiny = spec(Language::Python, "print(1)");
+        tiny.limits.memory_bytes = 1 << 20;
+        let r = ex.run_fresh_in(front.root(), &tiny, &[], &CancelHandle::new(), None).await.expect("run");
+        assert_outcome(&r, "memory_limit");
+        let pool = ex.pool().expect("a pool");
+        let until = Instant::now() + Duration::from_secs(30);
+        while pool.failures() == 0 {
+            assert!(Instant::now() < until, "the pool never tried to make a guest");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Idle for 50 of the pool's idle waits: one try, not one per wait.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(pool.failures(), 1);
+        assert_eq!(pool.len(), 0);
+        // A call of the kind allowed enough memory raises what its guests are made with, and
+        // the pool makes them again.
+        let (r, _) = call(&ex, root.path(), Language::Python, "print(2)", &[]).await;
+        assert_outcome(&r, "ok");
+        filled(&ex, 2).await;
+        assert_eq!(pool.failures(), 1);
+    });
+}
