@@ -153,11 +153,8 @@ impl Executor {
                 Some(p) => sandbox.claim_prepared(p, &spec2, &cancel2),
                 None => sandbox.start_guest(&spec2, &ws, &cancel2),
             };
-            let ran = guest.and_then(|g| sandbox.run_started(g, &spec2, &ws, &cancel2, door, started));
-            match ran {
-                Ok((report, spent)) => (Ok(report), (spent, Some(ws))),
-                Err(e) => (Err(e), (None, Some(ws))),
-            }
+            let (report, spent) = apart(guest.and_then(|g| sandbox.run_started(g, &spec2, &ws, &cancel2, door, started)));
+            (report, (spent, ws))
         })
         .await??;
         report.phases.insert(0, inputs);
@@ -334,10 +331,15 @@ impl Executor {
             mounts: grant.mounts.clone(),
         };
         let cancel = cancel.clone();
-        let report = on_guest_thread_releasing(move || match crate::sandbox::run_command(&spec, &ws, &cancel) {
-            Ok((report, spent)) => (Ok(report), spent),
-            Err(e) => (Err(e), None),
-        });
-        Ok(report.await??)
+        Ok(on_guest_thread_releasing(move || apart(crate::sandbox::run_command(&spec, &ws, &cancel))).await??)
+    }
+}
+
+/// A run's result apart from its spent guest, which [`on_guest_thread_releasing`] drops once the
+/// result is handed back.
+fn apart<E>(ran: Result<(RunReport, Option<Guest>), E>) -> (Result<RunReport, E>, Option<Guest>) {
+    match ran {
+        Ok((report, spent)) => (Ok(report), spent),
+        Err(e) => (Err(e), None),
     }
 }

@@ -35,9 +35,8 @@ fn open_fds(pid: u32) -> usize {
 }
 
 /// Call and session directories left under a server's workspaces: those in each executor's
-/// own directory (`x0`, `x1`, ...), which lives as long as the executor slot does.
-/// What is left in the server's workspaces but the executors' guests prepared ahead, which must
-/// be empty and no more than an executor keeps (4 kinds of 2).
+/// own directory (`x0`, `x1`, ...), which lives as long as the executor slot does, except its
+/// guests prepared ahead (`.pool-*`), which must be empty and no more than an executor keeps.
 fn leftovers(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut left = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -48,7 +47,8 @@ fn leftovers(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
                     .flatten()
                     .map(|i| i.path())
                     .partition(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".pool-")));
-                assert!(pooled.len() <= 8, "an executor keeps {} prepared guests", pooled.len());
+                let most = warden::executor::pool::MAX_KEYS * warden::executor::pool::DEFAULT_PER_KEY;
+                assert!(pooled.len() <= most, "an executor keeps {} prepared guests, at most {most} expected", pooled.len());
                 for p in &pooled {
                     for sub in ["workspace", "tmp"] {
                         assert_eq!(std::fs::read_dir(p.join(sub)).map(|d| d.count()).unwrap_or(0), 0, "{} is not empty", p.display());
