@@ -44,6 +44,29 @@ pub struct InputFile {
     pub content: Vec<u8>,
 }
 
+/// A file [`Workspace::write_files`] writes: where, its name as the caller gave it, and whence.
+struct NewFile<'a> {
+    rel: PathBuf,
+    name: String,
+    content: Content<'a>,
+}
+
+enum Content<'a> {
+    Bytes(&'a [u8]),
+    /// `size` bytes of an open regular file of another workspace (a fork's files), with their
+    /// digest when that workspace's record already holds it.
+    Copy { from: std::fs::File, size: u64, sha256: Option<String> },
+}
+
+impl Content<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Content::Bytes(b) => b.len() as u64,
+            Content::Copy { size, .. } => *size,
+        }
+    }
+}
+
 /// A file the guest created or changed under `/workspace`.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[schemars(inline)]
@@ -246,9 +269,17 @@ impl Workspace {
     /// Nothing is written unless all of it fits. Input files are not reported as artifacts unless
     /// the guest changes them.
     pub fn write_inputs(&self, files: &[InputFile], max_bytes: u64, max_files: u64) -> Result<(), WorkspaceError> {
-        let rels = files.iter().map(|f| validate_rel_path(&f.path)).collect::<Result<Vec<_>, _>>()?;
+        let files = files
+            .iter()
+            .map(|f| Ok(NewFile { rel: validate_rel_path(&f.path)?, name: f.path.clone(), content: Content::Bytes(&f.content) }))
+            .collect::<Result<Vec<_>, WorkspaceError>>()?;
+        self.write_files(files, max_bytes, max_files)
+    }
+
+    /// Writes `files` as [`Workspace::write_inputs`] describes.
+    fn write_files(&self, files: Vec<NewFile<'_>>, max_bytes: u64, max_files: u64) -> Result<(), WorkspaceError> {
         let ws = self.dir().map_err(|source| WorkspaceError::Write { path: "/workspace".into(), source })?;
-        let (bytes, inodes) = self.input_cost(&ws, files, &rels);
+        let (bytes, inodes) = self.input_cost(&ws, &files);
         {
             let mut q = self.ledger();
             q.set_limits(max_bytes, max_files);
@@ -266,8 +297,8 @@ impl Workspace {
                 return Err(WorkspaceError::TooLarge { what, needed, limit });
             }
         }
-        for (f, rel) in files.iter().zip(&rels) {
-            let write_err = |source| WorkspaceError::Write { path: f.path.clone(), source };
+        for NewFile { rel, name, content } in files {
+            let write_err = |source| WorkspaceError::Write { path: name.clone(), source };
             if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
                 ws.create_dir_all(parent).map_err(write_err)?;
             }
@@ -275,11 +306,28 @@ impl Workspace {
             // workspace cannot redirect this write outside it; O_NOFOLLOW refuses a final symlink.
             let mut opts = OpenOptions::new();
             opts.write(true).create(true).truncate(true).custom_flags(libc::O_NOFOLLOW);
-            let mut file = ws.open_with(rel, &opts).map_err(write_err)?;
-            io::Write::write_all(&mut file, &f.content).map_err(write_err)?;
+            let mut file = ws.open_with(&rel, &opts).map_err(write_err)?.into_std();
+            let sha256 = match content {
+                Content::Bytes(bytes) => {
+                    io::Write::write_all(&mut file, bytes).map_err(write_err)?;
+                    hex::encode(Sha256::digest(bytes))
+                }
+                Content::Copy { from, size, sha256 } => {
+                    // File to file, std copies in the kernel (copy_file_range): no pass through
+                    // this process's memory.
+                    let copied = io::copy(&mut (&from).take(size), &mut file).map_err(write_err)?;
+                    if copied != size {
+                        return Err(write_err(io::Error::other("the file shrank while it was copied")));
+                    }
+                    match sha256 {
+                        Some(sha256) => sha256,
+                        None => hash_beneath(&ws, &rel, size).ok_or_else(|| write_err(io::Error::other("the copy could not be read back")))?.0,
+                    }
+                }
+            };
             let key = rel.to_string_lossy().into_owned();
-            let meta = file.metadata().map_err(write_err)?;
-            self.known.lock().unwrap_or_else(|e| e.into_inner()).insert(key, stamp_of(&meta, hex::encode(Sha256::digest(&f.content))));
+            let meta = cap_std::fs::File::from_std(file).metadata().map_err(write_err)?;
+            self.known.lock().unwrap_or_else(|e| e.into_inner()).insert(key, stamp_of(&meta, sha256));
             // Charge what the kernel now says: the file, and every directory down to it.
             let mut q = self.ledger();
             q.observe(seen_of(&meta));
@@ -294,12 +342,12 @@ impl Workspace {
     }
 
     /// What writing `files` would add to the ledger, at most: `(bytes, inodes)`.
-    fn input_cost(&self, ws: &Dir, files: &[InputFile], rels: &[PathBuf]) -> (u64, u64) {
+    fn input_cost(&self, ws: &Dir, files: &[NewFile<'_>]) -> (u64, u64) {
         let q = self.ledger();
         let mut new_dirs = std::collections::BTreeSet::new();
         let (mut bytes, mut inodes) = (0u64, 0u64);
-        for (f, rel) in files.iter().zip(rels) {
-            let size = f.content.len() as u64;
+        for NewFile { rel, content, .. } in files {
+            let size = content.len();
             match ws.symlink_metadata(rel) {
                 Ok(meta) => bytes = bytes.saturating_add(charge_of(size).saturating_sub(q.charge_for(seen_of(&meta).key))),
                 // A new name: its inode, and perhaps one more block of names in its directory.
@@ -377,9 +425,43 @@ impl Workspace {
     /// follows a link; links, special files and empty directories are not copied, nor `/tmp`.
     /// Returns how many files were copied.
     pub fn copy_files_from(&self, src: &Workspace, max_bytes: u64, max_files: u64) -> Result<usize, WorkspaceError> {
-        let files = src.read_files(max_bytes, max_files)?;
-        self.write_inputs(&files, max_bytes, max_files)?;
-        Ok(files.len())
+        let too_large = |needed| WorkspaceError::TooLarge { what: "bytes of files to copy", needed, limit: max_bytes };
+        let from = src.dir().map_err(|source| WorkspaceError::Write { path: "/workspace".into(), source })?;
+        let mut found = Vec::new();
+        walk_files(&from, PathBuf::new(), 0, &mut found, usize::try_from(max_files).unwrap_or(usize::MAX).saturating_add(1));
+        if found.len() as u64 > max_files {
+            return Err(WorkspaceError::TooLarge { what: "files", needed: found.len() as u64, limit: max_files });
+        }
+        let mut files = Vec::with_capacity(found.len());
+        let mut total = 0u64;
+        {
+            let known = src.known.lock().unwrap_or_else(|e| e.into_inner());
+            for (rel, _) in found {
+                let name = rel.to_string_lossy().into_owned();
+                let read_err = |source| WorkspaceError::Write { path: name.clone(), source };
+                let mut opts = OpenOptions::new();
+                opts.read(true).custom_flags(libc::O_NOFOLLOW);
+                let file = from.open_with(&rel, &opts).map_err(read_err)?;
+                let meta = file.metadata().map_err(read_err)?;
+                if !meta.is_file() {
+                    continue;
+                }
+                total = total.saturating_add(meta.len());
+                if total > max_bytes {
+                    return Err(too_large(total));
+                }
+                // The source's record vouches for a file's digest while the file is as recorded
+                // (a session's files change only while its guest runs, and it is not running).
+                let sha256 = known
+                    .get(&name)
+                    .filter(|k| k.size == meta.len() && k.mtime_ns == mtime_ns(&meta) && k.ino == ino(&meta))
+                    .map(|k| k.sha256.clone());
+                files.push(NewFile { rel, name, content: Content::Copy { from: file.into_std(), size: meta.len(), sha256 } });
+            }
+        }
+        let copied = files.len();
+        self.write_files(files, max_bytes, max_files)?;
+        Ok(copied)
     }
 
     /// Every regular file under `/workspace` with its contents (what a fork copies and a
@@ -602,6 +684,31 @@ mod tests {
         assert_eq!(arts[0].size, 3);
         assert!(ws.collect_changes(10, 1 << 20).is_empty(), "unchanged files are not reported again");
         assert!(ws.read_file("leak", 100).is_err(), "symlinks are not followed");
+    }
+
+    #[test]
+    fn a_copy_holds_the_same_files_reported_only_once_changed_and_refused_past_the_quota() {
+        let parent = tempfile::tempdir().unwrap();
+        let src = Workspace::create(parent.path(), "s-").unwrap();
+        src.write_inputs(&[InputFile { path: "in/a.txt".into(), content: b"alpha".to_vec() }], 1 << 20, 10).unwrap();
+        // One file the source's record knows (an input), one it does not (the guest's, not yet
+        // collected): both must arrive, and neither counts as the copy's own artifact.
+        std::fs::write(src.workspace_path().join("b.bin"), vec![7u8; 300_000]).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", src.workspace_path().join("leak")).unwrap();
+        let dst = Workspace::create(parent.path(), "d-").unwrap();
+        assert_eq!(dst.copy_files_from(&src, 1 << 20, 10).unwrap(), 2);
+        assert_eq!(dst.read_file("in/a.txt", 100).unwrap(), b"alpha");
+        assert_eq!(dst.read_file("b.bin", 1 << 20).unwrap(), vec![7u8; 300_000]);
+        assert!(!dst.workspace_path().join("leak").exists(), "links are not copied");
+        assert!(dst.usage().bytes >= 300_000, "the copy is charged: {:?}", dst.usage());
+        assert!(dst.collect_changes(10, 1 << 20).is_empty(), "copied files are not artifacts");
+        std::fs::write(dst.workspace_path().join("b.bin"), b"changed").unwrap();
+        std::fs::write(src.workspace_path().join("in/a.txt"), b"source changed").unwrap();
+        let arts = dst.collect_changes(10, 1 << 20);
+        assert_eq!(arts.iter().map(|a| a.path.as_str()).collect::<Vec<_>>(), ["b.bin"], "the copy is its own");
+        let small = Workspace::create(parent.path(), "q-").unwrap();
+        assert!(matches!(small.copy_files_from(&src, 100_000, 10), Err(WorkspaceError::TooLarge { .. })));
+        assert!(small.read_file("b.bin", 1 << 20).is_err(), "nothing is written unless all of it fits");
     }
 
     #[test]
