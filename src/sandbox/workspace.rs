@@ -55,7 +55,11 @@ enum Content<'a> {
     Bytes(&'a [u8]),
     /// `size` bytes of an open regular file of another workspace (a fork's files), with their
     /// digest when that workspace's record already holds it.
-    Copy { from: std::fs::File, size: u64, sha256: Option<String> },
+    Copy {
+        from: std::fs::File,
+        size: u64,
+        sha256: Option<String>,
+    },
 }
 
 impl Content<'_> {
@@ -321,7 +325,9 @@ impl Workspace {
                     }
                     match sha256 {
                         Some(sha256) => sha256,
-                        None => hash_beneath(&ws, &rel, size).ok_or_else(|| write_err(io::Error::other("the copy could not be read back")))?.0,
+                        None => {
+                            hash_beneath(&ws, &rel, size).ok_or_else(|| write_err(io::Error::other("the copy could not be read back")))?.0
+                        }
                     }
                 }
             };
